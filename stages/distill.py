@@ -1,0 +1,65 @@
+"""distill: train the small student from labels and the teacher's soft targets and embeddings.
+
+The same student is also trained WITHOUT the teacher (same data, epochs and seed) so the gain of
+distillation is always measured, not assumed. Writes under data/distill/: student.pt and
+student.onnx (with KD), student_alone.pt and student_alone.onnx (without), history.csv,
+metrics.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from skyedge import io, models
+from skyedge.config import Common, Data, Distill, load_params
+from skyedge.dataset import load_ingested
+from skyedge.features import N_FEATURES
+from skyedge.training import FitConfig, TeacherTargets, fit
+
+
+def run(params: Distill, data_params: Data, common: Common, ingest_dir: Path, embed_dir: Path, out_dir: Path) -> dict:
+    torch.set_num_threads(common.threads)
+    data = load_ingested(ingest_dir)
+    sensors = data.preprocessing["sensors"]
+    teacher_outputs = np.load(embed_dir / "teacher_outputs.npz")
+    kd = TeacherTargets(
+        sky_logits=torch.from_numpy(teacher_outputs["sky_logits"]),
+        embeddings=torch.from_numpy(teacher_outputs["embeddings"]),
+        temperature=params.kd_temperature,
+        alpha=params.kd_alpha,
+        embed_weight=params.embed_weight,
+    )
+    config = FitConfig(params.epochs, params.batch_size, params.lr, common.seed, params.image_dropout)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics, curves = {"student": params.student}, []
+    for name, targets in (("student", kd), ("student_alone", None)):
+        torch.manual_seed(common.seed)  # both start from the same weights
+        student = models.build_student(params.student, params.width, data_params.window_hours, N_FEATURES, sensors["mean"][0], sensors["std"][0])
+        history = fit(student, data, config, name, kd=targets)
+        io.save_module(student, out_dir / f"{name}.pt")
+        models.export_onnx(student, out_dir / f"{name}.onnx", data_params.image_size, data_params.window_hours, N_FEATURES)
+        curves += [{"model": name, **row} for row in history]
+        metrics[name] = history[-1]
+    metrics["kd_gain_val_sky_accuracy"] = metrics["student"]["val_sky_accuracy"] - metrics["student_alone"]["val_sky_accuracy"]
+    io.write_rows(out_dir / "history.csv", curves)
+    io.write_json(out_dir / "metrics.json", metrics)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ingest", type=Path, default=Path("data/ingest"))
+    parser.add_argument("--embed", type=Path, default=Path("data/embed"))
+    parser.add_argument("--out", type=Path, default=Path("data/distill"))
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    print(run(params.distill, params.data, params.common, args.ingest, args.embed, args.out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""embed: fine-tune the pretrained teacher and write its per-photo embeddings and sky logits.
+
+The teacher is fine-tuned end to end for `finetune_epochs`, then its image features are cached
+and the heads train on them for `epochs` (cheap: the backbone runs once per photo). Writes under
+data/embed/: teacher.pt (whole module), teacher.onnx, teacher_outputs.npz (sky_logits and
+embeddings per photo, for distillation), history.csv and metrics.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from skyedge import io, models
+from skyedge.config import Common, Data, Embed, load_params
+from skyedge.dataset import load_ingested
+from skyedge.features import N_FEATURES
+from skyedge.training import FitConfig, backbone_features, fit
+
+
+def run(params: Embed, data_params: Data, common: Common, ingest_dir: Path, out_dir: Path) -> dict:
+    torch.set_num_threads(common.threads)
+    data = load_ingested(ingest_dir)
+    sensors = data.preprocessing["sensors"]
+    teacher = models.build_teacher(
+        params.teacher, params.weights, data_params.window_hours, N_FEATURES, sensors["mean"][0], sensors["std"][0]
+    )
+    config = FitConfig(params.finetune_epochs, params.batch_size, params.lr, common.seed, params.image_dropout)
+    history = fit(teacher, data, config, "teacher fine-tune") if params.finetune_epochs else []
+
+    for parameter in teacher.backbone.parameters():
+        parameter.requires_grad_(False)
+    cache = backbone_features(teacher, data)
+    heads = replace(config, epochs=params.epochs, lr=params.lr * 3)
+    history += [{**row, "epoch": row["epoch"] + params.finetune_epochs} for row in fit(teacher, data, heads, "teacher heads", embed_cache=cache)]
+    for parameter in teacher.backbone.parameters():
+        parameter.requires_grad_(True)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    io.save_module(teacher, out_dir / "teacher.pt")
+    models.export_onnx(teacher, out_dir / "teacher.onnx", data_params.image_size, data_params.window_hours, N_FEATURES)
+    with torch.no_grad():
+        sky_logits = teacher.sky_head(cache)
+    np.savez(out_dir / "teacher_outputs.npz", sky_logits=sky_logits.numpy(), embeddings=cache.numpy())
+    io.write_rows(out_dir / "history.csv", history)
+    metrics = {"teacher": params.teacher, "weights": params.weights, "embedding_dim": int(cache.shape[1]), **history[-1]}
+    io.write_json(out_dir / "metrics.json", metrics)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ingest", type=Path, default=Path("data/ingest"))
+    parser.add_argument("--out", type=Path, default=Path("data/embed"))
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    print(run(params.embed, params.data, params.common, args.ingest, args.out))
+
+
+if __name__ == "__main__":
+    main()

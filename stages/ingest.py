@@ -1,0 +1,220 @@
+"""ingest: read every source, validate, quarantine, build windows and labels, split by time.
+
+Writes under data/ingest/: samples.csv (one row per sample, its split and labels),
+windows.npy [N, W, F], images.npy [M, S, S, 3] uint8, normalisation.json (sensor and image
+preprocessing + training climatology), quarantine.csv, report.json, splits.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from skyedge import features, ingest, synthetic
+from skyedge.config import Data, Ingest, load_params
+from skyedge.contract import HORIZONS, SKY_CLASSES
+from skyedge.splits import SPLITS, day_split, station_split
+
+# ImageNet statistics: the pretrained teacher expects them; the manifest records them.
+IMAGE_MEAN = [0.485, 0.456, 0.406]
+IMAGE_STD = [0.229, 0.224, 0.225]
+
+
+def read_sources(params: Ingest, data: Data, out_dir: Path, now: pd.Timestamp) -> list[ingest.Outcome]:
+    outcomes = []
+    for number, source in enumerate(params.sources):
+        if source.type == "synthetic":
+            folder = out_dir / "raw" / f"synthetic-{number}"
+            synthetic.generate(folder, source.stations, source.days, source.seed, source.image_size, progress=True)
+            name = f"synthetic-{number}"
+        else:
+            folder = Path(source.path)
+            if not folder.is_dir():
+                raise FileNotFoundError(f"ingest source {source.path!r}: folder not found; check ingest.sources in params.yaml")
+            name = source.path
+        outcomes.append(ingest.read_folder(folder, name, data.image_size, now))
+    return outcomes
+
+
+def station_samples(records: pd.DataFrame, window_hours: int, fractions: tuple[float, float, float]) -> tuple[pd.DataFrame, np.ndarray]:
+    """One sample per accepted station record: split, labels and the raw features of its station."""
+    parts, raw_parts = [], []
+    for station, group in records.groupby("station_id", sort=True):
+        group = group.sort_values("hour").reset_index(drop=True)
+        hours = group["hour"].to_numpy(dtype=np.int64)
+        labels = features.horizon_labels(hours, group["temperature_c"].to_numpy(float), group["precip_mm"].to_numpy(float))
+        part = pd.DataFrame(
+            {
+                "source": group["source"],
+                "station_id": station,
+                "timestamp": group["timestamp"].dt.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "hour": hours,
+                "hour_of_day": hours % 24,
+                "split": station_split(hours, window_hours, fractions),
+                "image_path": group["image_path"],
+                **labels,
+            }
+        )
+        parts.append(part)
+        raw_parts.append(features.raw_features({c: group[c].to_numpy() for c in group.columns if c in ("temperature_c", "pressure_hpa", "humidity_pct", "wind_speed_ms", "wind_dir_deg", "precip_mm")}))
+    return pd.concat(parts, ignore_index=True), np.concatenate(raw_parts)
+
+
+def image_only_samples(outcomes: list[ingest.Outcome], used: set[str], fractions: tuple[float, float, float]) -> pd.DataFrame:
+    """Labelled photos with no station record, deduplicated by pixels and split by capture day."""
+    rows, seen = [], set()
+    for outcome in outcomes:
+        for path, label in outcome.labels.items():
+            if path in used:
+                continue
+            digest = ingest.content_hash(outcome.images[path])
+            if digest in seen:  # an exact copy would leak across splits; keep the first
+                continue
+            seen.add(digest)
+            stamp = pd.to_datetime(outcome.timestamps.get(path) or None, utc=True, errors="coerce")
+            day = stamp.strftime("%Y-%m-%d") if pd.notna(stamp) else f"unknown-{digest[:2]}"
+            rows.append({"source": outcome.source, "image_path": path, "day": day, "md5": digest})
+    if not rows:
+        return pd.DataFrame()
+    frame = pd.DataFrame(rows)
+    frame["split"] = day_split(frame["day"].to_numpy(), fractions)
+    return frame
+
+
+def climatology(samples: pd.DataFrame) -> dict:
+    """Training base rate of rain and hour-of-day mean temperature: the climatology baselines."""
+    train = samples[(samples["split"] == "train") & samples["station_id"].ne("")]
+    rain = train["rain_now"].dropna()
+    by_hour = train.groupby("hour_of_day")["temp_now"].mean()
+    overall = float(train["temp_now"].mean()) if train["temp_now"].notna().any() else 0.0
+    return {
+        "rain_base_rate": float(rain.mean()) if len(rain) else 0.0,
+        "temp_by_hour_c": [float(by_hour.get(hour, overall)) if pd.notna(by_hour.get(hour, np.nan)) else overall for hour in range(24)],
+    }
+
+
+def run(params: Ingest, data: Data, out_dir: Path, now: pd.Timestamp | None = None) -> dict:
+    """Ingest every configured source into out_dir; return the report."""
+    now = (now or pd.Timestamp.now(tz="UTC")) + pd.Timedelta(hours=params.future_tolerance_hours)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    outcomes = read_sources(params, data, out_dir, now)
+    fractions = (params.split.train, params.split.val, params.split.test)
+    window = data.window_hours
+
+    frames = [o.records.assign(source=o.source) for o in outcomes if not o.records.empty]
+    if frames:
+        stations, raw = station_samples(pd.concat(frames, ignore_index=True), window, fractions)
+    else:
+        stations, raw = pd.DataFrame(columns=["station_id", "split", "image_path", "hour"]), np.zeros((0, features.N_RAW))
+    normalisation = features.fit_normalisation(raw[(stations["split"] == "train").to_numpy()] if len(raw) else raw)
+    windows, missing_hours = station_windows(stations, raw, normalisation, window)
+    stations["window_missing_hours"] = missing_hours
+
+    photos = image_only_samples(outcomes, set(stations["image_path"]), fractions)
+    samples = pd.concat([stations, photos.drop(columns=["md5"], errors="ignore")], ignore_index=True)
+    samples["station_id"] = samples["station_id"].fillna("")
+    windows = np.concatenate([windows, np.repeat(features.empty_window(window)[None], len(photos), axis=0)])
+    samples["has_sensors"] = samples["station_id"].ne("").astype(int)
+
+    all_images = {path: array for o in outcomes for path, array in o.images.items()}
+    all_labels = {path: label for o in outcomes for path, label in o.labels.items()}
+    image_paths = sorted(set(samples["image_path"].dropna()) - {""})
+    image_index = {path: i for i, path in enumerate(image_paths)}
+    samples["image_idx"] = [image_index.get(p, -1) if isinstance(p, str) else -1 for p in samples["image_path"]]
+    samples["sky_label"] = [SKY_CLASSES.index(all_labels[p]) if isinstance(p, str) and p in all_labels else -1 for p in samples["image_path"]]
+    images = np.stack([all_images[p] for p in image_paths]) if image_paths else np.zeros((0, data.image_size, data.image_size, 3), np.uint8)
+
+    report = build_report(outcomes, samples)
+    if report["total"]["received"] and report["total"]["quarantined"] / report["total"]["received"] > params.max_quarantine_fraction:
+        raise ValueError(
+            f"ingest: {report['total']['quarantined']} of {report['total']['received']} items quarantined, more than "
+            f"ingest.max_quarantine_fraction={params.max_quarantine_fraction}; see {out_dir / 'quarantine.csv'}"
+        )
+    write_outputs(out_dir, samples, windows, images, outcomes, report, normalisation, data)
+    return report
+
+
+def station_windows(stations: pd.DataFrame, raw: np.ndarray, normalisation: dict, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sensor windows for every station sample, built station by station (rows are grouped)."""
+    if stations.empty:
+        return np.zeros((0, window, features.N_FEATURES), np.float32), np.zeros(0, np.int32)
+    windows, missing = [], []
+    for _, rows in stations.groupby("station_id", sort=False).indices.items():
+        w, m = features.build_windows(stations["hour"].to_numpy(np.int64)[rows], raw[rows], normalisation, window)
+        windows.append(w)
+        missing.append(m)
+    return np.concatenate(windows), np.concatenate(missing)
+
+
+def build_report(outcomes: list[ingest.Outcome], samples: pd.DataFrame) -> dict:
+    """received = accepted + quarantined per source and in total, plus the split report."""
+    per_source = {}
+    for outcome in outcomes:
+        by_rule = pd.Series([q["rule"] for q in outcome.quarantine], dtype=str).value_counts().to_dict()
+        quarantined = len(outcome.quarantine)
+        per_source[outcome.source] = {
+            "received": outcome.received,
+            "accepted": outcome.received - quarantined,
+            "quarantined": quarantined,
+            "by_rule": {str(k): int(v) for k, v in sorted(by_rule.items())},
+        }
+    total_rules: dict[str, int] = {}
+    for entry in per_source.values():
+        for rule, count in entry["by_rule"].items():
+            total_rules[rule] = total_rules.get(rule, 0) + count
+    total = {key: sum(e[key] for e in per_source.values()) for key in ("received", "accepted", "quarantined")}
+    total["by_rule"] = dict(sorted(total_rules.items()))
+    splits = {
+        split: {
+            "samples": int((samples["split"] == split).sum()),
+            "with_image": int(((samples["split"] == split) & samples["image_path"].fillna("").ne("")).sum()),
+            "by_class": {c: int(((samples["split"] == split) & samples["image_path"].fillna("").ne("") & (samples.get("sky_label", -1) == i)).sum()) for i, c in enumerate(SKY_CLASSES)} if "sky_label" in samples else {},
+            "by_station": samples[samples["split"] == split]["station_id"].replace("", "(photos)").value_counts().sort_index().to_dict(),
+        }
+        for split in (*SPLITS, "buffer")
+    }
+    gaps = {f"rain_h{h}_masked": int(samples[f"rain_h{h}"].isna().sum()) for h in HORIZONS if f"rain_h{h}" in samples}
+    return {"sources": per_source, "total": total, "splits": splits, "masked_labels": gaps}
+
+
+def write_outputs(out_dir: Path, samples, windows, images, outcomes, report, normalisation, data: Data) -> None:
+    quarantine = [q for o in outcomes for q in o.quarantine]
+    pd.DataFrame(quarantine, columns=ingest.QUARANTINE_COLUMNS).to_csv(out_dir / "quarantine.csv", index=False)
+    samples.drop(columns=["image_path"]).assign(image_file=samples["image_path"].fillna("")).to_csv(out_dir / "samples.csv", index=False)
+    np.save(out_dir / "windows.npy", windows)
+    np.save(out_dir / "images.npy", images)
+    preprocessing = {
+        "sensors": {**normalisation, "window_hours": data.window_hours, "n_features": features.N_FEATURES},
+        "image": {"size": data.image_size, "mean": IMAGE_MEAN, "std": IMAGE_STD, "resize": "bilinear", "layout": "NCHW RGB /255"},
+        "climatology": climatology(samples),
+    }
+    (out_dir / "normalisation.json").write_text(json.dumps(preprocessing, indent=2) + "\n")
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+def print_report(report: dict) -> None:
+    print(f"{'source':<28} {'received':>9} {'accepted':>9} {'quarantined':>11}  rules")
+    for name, entry in {**report["sources"], "TOTAL": report["total"]}.items():
+        rules = ", ".join(f"{k}={v}" for k, v in entry["by_rule"].items()) or "-"
+        print(f"{name[-28:]:<28} {entry['received']:>9} {entry['accepted']:>9} {entry['quarantined']:>11}  {rules}")
+    print(f"\n{'split':<8} {'samples':>8} {'with image':>10}")
+    for split, entry in report["splits"].items():
+        print(f"{split:<8} {entry['samples']:>8} {entry['with_image']:>10}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("data/ingest"))
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    report = run(params.ingest, params.data, args.out)
+    print_report(report)
+
+
+if __name__ == "__main__":
+    main()

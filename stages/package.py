@@ -1,0 +1,127 @@
+"""package: the chosen model as ONNX + a signed manifest (ARCHITECTURE §5).
+
+Writes under data/package/: model.onnx, canary.npz (inputs a device runs as its smoke test),
+manifest.json and manifest.sig.json (ed25519 over the exact manifest bytes). The signing key
+comes from $SKYEDGE_SIGNING_KEY or .skyedge/signing_key.pem, generated on first use and never
+committed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import onnx
+import yaml
+
+from skyedge import __version__, manifest, runtime, signing
+from skyedge.config import Package, Params, load_params
+from skyedge.contract import HORIZONS, INPUT_IMAGE, INPUT_IMAGE_PRESENT, INPUT_SENSORS, SKY_CLASSES
+from skyedge.dataset import load_ingested, model_inputs
+
+CANARY_FILE = "canary.npz"
+
+
+def io_signature(model_path: Path) -> tuple[list[dict], list[dict]]:
+    """Names, shapes (None = any batch) and dtypes of the ONNX graph's inputs and outputs."""
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+
+    def describe(values) -> list[dict]:
+        return [
+            {
+                "name": v.name,
+                "dtype": onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
+                "shape": [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim],
+            }
+            for v in values
+        ]
+
+    return describe(graph.input), describe(graph.output)
+
+
+def canary_inputs(data, count: int) -> dict[str, np.ndarray]:
+    """Test samples with photos, the last one with its photo removed (the camera-down path)."""
+    test = data.split("test")
+    with_photo = test[data.samples["image_idx"].to_numpy()[test] >= 0][:count]
+    rows = with_photo if len(with_photo) else test[:count]
+    inputs = model_inputs(data, rows)
+    inputs[INPUT_IMAGE_PRESENT][-1] = 0.0
+    inputs[INPUT_IMAGE][-1] = 0.0
+    return inputs
+
+
+def lineage(params: Params) -> dict:
+    """Git commit, DVC stage hashes and the resolved params that made this model."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = None
+    stages = {}
+    lock = Path("dvc.lock")
+    if lock.exists():
+        for name, stage in (yaml.safe_load(lock.read_text()) or {}).get("stages", {}).items():
+            stages[name] = {out["path"]: out.get("md5") for out in stage.get("outs", [])}
+    return {"git_commit": commit, "dvc_stages": stages, "params": params.model_dump(mode="json")}
+
+
+def run(params: Params, ingest_dir: Path, quantize_dir: Path, evaluate_dir: Path, out_dir: Path, key_path: Path) -> dict:
+    config: Package = params.package
+    data = load_ingested(ingest_dir)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    model_path = out_dir / manifest.MODEL_FILE
+    shutil.copyfile(quantize_dir / "shipped.onnx", model_path)
+
+    inputs = canary_inputs(data, config.canaries)
+    np.savez(out_dir / CANARY_FILE, **inputs)
+    expected = runtime.predict(runtime.session(model_path), inputs)
+    signature_in, signature_out = io_signature(model_path)
+    quantize_report = json.loads((quantize_dir / "report.json").read_text())
+    evaluated = json.loads((evaluate_dir / "metrics.json").read_text())
+    now = datetime.now(timezone.utc)
+    version = int(now.strftime("%Y%m%d%H%M%S"))  # monotonic across builds; the registry may renumber
+    document = {
+        "schema_version": manifest.MANIFEST_SCHEMA_VERSION,
+        "name": config.name,
+        "version": version,
+        "version_label": f"{__version__}+{version}",
+        "created_at": now.isoformat(timespec="seconds"),
+        "files": [manifest.file_entry(model_path, out_dir), manifest.file_entry(out_dir / CANARY_FILE, out_dir)],
+        "inputs": signature_in,
+        "outputs": signature_out,
+        "preprocessing": {"image": data.preprocessing["image"], "sensors": data.preprocessing["sensors"], "input_names": [INPUT_IMAGE, INPUT_IMAGE_PRESENT, INPUT_SENSORS]},
+        "climatology": data.preprocessing["climatology"],
+        "horizons": list(HORIZONS),
+        "classes": list(SKY_CLASSES),
+        "metrics": {key: evaluated[key] for key in ("sky", "horizons", "ci", "skipped", "variants") if key in evaluated},
+        "quantization": {"shipped": quantize_report["shipped"], "reason": quantize_report["reason"]},
+        "lineage": lineage(params),
+        "canary": {"file": CANARY_FILE, "atol": config.canary_atol, "expected": {k: v.tolist() for k, v in expected.items()}},
+        "latency_budget_ms": config.latency_budget_ms,
+        "min_agent_version": config.min_agent_version,
+    }
+    manifest.write_manifest(out_dir, document)
+    manifest.sign_package(out_dir, signing.load_or_create_private_key(key_path))
+    manifest.verify_package(out_dir, signing.load_private_key(key_path).public_key())
+    return {"version": version, "model_bytes": model_path.stat().st_size, "shipped": quantize_report["shipped"]}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for name in ("ingest", "quantize", "evaluate"):
+        parser.add_argument(f"--{name}", type=Path, default=Path(f"data/{name}"))
+    parser.add_argument("--out", type=Path, default=Path("data/package"))
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    print(run(params, args.ingest, args.quantize, args.evaluate, args.out, signing.key_path_from_env()))
+
+
+if __name__ == "__main__":
+    main()
