@@ -13,6 +13,8 @@ Gaps are thus explicit to the model (flags) and counted (`window_missing_hours`)
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from skyedge.contract import HORIZONS, RAIN_THRESHOLD_MM
@@ -50,8 +52,10 @@ def raw_features(columns: dict[str, np.ndarray]) -> np.ndarray:
 
 def fit_normalisation(features: np.ndarray) -> dict[str, list[float]]:
     """Per-feature mean and std over the (training) rows, ignoring missing values."""
-    mean = np.nanmean(features, axis=0)
-    std = np.nanstd(features, axis=0)
+    with warnings.catch_warnings():  # an all-missing column is handled just below
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(features, axis=0)
+        std = np.nanstd(features, axis=0)
     mean = np.where(np.isfinite(mean), mean, 0.0)
     std = np.where(np.isfinite(std) & (std > 1e-6), std, 1.0)
     return {"features": list(RAW_FEATURES), "mean": mean.tolist(), "std": std.tolist()}

@@ -1,0 +1,129 @@
+"""Each stage's outputs on the tiny profile (one in-process run per session, see conftest)."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pandas as pd
+import pytest
+import torch
+
+from skyedge import io, runtime
+from skyedge.contract import HORIZONS, OUTPUT_RAIN_PROB, OUTPUT_SKY_LOGITS, OUTPUT_TEMP_C, SKY_CLASSES
+from skyedge.dataset import load_ingested, model_inputs
+from skyedge.features import N_FEATURES
+
+
+def test_ingest_accounts_for_every_item_and_splits_by_time(pipeline):
+    report = json.loads((pipeline.ingest / "report.json").read_text())
+    total = report["total"]
+    assert total["received"] == total["accepted"] + total["quarantined"] > 0
+    data = load_ingested(pipeline.ingest)
+    for station, rows in data.samples.groupby("station_id"):
+        hours = {split: rows.loc[rows["split"] == split, "hour"] for split in ("train", "val", "test")}
+        assert hours["train"].max() < hours["val"].min() < hours["val"].max() < hours["test"].min()
+    assert data.windows.shape[1:] == (pipeline.params.data.window_hours, N_FEATURES)
+    assert data.images.shape[1:] == (pipeline.params.data.image_size,) * 2 + (3,)
+
+
+def test_embed_writes_a_whole_teacher_module_its_onnx_and_per_photo_targets(pipeline):
+    teacher = io.load_module(pipeline.embed / "teacher.pt")
+    outputs = np.load(pipeline.embed / "teacher_outputs.npz")
+    n_photos = len(np.load(pipeline.ingest / "images.npy", mmap_mode="r"))
+    assert outputs["sky_logits"].shape == (n_photos, len(SKY_CLASSES))
+    assert outputs["embeddings"].shape == (n_photos, teacher.backbone.channels)
+    metrics = json.loads((pipeline.embed / "metrics.json").read_text())
+    assert metrics["val_sky_accuracy"] > 1.5 / len(SKY_CLASSES)  # fine-tuned well above chance
+
+
+def test_distill_trains_the_student_with_and_without_the_teacher(pipeline):
+    metrics = json.loads((pipeline.distill / "metrics.json").read_text())
+    assert set(metrics) >= {"student", "student_alone", "kd_gain_val_sky_accuracy"}
+    student = io.load_module(pipeline.distill / "student.pt")
+    alone = io.load_module(pipeline.distill / "student_alone.pt")
+    assert not torch.equal(next(student.backbone.parameters()), next(alone.backbone.parameters()))
+    teacher_bytes = (pipeline.embed / "teacher.onnx").stat().st_size
+    assert (pipeline.distill / "student.onnx").stat().st_size * 20 < teacher_bytes
+
+
+def test_structured_pruning_really_lowers_macs_params_and_bytes(pipeline):
+    metrics = json.loads((pipeline.prune / "metrics.json").read_text())
+    before, after = metrics["before"], metrics["after"]
+    assert after["macs"] < 0.8 * before["macs"]
+    assert after["params"] < before["params"]
+    assert after["onnx_bytes"] < before["onnx_bytes"]
+
+
+def test_the_pruned_module_reloads_in_a_fresh_process(pipeline):
+    script = (
+        "import sys, torch; from skyedge import io, models;"
+        f"m = io.load_module(sys.argv[1]); x = models.example_inputs({pipeline.params.data.image_size}, {pipeline.params.data.window_hours}, {N_FEATURES});"
+        "sky, rain, temp = m(*x); print(tuple(sky.shape), tuple(rain.shape), tuple(temp.shape))"
+    )
+    out = subprocess.run([sys.executable, "-c", script, str(pipeline.prune / "pruned.pt")], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == f"(1, {len(SKY_CLASSES)}) (1, {len(HORIZONS)}) (1, {len(HORIZONS)})"
+
+
+def test_quantize_measures_both_candidates_and_ships_the_faster_within_budget(pipeline):
+    report = json.loads((pipeline.quantize / "report.json").read_text())
+    names = {c["name"]: c for c in report["candidates"]}
+    assert set(names) == {"fp32", "int8"}
+    allowed = [c for c in names.values() if c["val_sky_accuracy"] >= names["fp32"]["val_sky_accuracy"] - pipeline.params.quantize.max_accuracy_drop]
+    assert report["shipped"] == min(allowed, key=lambda c: c["latency_ms_p50"])["name"]
+    assert report["reason"].startswith(report["shipped"])
+    graph = onnx.load(str(pipeline.quantize / "model_int8.onnx")).graph
+    ops = {node.op_type for node in graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # QDQ format, really int8
+    assert (pipeline.quantize / "model_int8.onnx").stat().st_size < (pipeline.prune / "pruned.onnx").stat().st_size
+
+
+def test_evaluate_scores_every_variant_against_persistence_and_climatology(pipeline):
+    metrics = json.loads((pipeline.evaluate / "metrics.json").read_text())
+    assert set(metrics["variants"]) == {"teacher", "student_alone", "student", "pruned", "quantized", "shipped"}
+    assert [entry["h"] for entry in metrics["horizons"]] == list(HORIZONS)
+    for entry in metrics["horizons"]:
+        assert {"rain_bss_persistence", "rain_bss_climatology", "rain_csi", "temp_rmse", "temp_skill_persistence"} <= set(entry)
+        assert entry["n"] > 0
+    assert metrics["sky"]["n"] == sum(map(sum, metrics["sky"]["confusion"]))
+    for name in ("pareto.png", "confusion_shipped.png", "reliability.png", "skill.png", "report.md", "variants.csv"):
+        assert (pipeline.evaluate / name).stat().st_size > 0
+    rows = pd.read_csv(pipeline.evaluate / "variants.csv")
+    assert (rows["latency_ms_p50"] > 0).all() and (rows["size_bytes"] > 0).all()
+
+
+def test_the_packaged_model_runs_in_onnx_runtime_and_matches_its_canaries(pipeline):
+    manifest = json.loads((pipeline.package / "manifest.json").read_text())
+    canary = dict(np.load(pipeline.package / manifest["canary"]["file"]))
+    outputs = runtime.predict(runtime.session(pipeline.package / "model.onnx"), canary)
+    for name, expected in manifest["canary"]["expected"].items():
+        np.testing.assert_allclose(outputs[name], np.asarray(expected), atol=manifest["canary"]["atol"])
+    assert canary["image_present"][-1, 0] == 0.0  # one canary exercises the camera-down path
+    assert [o["name"] for o in manifest["outputs"]] == [OUTPUT_SKY_LOGITS, OUTPUT_RAIN_PROB, OUTPUT_TEMP_C]
+    assert manifest["preprocessing"]["image"]["size"] == pipeline.params.data.image_size
+    assert set(manifest["lineage"]["params"]) >= {"ingest", "quantize", "package"}
+
+
+@pytest.mark.parametrize("variant", ["pruned", "student"])
+def test_onnx_runtime_matches_pytorch_for_fp32_models(pipeline, variant):
+    """Tolerance: 1e-4 absolute on logits, probabilities and °C (float32 reassociation only)."""
+    folder = pipeline.prune if variant == "pruned" else pipeline.distill
+    module = io.load_module(folder / f"{variant}.pt")
+    data = load_ingested(pipeline.ingest)
+    inputs = model_inputs(data, data.split("test")[:16])
+    with torch.no_grad():
+        expected = [t.numpy() for t in module(*(torch.from_numpy(inputs[k]) for k in ("image", "image_present", "sensors")))]
+    got = runtime.predict(runtime.session(folder / f"{variant}.onnx"), inputs)
+    for name, reference in zip((OUTPUT_SKY_LOGITS, OUTPUT_RAIN_PROB, OUTPUT_TEMP_C), expected):
+        np.testing.assert_allclose(got[name], reference, atol=1e-4)
+
+
+def test_int8_stays_close_to_its_fp32_model(pipeline):
+    """Tolerance for int8 vs fp32: rain probabilities within 0.05, temperature within 0.5 °C."""
+    data = load_ingested(pipeline.ingest)
+    inputs = model_inputs(data, data.split("test")[:64])
+    fp32 = runtime.predict(runtime.session(pipeline.prune / "pruned.onnx"), inputs)
+    int8 = runtime.predict(runtime.session(pipeline.quantize / "model_int8.onnx"), inputs)
+    assert np.abs(fp32[OUTPUT_RAIN_PROB] - int8[OUTPUT_RAIN_PROB]).max() < 0.05
+    assert np.abs(fp32[OUTPUT_TEMP_C] - int8[OUTPUT_TEMP_C]).max() < 0.5
