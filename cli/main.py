@@ -51,6 +51,33 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from skyedge import scoring
+
+    result = scoring.evaluate(
+        args.model,
+        args.stations,
+        args.images,
+        n_boot=args.bootstrap,
+        seed=args.seed,
+        max_window_gap_hours=args.max_window_gap,
+        measure=not args.no_runtime,
+        runtime_runs=args.runtime_runs,
+        warmup_runs=args.warmup_runs,
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result.metrics, indent=2, allow_nan=False) + "\n")
+    print(scoring.summary_table(result.metrics))
+    print(f"wrote {args.out}")
+    if args.report:
+        from skyedge.evaluation_report import write_report
+
+        print(f"wrote {write_report(result, args.report)}")
+    return 0
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from skyedge import manifest, signing
 
@@ -97,6 +124,20 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="print the variant table of the last evaluate stage")
     report.add_argument("--evaluate", type=Path, default=Path("data/evaluate"))
     report.set_defaults(func=cmd_report)
+
+    evaluate = commands.add_parser("evaluate", help="score a packaged model on station records and/or labelled photos")
+    evaluate.add_argument("model", type=Path, help="package dir (model.onnx + manifest.json) or an .onnx file with manifest.json beside it")
+    evaluate.add_argument("--stations", type=Path, nargs="+", action="extend", default=[], metavar="CSV_OR_DIR")
+    evaluate.add_argument("--images", type=Path, nargs="+", action="extend", default=[], metavar="INDEX_CSV_OR_DIR")
+    evaluate.add_argument("--out", type=Path, required=True, help="metrics.json to write")
+    evaluate.add_argument("--report", type=Path, help="also write a self-contained HTML report")
+    evaluate.add_argument("--no-runtime", action="store_true", help="skip the latency/throughput/memory measurement")
+    evaluate.add_argument("--bootstrap", type=int, default=500, help="bootstrap replicates (whole days resampled)")
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--max-window-gap", type=int, help="skip station samples missing more window hours than this (default: half the window)")
+    evaluate.add_argument("--runtime-runs", type=int, default=200)
+    evaluate.add_argument("--warmup-runs", type=int, default=20)
+    evaluate.set_defaults(func=cmd_evaluate)
 
     verify = commands.add_parser("verify", help="check a package's file hashes and manifest signature")
     verify.add_argument("package", type=Path)

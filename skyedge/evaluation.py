@@ -4,8 +4,10 @@ persistence and climatology baselines and day-resampled bootstrap intervals (num
 The schema of the returned dict is the metrics.json contract read by gates and dashboards:
   sky: {n, accuracy, macro_f1, per_class_recall, confusion}   (absent without labelled photos)
   horizons: [{h, n, rain_base_rate, rain_brier, rain_bss_persistence, ...}] for h = 1..4
-  ci: {"sky_accuracy": [lo, hi], "rain_bss_persistence_h1": [lo, hi], ...}
+  ci: {"sky_accuracy": [lo, hi], "rain_bss_persistence_h1": [lo, hi], ...}   (None: undefined)
   skipped: {reason: count}
+Bootstrap groups are whole days: the `day` column when the samples have one (photos without a
+capture time get a group of their own), else the date part of `timestamp`.
 """
 
 from __future__ import annotations
@@ -32,10 +34,32 @@ def sky_scores(labels: np.ndarray, logits: np.ndarray) -> dict:
     }
 
 
-def score(outputs: dict[str, np.ndarray], samples, climatology: dict, n_boot: int = 500, seed: int = 0) -> dict:
-    """Score model outputs aligned with `samples` (a DataFrame slice of the ingest samples)."""
+SKILL_CI_KEYS: tuple[str, ...] = (
+    "rain_bss_persistence",
+    "rain_bss_climatology",
+    "temp_skill_persistence",
+    "temp_skill_climatology",
+)
+
+
+def score(
+    outputs: dict[str, np.ndarray],
+    samples,
+    climatology: dict,
+    n_boot: int = 500,
+    seed: int = 0,
+    max_window_gap_hours: int | None = None,
+) -> dict:
+    """Score model outputs aligned with `samples` (a DataFrame slice of the ingest samples).
+
+    max_window_gap_hours: station samples whose sensor window misses more hours than this are
+    skipped (counted under skipped["gap_in_window"]); None scores every window, gaps and all.
+    """
     sky_label = samples["sky_label"].to_numpy()
-    days = samples["timestamp"].fillna("").astype(str).str[:10].to_numpy()
+    if "day" in samples:
+        days = samples["day"].fillna("").astype(str).to_numpy()
+    else:
+        days = samples["timestamp"].fillna("").astype(str).str[:10].to_numpy()
     result: dict = {"horizons": [], "ci": {}, "skipped": {}}
     has_sky = sky_label >= 0
     if has_sky.any():
@@ -51,9 +75,13 @@ def score(outputs: dict[str, np.ndarray], samples, climatology: dict, n_boot: in
     temp_clim = np.asarray(climatology["temp_by_hour_c"])[samples["hour_of_day"].fillna(0).to_numpy(int)]
     rain_now = samples["rain_now"].to_numpy(float)
     temp_now = samples["temp_now"].to_numpy(float)
+    gaps = samples["window_missing_hours"].to_numpy() if "window_missing_hours" in samples else np.zeros(len(samples))
+    gappy = stations & (gaps > max_window_gap_hours) if max_window_gap_hours is not None else np.zeros(len(samples), bool)
+    result["skipped"]["gap_in_window"] = int(gappy.sum())
+    stations = stations & ~gappy
     no_now = stations & (np.isnan(rain_now) | np.isnan(temp_now))
     result["skipped"]["no_current_reading"] = int(no_now.sum())
-    result["skipped"]["windows_with_gaps_scored"] = int((stations & (samples.get("window_missing_hours", 0) > 0)).sum())
+    result["skipped"]["windows_with_gaps_scored"] = int((stations & (gaps > 0)).sum())
     for i, h in enumerate(HORIZONS):
         rain_obs = samples[f"rain_h{h}"].to_numpy(float)
         temp_obs = samples[f"temp_h{h}"].to_numpy(float)
@@ -67,7 +95,7 @@ def score(outputs: dict[str, np.ndarray], samples, climatology: dict, n_boot: in
             outputs["temp_c"][rows, i], temp_obs[rows], temp_now[rows], temp_clim[rows],
         )
         result["horizons"].append({"h": h, **metrics.horizon_scores(*arrays)})
-        for key in ("rain_bss_persistence", "temp_skill_persistence"):
+        for key in SKILL_CI_KEYS:
             statistic = _skill_statistic(key, arrays)
             try:
                 result["ci"][f"{key}_h{h}"] = list(metrics.bootstrap_ci(statistic, days[rows], n_boot, seed))
@@ -79,12 +107,14 @@ def score(outputs: dict[str, np.ndarray], samples, climatology: dict, n_boot: in
 
 
 def _skill_statistic(key: str, arrays: tuple[np.ndarray, ...]):
-    rain_prob, rain_obs, rain_now, _, temp_pred, temp_obs, temp_now, _ = arrays
+    rain_prob, rain_obs, rain_now, rain_clim, temp_pred, temp_obs, temp_now, temp_clim = arrays
+    rain_reference = rain_clim if key == "rain_bss_climatology" else rain_now
+    temp_reference = temp_clim if key == "temp_skill_climatology" else temp_now
 
     def statistic(idx: np.ndarray) -> float | None:
-        if key == "rain_bss_persistence":
-            return metrics.brier_skill(metrics.brier(rain_prob[idx], rain_obs[idx]), metrics.brier(rain_now[idx], rain_obs[idx]))
-        return metrics.temp_skill(metrics.rmse(temp_pred[idx], temp_obs[idx]), metrics.rmse(temp_now[idx], temp_obs[idx]))
+        if key.startswith("rain_"):
+            return metrics.brier_skill(metrics.brier(rain_prob[idx], rain_obs[idx]), metrics.brier(rain_reference[idx], rain_obs[idx]))
+        return metrics.temp_skill(metrics.rmse(temp_pred[idx], temp_obs[idx]), metrics.rmse(temp_reference[idx], temp_obs[idx]))
 
     return statistic
 
