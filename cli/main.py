@@ -98,6 +98,111 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _open_store(args: argparse.Namespace):
+    from skyedge.store import open_store
+
+    return open_store(args.store, endpoint_url=args.endpoint_url)
+
+
+def _store_errors() -> tuple[type[Exception], ...]:
+    from skyedge import manifest, registry, signing, store
+
+    return (registry.RegistryError, store.StoreError, manifest.PackageError, signing.SigningError)
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _table(headers: list[str], rows: list[list[object]]) -> str:
+    cells = [[str(c) for c in headers], *[["-" if c is None else str(c) for c in row] for row in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from skyedge import registry, signing
+
+    try:
+        if args.public_key:
+            public_key = signing.load_public_key(args.public_key)
+        else:
+            key_path = signing.key_path_from_env()
+            if not key_path.exists():
+                print(f"publish: no trusted key: pass --public-key PEM (no signing key at {key_path})", file=sys.stderr)
+                return 2
+            public_key = signing.load_private_key(key_path).public_key()
+        store = _open_store(args)
+        result = registry.publish(store, args.package, channel=args.channel, public_key=public_key, force=args.force)
+    except _store_errors() as error:
+        print(f"publish: FAILED: {error}", file=sys.stderr)
+        return 1
+    uploaded = sorted(n for n, s in result["objects"].items() if s == "uploaded")
+    present = sorted(n for n, s in result["objects"].items() if s == "present")
+    print(f"uploaded {len(uploaded)} objects ({', '.join(uploaded) or 'none'}); {len(present)} already present and identical")
+    previous = result["pointer"].get("previous")
+    if result["status"] == "unchanged":
+        print(f"publish: {args.channel} already points to version {result['version']} in {store.url}: nothing to do")
+    else:
+        was = f" (was {previous['version']})" if previous else " (first release on this channel)"
+        print(f"publish: OK: {args.channel} -> version {result['version']}{was} in {store.url}")
+    return 0
+
+
+def cmd_registry_show(args: argparse.Namespace) -> int:
+    from skyedge import registry
+
+    try:
+        state = registry.show(_open_store(args))
+    except _store_errors() as error:
+        print(f"registry show: FAILED: {error}", file=sys.stderr)
+        return 1
+    print(f"registry {state['store']}")
+    print()
+    channel_rows = [
+        [name, p["version"], p.get("version_label"), p.get("published_at"), p.get("action", "publish"), (p.get("previous") or {}).get("version")]
+        for name, p in sorted(state["channels"].items())
+    ]
+    print(_table(["channel", "version", "label", "published_at", "by", "replaced"], channel_rows) if channel_rows else "no channels yet")
+    print()
+    version_rows = [
+        [
+            v["version"],
+            v["name"],
+            v["created_at"],
+            _size(v["size_bytes"]),
+            len(v["objects"]),
+            "yes" if v["complete"] else f"NO: {v['problem']}",
+            ",".join(v["channels"]) or None,
+            (v["decision"] or {}).get("reviewer"),
+        ]
+        for v in reversed(state["versions"])
+    ]
+    print(_table(["version", "name", "created_at", "size", "objects", "complete", "channels", "approved_by"], version_rows) if version_rows else "no versions yet")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from skyedge import registry
+
+    try:
+        store = _open_store(args)
+        result = registry.rollback(store, channel=args.channel)
+    except _store_errors() as error:
+        print(f"rollback: FAILED: {error}", file=sys.stderr)
+        return 1
+    print(f"rollback: OK: {args.channel} -> version {result['version']} (was {result['rolled_back_from']}) in {store.url}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="skyedge", description="Train, compress, evaluate and ship a sky-camera nowcaster.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -143,6 +248,29 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("package", type=Path)
     verify.add_argument("--public-key", type=Path, help="trusted ed25519 public key (PEM); default: the local signing key's")
     verify.set_defaults(func=cmd_verify)
+
+    def add_store(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--store", required=True, help="s3://BUCKET/PREFIX or a local directory")
+        sub.add_argument("--endpoint-url", help="S3 endpoint (MinIO, moto); default: $AWS_ENDPOINT_URL, else AWS")
+
+    publish = commands.add_parser("publish", help="upload a package to the registry and move a channel to it")
+    publish.add_argument("package", type=Path)
+    add_store(publish)
+    publish.add_argument("--channel", default="production")
+    publish.add_argument("--public-key", type=Path, help="trusted ed25519 public key (PEM); default: the local signing key's")
+    publish.add_argument("--force", action="store_true", help="allow a version not newer than the channel's")
+    publish.set_defaults(func=cmd_publish)
+
+    registry = commands.add_parser("registry", help="inspect the model registry")
+    registry_commands = registry.add_subparsers(dest="registry_command", required=True, metavar="COMMAND")
+    registry_show = registry_commands.add_parser("show", help="print channels and versions")
+    add_store(registry_show)
+    registry_show.set_defaults(func=cmd_registry_show)
+
+    rollback = commands.add_parser("rollback", help="re-point a channel to the version it replaced")
+    add_store(rollback)
+    rollback.add_argument("--channel", default="production")
+    rollback.set_defaults(func=cmd_rollback)
     return parser
 
 
