@@ -18,13 +18,31 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from skyedge.config import load_params, resolve
+    """Ingest folders, index.csv files (their folder) and s3:// prefixes into --out."""
+    from skyedge import sources as s3
+    from skyedge.config import ConfigError, load_params, resolve
     from stages import ingest
 
     base = load_params(args.params) if args.params.exists() else resolve({})
-    sources = [{"type": "folder", "path": str(source)} for source in args.sources]
-    config = base.ingest.model_copy(update={"sources": base.ingest.model_validate({"sources": sources}).sources})
-    report = ingest.run(config, base.data, args.out)
+    sources = []
+    for source in map(str, args.sources):
+        if source.startswith("s3:/"):  # argparse's type=Path folds "s3://" to "s3:/": undo it
+            source = "s3://" + source[len("s3:/"):].lstrip("/")
+        if source.startswith("s3://"):
+            sources.append({"type": "s3", "url": source})
+        elif Path(source).is_file() and Path(source).name == "index.csv":
+            sources.append({"type": "folder", "path": str(Path(source).parent)})
+        else:
+            sources.append({"type": "folder", "path": source})
+    try:
+        config = base.ingest.model_copy(update={"sources": base.ingest.model_validate({"sources": sources}).sources})
+    except Exception as error:  # pydantic's message names the bad source
+        raise ConfigError(f"skyedge ingest: invalid source: {error}") from None
+    try:
+        report = ingest.run(config, base.data, args.out)
+    except (FileNotFoundError, s3.S3SourceError, ValueError) as error:
+        print(f"skyedge ingest: {error}", file=sys.stderr)
+        return 1
     ingest.print_report(report)
     return 0
 

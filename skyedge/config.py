@@ -54,7 +54,25 @@ class FolderSource(Section):
     path: str
 
 
-Source = Annotated[SyntheticSource | FolderSource, Field(discriminator="type")]
+class S3Source(Section):
+    """An S3 prefix holding either layout (station CSVs and/or index.csv + photos).
+
+    Unset fields fall back to the standard AWS environment (AWS_ENDPOINT_URL, AWS_REGION /
+    AWS_DEFAULT_REGION, AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE). Credentials are
+    never written here: they come from the environment or the AWS config files.
+    """
+
+    type: Literal["s3"] = "s3"
+    url: Annotated[str, Field(pattern=r"^s3://[a-z0-9][a-z0-9.\-]{1,62}(/.*)?$")]
+    endpoint_url: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    # Attempts per object before it is quarantined (`object_downloaded`), with exponential backoff.
+    attempts: Annotated[int, Field(ge=1, le=10)] = 3
+    backoff_seconds: Annotated[float, Field(ge=0)] = 0.5
+
+
+Source = Annotated[SyntheticSource | FolderSource | S3Source, Field(discriminator="type")]
 
 
 class SplitFractions(Section):
@@ -76,6 +94,9 @@ class Ingest(Section):
     max_quarantine_fraction: Annotated[float, Field(ge=0, le=1)] = 0.2
     # Rows stamped later than now + this are "in the future" (clock skew allowance).
     future_tolerance_hours: Annotated[float, Field(ge=0)] = 1.0
+    # Run the Great Expectations suites in bulk and build Data Docs under data-docs/ (a few
+    # seconds). The quarantine comes from the same rule table's masks either way (skyedge.validation).
+    great_expectations: bool = True
 
 
 class Embed(Section):

@@ -8,7 +8,9 @@ bad image never costs a row its sensors, nor the reverse.
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,14 +18,27 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
 
+from skyedge import validation
 from skyedge.contract import IMAGE, REQUIRED_COLUMNS, SENSOR_RANGES, SKY_CLASSES, STATION_ID, TIMESTAMP
 
 QUARANTINE_COLUMNS = ["source", "file", "row", "rule", "value"]
 INDEX_FILE = "index.csv"
-MIN_IMAGE_SIDE = 16  # smaller photos carry too little to resize up from: quarantined
-OFFSET_PATTERN = re.compile(r"(Z|[+-]\d{2}:?\d{2})$")
+METADATA_FILE = "metadata.csv"  # optional per-image metadata beside index.csv (SWIMCAT's)
+MIN_IMAGE_SIDE = validation.MIN_IMAGE_SIDE  # smaller photos carry too little to resize up from
+OFFSET_PATTERN = re.compile(validation.OFFSET_REGEX)
+SURROGATES = re.compile("[\udc80-\udcff]")  # undecodable bytes kept by errors="surrogateescape"
 EPOCH = pd.Timestamp("1970-01-01", tz="UTC")
+IMAGE_META_COLUMNS = ["path", "label", "exists", "bytes", "width", "height", "mode", "decode"]
+# The quarantine shows the text the row had, not the parsed value, for these rules.
+SHOWN_COLUMNS = {
+    "timestamp_parseable": TIMESTAMP,
+    "timestamp_not_future": TIMESTAMP,
+    "unique_station_timestamp": TIMESTAMP,
+    **{f"{c}_in_range": f"{c}_text" for c in SENSOR_RANGES},
+    **{f"{c}_unit_{u}": f"{c}_text" for c, units in validation.UNIT_BANDS.items() for u in units},
+}
 
 
 @dataclass
@@ -37,6 +52,12 @@ class Outcome:
     timestamps: dict[str, str] = field(default_factory=dict)  # resolved path -> capture time
     quarantine: list[dict] = field(default_factory=list)
     received: int = 0
+    # For the GE suites (run once per ingest, in bulk): the prepared station rows and image metadata.
+    station_frames: list[pd.DataFrame] = field(default_factory=list)
+    image_frame: pd.DataFrame = field(default_factory=pd.DataFrame)
+    ignored_files: list[str] = field(default_factory=list)  # CSVs that are not station data
+    collect_frames: bool = False  # read_folder keeps station_frames for the suites; callers of
+    # read_station_csv alone (skyedge evaluate) do not pay for them
 
     def reject(self, file: Path | str, row: int | None, rule: str, value: object) -> None:
         self.quarantine.append(
@@ -45,100 +66,215 @@ class Outcome:
 
 
 def station_files(folder: Path) -> list[Path]:
-    """Station CSVs under a folder: every *.csv except the labelled-image index."""
-    return sorted(p for p in folder.rglob("*.csv") if p.name != INDEX_FILE)
+    """Station CSVs under a folder: every *.csv except the labelled-image index and its metadata.
+
+    Whether a CSV holds station records at all is decided from its header (`is_station_header`).
+    """
+    return sorted(p for p in folder.rglob("*.csv") if p.name not in (INDEX_FILE, METADATA_FILE))
+
+
+def is_station_header(path: Path) -> bool:
+    """A CSV whose header names at least one contract column is station data (and is validated,
+    missing columns included); others (SWIMCAT's *_info.csv camera logs) are listed as ignored."""
+    try:
+        with path.open("rb") as handle:
+            first = handle.readline().decode("utf-8", errors="replace").lstrip("\ufeff")
+    except OSError:
+        return True  # unreadable: let read_station_csv quarantine it by name
+    if not first.strip():
+        return True
+    header = {name.strip() for name in next(csv.reader([first]))}
+    return bool(header & set(REQUIRED_COLUMNS))
+
+
+def parse_station_file(path: Path, outcome: Outcome) -> pd.DataFrame:
+    """The rows of one station CSV as text, with `_file` and `_row` (line number, header = 1).
+
+    Parse-level rules, checked before any validation: `file_parseable` (empty or unreadable file:
+    one item, row empty), `row_utf8` (a line that is not UTF-8: that row only), `row_column_count`
+    (a ragged row), `missing_column:<name>` (every row of the file, under the first missing
+    required column). Blank lines are not records and are not counted.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        outcome.received += 1
+        outcome.reject(path, None, "file_parseable", error)
+        return pd.DataFrame()
+    try:
+        text, checked = data.decode("utf-8"), False
+    except UnicodeDecodeError:
+        # Keep the undecodable bytes as surrogates so each bad line can be found and quarantined.
+        text, checked = data.decode("utf-8", errors="surrogateescape"), True
+    text = text.lstrip("\ufeff")
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader)
+    except (StopIteration, csv.Error) as error:
+        outcome.received += 1
+        outcome.reject(path, None, "file_parseable", error or "empty file")
+        return pd.DataFrame()
+    header = [name.strip() for name in header]
+    if checked and SURROGATES.search(",".join(header)):
+        outcome.received += 1
+        outcome.reject(path, None, "file_parseable", "header is not UTF-8")
+        return pd.DataFrame()
+    rows, numbers = [], []
+    width = len(header)
+    line = reader.line_num
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as error:  # e.g. a NUL byte: that line only
+            outcome.received += 1
+            outcome.reject(path, reader.line_num, "row_column_count", error)
+            continue
+        start, line = line + 1, reader.line_num
+        if not fields:
+            continue
+        outcome.received += 1
+        if checked and SURROGATES.search("".join(fields)):
+            shown = ",".join(fields).encode("utf-8", errors="surrogateescape").decode("utf-8", errors="backslashreplace")
+            outcome.reject(path, start, "row_utf8", shown)
+        elif len(fields) != width:
+            outcome.reject(path, start, "row_column_count", f"{len(fields)} fields, header has {width}")
+        else:
+            rows.append(fields)
+            numbers.append(start)
+    missing = [column for column in REQUIRED_COLUMNS if column not in header]
+    if missing:
+        for row in numbers:
+            outcome.reject(path, row, f"missing_column:{missing[0]}", missing[0])
+        if not numbers:  # a header-only file is still one received item with one outcome
+            outcome.received += 1
+            outcome.reject(path, None, f"missing_column:{missing[0]}", missing[0])
+        return pd.DataFrame()
+    frame = pd.DataFrame(rows, columns=header, dtype=str) if rows else pd.DataFrame(columns=header, dtype=str)
+    frame = frame.loc[:, ~frame.columns.duplicated()]
+    frame["_row"] = np.asarray(numbers, dtype=np.int64)
+    frame["_file"] = str(path)
+    return frame
+
+
+def validate_stations(raw: pd.DataFrame, outcome: Outcome, now: pd.Timestamp, rules: list | None = None) -> pd.DataFrame:
+    """Accepted rows of parsed station text (one or many files); the others go to the quarantine.
+
+    Rules come from skyedge.validation's table (the GE station suite), first failure wins.
+    """
+    if raw.empty:
+        return pd.DataFrame()
+    rules = rules if rules is not None else validation.station_rules(now)
+    prepared = validation.prepare_stations(raw, now)
+    if outcome.collect_frames:
+        outcome.station_frames.append(prepared.drop(columns=["_file", "_row", "timestamp_utc"]))
+    failed, values = validation.first_failures(rules, prepared, SHOWN_COLUMNS)
+    for index in np.flatnonzero(failed != ""):
+        outcome.reject(prepared["_file"].iat[index], int(prepared["_row"].iat[index]), failed[index], values[index])
+    keep = failed == ""
+    accepted = pd.DataFrame(
+        {
+            STATION_ID: prepared[STATION_ID],
+            "hour": prepared["hour"],
+            TIMESTAMP: prepared["timestamp_utc"],
+        }
+    )
+    for column in SENSOR_RANGES:
+        accepted[column] = prepared[column]
+    image_text = raw[IMAGE].fillna("").str.strip().to_numpy() if IMAGE in raw.columns else np.full(len(raw), "")
+    folders = {name: Path(name).parent for name in raw["_file"].unique()}
+    accepted["image_path"] = [
+        str((folders[file] / name).resolve()) if name and ok else "" for file, name, ok in zip(raw["_file"], image_text, keep)
+    ]
+    accepted["_file"] = prepared["_file"]
+    accepted["_row"] = prepared["_row"]
+    accepted = accepted[keep].reset_index(drop=True)
+    accepted["hour"] = accepted["hour"].astype(np.int64)
+    return accepted
 
 
 def read_station_csv(path: Path, outcome: Outcome, now: pd.Timestamp) -> pd.DataFrame:
     """Validated rows of one station CSV; rejected rows go to the quarantine."""
+    return validate_stations(parse_station_file(Path(path), outcome), outcome, now)
+
+
+def inspect_image(path: Path, image_size: int) -> tuple[np.ndarray | None, dict]:
+    """Decode one photo; return the RGB array (or None) and its metadata row for the image suite."""
+    meta = {"exists": path.exists(), "bytes": None, "width": None, "height": None, "mode": None, "decode": None}
+    if not meta["exists"]:
+        return None, meta
+    meta["bytes"] = path.stat().st_size
+    if meta["bytes"] == 0:
+        return None, meta
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
-    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
-        outcome.received += 1
-        outcome.reject(path, None, "file_parseable", error)
-        return pd.DataFrame()
-    outcome.received += len(frame)
-    missing = [column for column in REQUIRED_COLUMNS if column not in frame.columns]
-    if missing:
-        for row in range(len(frame)):
-            outcome.reject(path, row + 2, f"missing_column:{missing[0]}", missing[0])
-        if frame.empty:  # a header-only file is still one received item with one outcome
-            outcome.received += 1
-            outcome.reject(path, None, f"missing_column:{missing[0]}", missing[0])
-        return pd.DataFrame()
-    frame["_row"] = np.arange(len(frame)) + 2  # 1-based, after the header line
-    frame["_file"] = str(path)
-    failed = pd.Series("", index=frame.index)
-    values = pd.Series("", index=frame.index)
+        with Image.open(path) as image:
+            meta.update(width=image.size[0], height=image.size[1], mode=image.mode)
+            if image.mode not in validation.USABLE_MODES or min(image.size) < MIN_IMAGE_SIDE:
+                meta["decode"] = "skipped"
+                return None, meta
+            image.load()
+            rgb = image.convert("RGB").resize((image_size, image_size), Image.Resampling.BILINEAR)
+            meta["decode"] = "ok"
+            return np.asarray(rgb, dtype=np.uint8), meta
+    except UnidentifiedImageError as error:
+        meta.update(decode="not_an_image", error=str(error))
+    except (OSError, ValueError, SyntaxError) as error:
+        # Pillow says "image file is truncated" / "broken data stream" for cut-off files.
+        text = str(error)
+        meta.update(decode="truncated" if "truncat" in text or "broken" in text else "not_an_image", error=text)
+    return None, meta
 
-    def flag(mask: pd.Series, rule: str, shown: pd.Series) -> None:
-        new = mask & (failed == "")
-        failed[new] = rule
-        values[new] = shown[new].astype(str)
 
-    stamps = frame[TIMESTAMP].str.strip()
-    flag(frame[STATION_ID].str.strip() == "", "station_id_present", frame[STATION_ID])
-    flag(stamps == "", "timestamp_present", stamps)
-    flag(~stamps.str.contains(OFFSET_PATTERN), "timestamp_has_offset", stamps)
-    parsed = pd.to_datetime(stamps, utc=True, errors="coerce", format="ISO8601")
-    flag(parsed.isna(), "timestamp_parseable", stamps)
-    flag(parsed > now, "timestamp_not_future", stamps)
-    numeric = {}
-    for column, (low, high) in SENSOR_RANGES.items():
-        text = frame[column].str.strip()
-        number = pd.to_numeric(text, errors="coerce")
-        flag((text != "") & number.isna(), f"{column}_numeric", text)
-        out_of_range = pd.Series(False, index=frame.index)
-        if low is not None:
-            out_of_range |= number < low
-        if high is not None:
-            out_of_range |= number > high
-        flag(out_of_range, f"{column}_in_range", text)
-        numeric[column] = number
-    hours = (parsed.dt.floor("h") - EPOCH) // pd.Timedelta(hours=1)
-    key = frame[STATION_ID].str.strip() + "|" + hours.astype("Int64").astype(str)
-    duplicated = key.duplicated(keep="first") & (failed == "")
-    flag(duplicated, "unique_station_timestamp", stamps)
-    for index in np.flatnonzero(failed != ""):
-        outcome.reject(path, int(frame["_row"].iat[index]), failed.iat[index], values.iat[index])
-    keep = failed == ""
-    accepted = pd.DataFrame({STATION_ID: frame[STATION_ID].str.strip(), "hour": hours, TIMESTAMP: parsed})
-    for column, number in numeric.items():
-        accepted[column] = number
-    image_text = frame[IMAGE].str.strip() if IMAGE in frame.columns else pd.Series("", index=frame.index)
-    accepted["image_path"] = [str((path.parent / name).resolve()) if name else "" for name in image_text]
-    accepted["_file"] = frame["_file"]
-    accepted["_row"] = frame["_row"]
-    return accepted[keep].reset_index(drop=True)
+def image_failure(meta: dict, rules: list | None = None) -> tuple[str, str]:
+    """(rule, detail) for one image's metadata by the image suite's table; ("", "") when usable."""
+    rules = rules if rules is not None else validation.image_rules()
+    frame = pd.DataFrame([{**meta}]).reindex(columns=sorted({e.column for r in rules for e in r.expectations} | set(meta)))
+    failed, values = validation.first_failures(rules, frame)
+    if not failed[0]:
+        return "", ""
+    details = {
+        "image_exists": lambda: str(meta.get("path", "")),
+        "image_not_empty": lambda: "0 bytes",
+        "image_size_usable": lambda: f"{meta['width']}x{meta['height']}",
+        "image_readable": lambda: meta.get("error", "not an image"),
+        "image_not_truncated": lambda: meta.get("error", "truncated"),
+        "image_mode_usable": lambda: f"mode {meta['mode']}",
+    }
+    return failed[0], details.get(failed[0], lambda: str(values[0]))()
 
 
 def load_image(path: Path, image_size: int) -> tuple[np.ndarray | None, str, str]:
     """An RGB array resized to image_size, or (None, rule, detail) saying why not.
 
-    Any mode Pillow can convert (L, P, RGBA, CMYK...) is converted to RGB and any side of at least
-    MIN_IMAGE_SIDE is resized: photos from other cameras stay usable. Smaller ones are quarantined.
+    Any mode in validation.USABLE_MODES (L, P, RGBA, CMYK...) is converted to RGB and any side of at
+    least MIN_IMAGE_SIDE is resized, up or down: photos from other cameras stay usable. Smaller
+    ones, 16-bit/float modes, truncated and non-image files are quarantined.
     """
-    if not path.exists():
-        return None, "image_exists", str(path)
-    if path.stat().st_size == 0:
-        return None, "image_not_empty", "0 bytes"
-    try:
-        with Image.open(path) as image:
-            image.load()
-            if min(image.size) < MIN_IMAGE_SIDE:
-                return None, "image_size_usable", f"{image.size[0]}x{image.size[1]}"
-            rgb = image.convert("RGB").resize((image_size, image_size), Image.Resampling.BILINEAR)
-            return np.asarray(rgb, dtype=np.uint8), "", ""
-    except (UnidentifiedImageError, OSError, ValueError) as error:
-        return None, "image_readable", error
+    path = Path(path)
+    array, meta = inspect_image(path, image_size)
+    rule, detail = image_failure({**meta, "path": str(path)})
+    if rule:
+        return None, rule, detail
+    return array, "", ""
 
 
 def read_index(folder: Path, outcome: Outcome) -> list[tuple[int, str, str, str]]:
-    """Rows of a labelled-image index.csv as (row, resolved path, label, timestamp); bad rows quarantined."""
+    """Rows of a labelled-image index.csv as (row, resolved path, label, timestamp); bad rows quarantined.
+
+    When index.csv has no `timestamp`, a sibling metadata.csv (SWIMCAT's) is joined by `path` and
+    its `timestamp` or `timestamp_local_sgt` column gives the capture time.
+    """
     path = folder / INDEX_FILE
     if not path.exists():
         return []
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8", on_bad_lines="skip", engine="python")
+    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        outcome.received += 1
+        outcome.reject(path, None, "file_parseable", error)
+        return []
+    frame.columns = [c.strip() for c in frame.columns]
     if "path" not in frame.columns or "label" not in frame.columns:
         missing = "path" if "path" not in frame.columns else "label"
         outcome.received += max(len(frame), 1)
@@ -146,6 +282,13 @@ def read_index(folder: Path, outcome: Outcome) -> list[tuple[int, str, str, str]
             outcome.reject(path, row + 2 if len(frame) else None, f"missing_column:{missing}", missing)
         return []
     stamps = frame["timestamp"] if "timestamp" in frame.columns else pd.Series("", index=frame.index)
+    metadata = folder / METADATA_FILE
+    if "timestamp" not in frame.columns and metadata.exists():
+        meta = pd.read_csv(metadata, dtype=str, keep_default_na=False)
+        column = next((c for c in ("timestamp", "timestamp_local_sgt", "timestamp_utc") if c in meta.columns), None)
+        if column and "path" in meta.columns:
+            lookup = dict(zip(meta["path"].str.strip(), meta[column].str.strip()))
+            stamps = frame["path"].str.strip().map(lookup).fillna("")
     rows = []
     for row, (name, label, stamp) in enumerate(zip(frame["path"], frame["label"], stamps), start=2):
         rows.append((row, str((folder / name.strip()).resolve()), label.strip(), stamp.strip()))
@@ -154,33 +297,53 @@ def read_index(folder: Path, outcome: Outcome) -> list[tuple[int, str, str, str]
 
 def read_folder(folder: Path, source: str, image_size: int, now: pd.Timestamp) -> Outcome:
     """Station CSVs (with their images) and a labelled index.csv under one folder."""
-    outcome = Outcome(source=source)
-    frames = [read_station_csv(path, outcome, now) for path in station_files(folder)]
-    frames = [frame for frame in frames if not frame.empty]
-    records = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    if not records.empty:
-        # The same (station, hour) in two files of one source is a duplicate too.
-        duplicate = records.duplicated([STATION_ID, "hour"], keep="first")
-        for _, row in records[duplicate].iterrows():
-            outcome.reject(row["_file"], int(row["_row"]), "unique_station_timestamp", row[TIMESTAMP])
-        records = records[~duplicate].reset_index(drop=True)
+    outcome = Outcome(source=source, collect_frames=True)
+    rules = validation.station_rules(now)
+    parsed = []
+    for path in tqdm(station_files(folder), desc=f"read {Path(source).name or source}", unit="file", disable=None, leave=False):
+        if not is_station_header(path):
+            outcome.ignored_files.append(str(path))
+            continue
+        frame = parse_station_file(path, outcome)
+        if not frame.empty:
+            parsed.append(frame)
+    if parsed:
+        # One bulk validation per source: a (station, hour) in two files is a duplicate too.
+        raw = pd.concat(parsed, ignore_index=True).fillna("")
+        del parsed
+        for column in REQUIRED_COLUMNS:
+            if column not in raw.columns:
+                raw[column] = ""
+        records = validate_stations(raw, outcome, now, rules)
+        del raw
+    else:
+        records = pd.DataFrame()
 
     labelled = read_index(folder, outcome)
     referenced = set(records["image_path"]) - {""} if not records.empty else set()
-    index_paths = {path for _, path, _, _ in labelled}
-    images_to_read = sorted(referenced | index_paths)
+    label_of = {path: label for _, path, label, _ in labelled}
+    index_row = {path: row for row, path, _, _ in labelled}
+    images_to_read = sorted(referenced | set(label_of))
     outcome.received += len(images_to_read)
-    bad_labels = {path: (row, label) for row, path, label, _ in labelled if label not in SKY_CLASSES}
-    for path in images_to_read:
-        if path in bad_labels:
-            row, label = bad_labels[path]
-            outcome.reject(folder / INDEX_FILE, row, "label_in_classes", label)
-            continue
-        array, rule, detail = load_image(Path(path), image_size)
-        if array is None:
-            outcome.reject(path, None, rule, detail)
+    metas, arrays = [], {}
+    for path in tqdm(images_to_read, desc=f"images {Path(source).name or source}", unit="img", disable=None, leave=False):
+        label = label_of.get(path)
+        if label is not None and label not in SKY_CLASSES:
+            # A bad label is the index row's fault: no need to decode, quarantined under the index.
+            meta = {"exists": None, "bytes": None, "width": None, "height": None, "mode": None, "decode": None}
         else:
-            outcome.images[path] = array
+            arrays[path], meta = inspect_image(Path(path), image_size)
+        metas.append({"path": path, "label": label, **meta})
+    outcome.image_frame = pd.DataFrame(metas, columns=IMAGE_META_COLUMNS)
+    failed, _ = validation.first_failures(validation.image_rules(), outcome.image_frame)
+    for meta, rule in zip(metas, failed):
+        path = meta["path"]
+        if rule == "label_in_classes":
+            outcome.reject(folder / INDEX_FILE, index_row[path], rule, meta["label"])
+        elif rule:
+            outcome.reject(path, None, rule, image_failure(meta)[1] if rule != "image_exists" else path)
+        else:
+            outcome.images[path] = arrays[path]
     for _, path, label, stamp in labelled:
         if path in outcome.images:
             outcome.labels[path] = label

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from skyedge import features, ingest, synthetic
-from skyedge.config import Data, Ingest, load_params
+from skyedge import features, ingest, sources, synthetic, validation
+from skyedge.config import Data, Ingest, S3Source, load_params
 from skyedge.contract import HORIZONS, SKY_CLASSES
 from skyedge.splits import SPLITS, day_split, station_split
 
@@ -30,14 +30,34 @@ def read_sources(params: Ingest, data: Data, out_dir: Path, now: pd.Timestamp) -
         if source.type == "synthetic":
             folder = out_dir / "raw" / f"synthetic-{number}"
             synthetic.generate(folder, source.stations, source.days, source.seed, source.image_size, progress=True)
-            name = f"synthetic-{number}"
+            outcomes.append(ingest.read_folder(folder, f"synthetic-{number}", data.image_size, now))
+        elif source.type == "s3":
+            outcomes.append(read_s3(source, number, data, out_dir, now))
         else:
             folder = Path(source.path)
             if not folder.is_dir():
                 raise FileNotFoundError(f"ingest source {source.path!r}: folder not found; check ingest.sources in params.yaml")
-            name = source.path
-        outcomes.append(ingest.read_folder(folder, name, data.image_size, now))
+            outcomes.append(ingest.read_folder(folder, source.path, data.image_size, now))
     return outcomes
+
+
+def read_s3(source: S3Source, number: int, data: Data, out_dir: Path, now: pd.Timestamp) -> ingest.Outcome:
+    """Download the prefix into out_dir/s3-cache/<n>/, read it as a folder; failed objects quarantined."""
+    client = sources.make_client(source.endpoint_url, source.region, source.profile)
+    cache = out_dir / "s3-cache" / f"{number}"
+    download = sources.download(client, source.url, cache, source.attempts, source.backoff_seconds)
+    outcome = ingest.read_folder(cache, source.url, data.image_size, now)
+    failed = {str((cache / url.split("/", 3)[3][len(sources.split_url(source.url)[1]):]).resolve()): (url, reason) for url, reason in download.failed}
+    # A photo that never arrived was already counted (image_exists) by the row or index that names
+    # it: re-label that outcome; any other failed object is one received item of its own.
+    for entry in outcome.quarantine:
+        if entry["rule"] == "image_exists" and entry["file"] in failed:
+            url, reason = failed.pop(entry["file"])
+            entry.update(file=url, rule=sources.DOWNLOAD_RULE, value=reason)
+    for url, reason in failed.values():
+        outcome.received += 1
+        outcome.reject(url, None, sources.DOWNLOAD_RULE, reason)
+    return outcome
 
 
 def station_samples(records: pd.DataFrame, window_hours: int, fractions: tuple[float, float, float]) -> tuple[pd.DataFrame, np.ndarray]:
@@ -75,7 +95,8 @@ def image_only_samples(outcomes: list[ingest.Outcome], used: set[str], fractions
             if digest in seen:  # an exact copy would leak across splits; keep the first
                 continue
             seen.add(digest)
-            stamp = pd.to_datetime(outcome.timestamps.get(path) or None, utc=True, errors="coerce")
+            # The capture day as the camera saw it (local time when the stamp has an offset).
+            stamp = pd.to_datetime(outcome.timestamps.get(path) or None, errors="coerce")
             day = stamp.strftime("%Y-%m-%d") if pd.notna(stamp) else f"unknown-{digest[:2]}"
             rows.append({"source": outcome.source, "image_path": path, "day": day, "md5": digest})
     if not rows:
@@ -88,6 +109,8 @@ def image_only_samples(outcomes: list[ingest.Outcome], used: set[str], fractions
 def climatology(samples: pd.DataFrame) -> dict:
     """Training base rate of rain and hour-of-day mean temperature: the climatology baselines."""
     train = samples[(samples["split"] == "train") & samples["station_id"].ne("")]
+    if "rain_now" not in train or train.empty:  # no station records at all (photos only)
+        return {"rain_base_rate": 0.0, "temp_by_hour_c": [0.0] * 24}
     rain = train["rain_now"].dropna()
     by_hour = train.groupby("hour_of_day")["temp_now"].mean()
     overall = float(train["temp_now"].mean()) if train["temp_now"].notna().any() else 0.0
@@ -129,6 +152,11 @@ def run(params: Ingest, data: Data, out_dir: Path, now: pd.Timestamp | None = No
     images = np.stack([all_images[p] for p in image_paths]) if image_paths else np.zeros((0, data.image_size, data.image_size, 3), np.uint8)
 
     report = build_report(outcomes, samples)
+    if params.great_expectations:
+        report["validation"] = run_validation(outcomes, now, out_dir)
+    report["split_checks"] = split_checks(samples, photos, window)
+    used = set(stations["image_path"])
+    report["split_checks"]["photo_duplicates_dropped"] = sum(p not in used for o in outcomes for p in o.labels) - len(photos)
     if report["total"]["received"] and report["total"]["quarantined"] / report["total"]["received"] > params.max_quarantine_fraction:
         raise ValueError(
             f"ingest: {report['total']['quarantined']} of {report['total']['received']} items quarantined, more than "
@@ -136,6 +164,41 @@ def run(params: Ingest, data: Data, out_dir: Path, now: pd.Timestamp | None = No
         )
     write_outputs(out_dir, samples, windows, images, outcomes, report, normalisation, data)
     return report
+
+
+def run_validation(outcomes: list[ingest.Outcome], now: pd.Timestamp, out_dir: Path) -> dict:
+    """Both GE suites in bulk over every source; Data Docs under out_dir/data-docs/, paths relative."""
+    stations = [frame for o in outcomes for frame in o.station_frames]
+    images = [o.image_frame for o in outcomes if not o.image_frame.empty]
+    suites = {
+        "station_records": (validation.station_rules(now), pd.concat(stations, ignore_index=True) if stations else pd.DataFrame()),
+        "image_metadata": (validation.image_rules(), pd.concat(images, ignore_index=True) if images else pd.DataFrame()),
+    }
+    for outcome in outcomes:
+        outcome.station_frames.clear()  # the suites hold the only copy now
+    del stations
+    result = validation.validate(suites, out_dir / "data-docs")
+    for key in ("data_docs", "summary_html"):
+        result[key] = str(Path(result[key]).resolve().relative_to(out_dir.resolve()))
+    return result
+
+
+def split_checks(samples: pd.DataFrame, photos: pd.DataFrame, window: int) -> dict:
+    """Leak checks the tests also assert: per station, no val/test span reaches into train."""
+    overlaps = 0
+    station_rows = samples[samples["station_id"].ne("")]
+    for _, group in station_rows.groupby("station_id"):
+        train = group.loc[group["split"] == "train", "hour"]
+        later = group.loc[group["split"].isin(["val", "test"]), "hour"]
+        if len(train) and len(later) and (later - window + 1).min() <= train.max() + max(HORIZONS):
+            overlaps += 1
+    md5_splits = photos.groupby("md5")["split"].nunique() if not photos.empty else pd.Series(dtype=int)
+    days = photos.groupby("day")["split"].nunique() if not photos.empty else pd.Series(dtype=int)
+    return {
+        "stations_with_overlap": overlaps,
+        "md5_in_two_splits": int((md5_splits > 1).sum()),
+        "days_in_two_splits": int((days > 1).sum()),
+    }
 
 
 def station_windows(stations: pd.DataFrame, raw: np.ndarray, normalisation: dict, window: int) -> tuple[np.ndarray, np.ndarray]:
@@ -162,6 +225,8 @@ def build_report(outcomes: list[ingest.Outcome], samples: pd.DataFrame) -> dict:
             "quarantined": quarantined,
             "by_rule": {str(k): int(v) for k, v in sorted(by_rule.items())},
         }
+        if outcome.ignored_files:  # CSVs with no contract column (camera logs...): not records
+            per_source[outcome.source]["ignored_files"] = outcome.ignored_files
     total_rules: dict[str, int] = {}
     for entry in per_source.values():
         for rule, count in entry["by_rule"].items():
@@ -201,9 +266,20 @@ def print_report(report: dict) -> None:
     for name, entry in {**report["sources"], "TOTAL": report["total"]}.items():
         rules = ", ".join(f"{k}={v}" for k, v in entry["by_rule"].items()) or "-"
         print(f"{name[-28:]:<28} {entry['received']:>9} {entry['accepted']:>9} {entry['quarantined']:>11}  {rules}")
-    print(f"\n{'split':<8} {'samples':>8} {'with image':>10}")
+    stations = sorted({s for entry in report["splits"].values() for s in entry["by_station"]})
+    print(f"\n{'split':<8} {'samples':>8} {'with image':>10}  " + " ".join(f"{c[:12]:>12}" for c in SKY_CLASSES))
     for split, entry in report["splits"].items():
-        print(f"{split:<8} {entry['samples']:>8} {entry['with_image']:>10}")
+        classes = " ".join(f"{entry['by_class'].get(c, 0):>12}" for c in SKY_CLASSES)
+        print(f"{split:<8} {entry['samples']:>8} {entry['with_image']:>10}  {classes}")
+    if stations:
+        width = max(len(s) for s in stations)
+        print(f"\n{'station':<{width}} " + " ".join(f"{split:>8}" for split in report["splits"]))
+        for station in stations:
+            print(f"{station:<{width}} " + " ".join(f"{entry['by_station'].get(station, 0):>8}" for entry in report["splits"].values()))
+    if "validation" in report:
+        checks = report.get("split_checks", {})
+        print(f"\nvalidation (Great Expectations, {report['validation']['seconds']} s): {report['validation']['data_docs']}"
+              f"; split checks: {', '.join(f'{k}={v}' for k, v in checks.items())}")
 
 
 def main(argv: list[str] | None = None) -> None:

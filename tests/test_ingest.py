@@ -29,6 +29,8 @@ def write_csv(path: Path, rows: list[dict], columns=STATION_COLUMNS) -> Path:
 
 
 def run_ingest(folder: Path, out: Path, **overrides):
+    # The GE suites themselves run in test_ingest_sources.py; the quarantine uses their masks either way.
+    overrides.setdefault("great_expectations", False)
     params = Ingest(sources=[FolderSource(path=str(folder))], max_quarantine_fraction=1.0, **overrides)
     return ingest.run(params, Data(image_size=32, window_hours=3), out, now=NOW)
 
@@ -40,8 +42,15 @@ def quarantine(out: Path) -> pd.DataFrame:
 @pytest.mark.parametrize(
     ("column", "value", "rule"),
     [
-        ("temperature_c", "95", "temperature_c_in_range"),
-        ("pressure_hpa", "101300", "pressure_hpa_in_range"),
+        ("temperature_c", "-95", "temperature_c_in_range"),
+        ("temperature_c", "295.1", "temperature_c_unit_kelvin"),
+        ("temperature_c", "95", "temperature_c_unit_fahrenheit"),
+        ("pressure_hpa", "101300", "pressure_hpa_unit_pa"),
+        ("pressure_hpa", "29.9", "pressure_hpa_unit_inhg"),
+        ("pressure_hpa", "2000", "pressure_hpa_in_range"),
+        ("wind_dir_deg", "400", "wind_dir_deg_in_range"),
+        ("temperature_c", "1O.5", "temperature_c_numeric"),
+        ("timestamp", "", "timestamp_present"),
         ("humidity_pct", "-3", "humidity_pct_in_range"),
         ("wind_speed_ms", "abc", "wind_speed_ms_numeric"),
         ("precip_mm", "-1", "precip_mm_in_range"),
