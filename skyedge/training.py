@@ -141,11 +141,17 @@ def quick_scores(model: NowcastNet, batches: Batches, rows: np.ndarray, embed_ca
 
 def forward(model: NowcastNet, batch: dict[str, torch.Tensor], embed_cache: torch.Tensor | None) -> dict[str, torch.Tensor]:
     """Model outputs; with embed_cache the backbone is skipped (its features were precomputed)."""
-    if embed_cache is None:
-        embedding = model.embed(batch["image"], batch["image_present"])
+    present = batch["image_present"]
+    if embed_cache is not None:
+        features = embed_cache[batch["image_idx"].clamp(min=0)]
     else:
-        present = batch["image_present"]
-        embedding = present * embed_cache[batch["image_idx"].clamp(min=0)] + (1 - present) * model.no_image
+        # Same result as model.embed, but the backbone only runs on rows that have a photo:
+        # most station hours have none, and zeros through a CNN are wasted compute.
+        rows = torch.nonzero(present.squeeze(1) > 0).squeeze(1)
+        features = torch.zeros(len(present), model.backbone.channels)
+        if len(rows):
+            features = features.index_copy(0, rows, model.backbone(batch["image"][rows]))
+    embedding = present * features + (1 - present) * model.no_image
     return model.heads(embedding, batch["sensors"])
 
 
