@@ -247,6 +247,18 @@ def test_interrupted_rollback_finishes_on_retry(store, make_package, key, tmp_pa
     assert read_channel(store, "previous")["version"] == 2
 
 
+def test_other_channels_roll_back_to_their_own_previous(store, make_package, key):
+    publish(store, make_package(1), public_key=key.public_key())
+    publish(store, make_package(2), channel="candidate", public_key=key.public_key())
+    publish(store, make_package(3), channel="candidate", public_key=key.public_key())
+    assert read_channel(store, "previous") is None  # only production keeps channels/previous.json
+    assert rollback(store, "candidate")["version"] == 2
+    assert read_channel(store, "candidate")["version"] == 2
+    assert read_channel(store, "production")["version"] == 1
+    with pytest.raises(RegistryError, match="kept by publish and rollback"):
+        publish(store, make_package(4), channel="previous", public_key=key.public_key())
+
+
 def test_rollback_without_previous_is_refused(store, make_package, key):
     with pytest.raises(RegistryError, match="never been published"):
         rollback(store)
@@ -480,3 +492,21 @@ def test_cli_publish_show_rollback(store_url, make_package, key, tmp_path, capsy
 def test_cli_reports_a_missing_bucket(aws_env, capsys):
     assert cli_main(["registry", "show", "--store", "s3://no-such-bucket-skyedge"]) == 1
     assert "bucket 'no-such-bucket-skyedge' does not exist" in capsys.readouterr().err
+
+
+def test_store_and_registry_import_nothing_heavy():
+    """The device agent reuses both: no torch/pandas/prefect, and boto3 only when S3 is used."""
+    heavy = ("torch", "torchvision", "prefect", "dvc", "pandas", "boto3", "botocore")
+    code = f"import sys, skyedge.store, skyedge.registry; print([m for m in {heavy!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_s3_access_denied_names_the_bucket_and_what_to_check():
+    from botocore.exceptions import ClientError
+
+    store = S3Store("locked-bucket", "registry", client=None)
+    error = store._error(ClientError({"Error": {"Code": "AccessDenied", "Message": "denied"}}, "GetObject"), "channels/production.json", "get_object")
+    assert isinstance(error, StoreError) and not isinstance(error, NotFound)
+    assert "access denied to bucket 'locked-bucket'" in str(error) and "check the credentials" in str(error)
+    assert "s3://locked-bucket/registry/channels/production.json" in str(error)
