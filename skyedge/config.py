@@ -157,6 +157,29 @@ class Package(Section):
     latency_budget_ms: Annotated[float, Field(gt=0)] = 50.0
 
 
+class Gate(Section):
+    """Promotion thresholds and the approval policy (read by flows/, not by any DVC stage)."""
+
+    min_sky_accuracy: Annotated[float, Field(ge=0, le=1)] = 0.6
+    min_rain_bss_persistence: float = 0.0
+    min_temp_skill_persistence: float = 0.0
+    horizons: list[int] = Field(default_factory=lambda: [1, 2, 3, 4])
+    max_size_bytes: Annotated[int, Field(gt=0)] = 5_000_000
+    max_latency_ms_p95: Annotated[float, Field(gt=0)] = 50.0
+    approval: Literal["required", "auto"] = "required"
+    approval_timeout_s: Annotated[int, Field(ge=1)] = 3600
+
+
+class Flow(Section):
+    """Retraining orchestration: where models are published and when retraining runs."""
+
+    store: str = ".skyedge/registry"  # a local directory (embedded default) or s3://bucket/prefix
+    endpoint_url: str | None = None  # S3-compatible endpoint (MinIO, moto); default $AWS_ENDPOINT_URL
+    channel: str = "production"
+    cron: str = "0 3 * * 1"  # weekly, Monday 03:00
+    stage_retries: Annotated[int, Field(ge=0, le=10)] = 2
+
+
 class Params(Section):
     common: Common = Common()
     data: Data = Data()
@@ -167,6 +190,8 @@ class Params(Section):
     quantize: Quantize = Quantize()
     evaluate: Evaluate = Evaluate()
     package: Package = Package()
+    gate: Gate = Gate()
+    flow: Flow = Flow()
 
 
 def deep_merge(base: dict, overlay: dict) -> dict:

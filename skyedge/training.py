@@ -52,12 +52,12 @@ class Batches:
         self.rows = rows
         self.mean = torch.tensor(spec["mean"]).view(1, 3, 1, 1)
         self.std = torch.tensor(spec["std"]).view(1, 3, 1, 1)
-        self.images = torch.from_numpy(data.images)
-        self.windows = torch.from_numpy(data.windows)
-        self.image_idx = torch.from_numpy(data.samples["image_idx"].to_numpy(np.int64))
-        self.sky = torch.from_numpy(data.samples["sky_label"].to_numpy(np.int64))
-        self.rain = torch.from_numpy(data.rain)
-        self.temp = torch.from_numpy(data.temp)
+        self.images = torch.as_tensor(data.images)
+        self.windows = torch.as_tensor(data.windows)
+        self.image_idx = torch.tensor(data.samples["image_idx"].to_numpy(np.int64))
+        self.sky = torch.tensor(data.samples["sky_label"].to_numpy(np.int64))
+        self.rain = torch.tensor(data.rain)
+        self.temp = torch.tensor(data.temp)
 
     def batch(self, rows: np.ndarray, drop: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         index = torch.from_numpy(rows)
@@ -190,7 +190,7 @@ def fit(
             loss.backward()
             optimiser.step()
             schedule.step()
-            total += float(loss) * len(batch["sky"])
+            total += loss.item() * len(batch["sky"])
             count += len(batch["sky"])
         scores = quick_scores(model, train_batches, val_rows, embed_cache)
         history.append({"epoch": epoch, "train_loss": total / max(count, 1), **scores})
