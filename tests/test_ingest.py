@@ -168,3 +168,170 @@ def test_a_missing_source_folder_is_a_clear_error(tmp_path):
     params = Ingest(sources=[FolderSource(path=str(tmp_path / "nowhere"))])
     with pytest.raises(FileNotFoundError, match=r"nowhere.*folder not found; check ingest\.sources"):
         ingest.run(params, Data(), tmp_path / "out", now=NOW)
+
+
+# --- parse-level rules: one bad line is quarantined, the rest of the file is kept -----------------
+
+
+def write_text(path: Path, lines: list[str], encoding_errors: dict[int, bytes] | None = None) -> Path:
+    """A CSV from text lines; encoding_errors replaces line i by raw bytes (bad UTF-8)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = [line.encode() for line in lines]
+    for index, raw in (encoding_errors or {}).items():
+        data[index] = raw
+    path.write_bytes(b"\n".join(data) + b"\n")
+    return path
+
+
+def csv_lines(rows: list[dict]) -> list[str]:
+    return [",".join(STATION_COLUMNS), *(",".join(str(r[c]) for c in STATION_COLUMNS) for r in rows)]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "rule"),
+    [
+        (lambda line: line + ",extra", "row_column_count"),
+        (lambda line: ",".join(line.split(",")[:4]), "row_column_count"),
+        (lambda line: line.replace("st-1", "st-\xe9").encode("latin-1"), "row_utf8"),
+    ],
+    ids=["too-many-fields", "too-few-fields", "latin-1-bytes"],
+)
+def test_a_line_that_does_not_parse_is_quarantined_and_the_others_kept(tmp_path, mutate, rule):
+    lines = csv_lines(station_rows(10))
+    bad = mutate(lines[4])
+    errors = {4: bad} if isinstance(bad, bytes) else None
+    if not errors:
+        lines[4] = bad
+    write_text(tmp_path / "src" / "st.csv", lines, errors)
+    report = run_ingest(tmp_path / "src", tmp_path / "out")
+    bad_rows = quarantine(tmp_path / "out")
+    assert bad_rows["rule"].tolist() == [rule]
+    assert bad_rows["row"].tolist() == ["5"]  # line 5 of the file
+    assert report["total"] == {"received": 10, "accepted": 9, "quarantined": 1, "by_rule": {rule: 1}}
+    assert len(pd.read_csv(tmp_path / "out" / "samples.csv")) == 9
+
+
+def test_an_empty_file_is_one_item_quarantined_whole(tmp_path):
+    write_csv(tmp_path / "src" / "good.csv", station_rows(6))
+    (tmp_path / "src" / "empty.csv").write_bytes(b"")
+    report = run_ingest(tmp_path / "src", tmp_path / "out")
+    bad = quarantine(tmp_path / "out")
+    assert bad["rule"].tolist() == ["file_parseable"] and bad["row"].tolist() == [""]
+    assert report["total"]["received"] == 7 and report["total"]["accepted"] == 6
+
+
+def test_a_header_only_file_missing_a_column_is_one_item(tmp_path):
+    write_text(tmp_path / "src" / "a.csv", ["station_id,timestamp"])
+    report = run_ingest(tmp_path / "src", tmp_path / "out")
+    assert quarantine(tmp_path / "out")["rule"].tolist() == ["missing_column:temperature_c"]
+    assert report["total"]["received"] == 1 and report["total"]["quarantined"] == 1
+
+
+def test_a_duplicate_across_two_files_of_one_source_is_caught(tmp_path):
+    write_csv(tmp_path / "src" / "a.csv", station_rows(6))
+    write_csv(tmp_path / "src" / "b.csv", station_rows(2, start="2024-06-01T05:00:00Z"))
+    report = run_ingest(tmp_path / "src", tmp_path / "out")
+    bad = quarantine(tmp_path / "out")
+    assert bad["rule"].tolist() == ["unique_station_timestamp"] and bad["file"].str.endswith("b.csv").all()
+    assert report["total"]["accepted"] == 7
+
+
+def test_a_broken_row_never_makes_the_good_row_it_collides_with_a_duplicate(tmp_path):
+    rows = station_rows(6)
+    broken = dict(rows[2], temperature_c="-200")
+    write_csv(tmp_path / "src" / "st.csv", [broken, *rows])
+    run_ingest(tmp_path / "src", tmp_path / "out")
+    assert quarantine(tmp_path / "out")["rule"].tolist() == ["temperature_c_in_range"]
+
+
+@pytest.mark.parametrize(
+    ("column", "convert", "rule"),
+    [
+        ("temperature_c", lambda c: c + 273.15, "temperature_c_unit_kelvin"),
+        ("temperature_c", lambda c: c * 9 / 5 + 32, "temperature_c_unit_fahrenheit"),
+        ("pressure_hpa", lambda p: p * 100, "pressure_hpa_unit_pa"),
+        ("pressure_hpa", lambda p: p * 0.02953, "pressure_hpa_unit_inhg"),
+    ],
+)
+def test_a_file_in_the_wrong_unit_is_quarantined_whole_under_its_unit_rule(tmp_path, column, convert, rule):
+    """Per file: 50 °F looks like a valid °C value, but a file whose readings run 40..104 °F is °F."""
+    good = station_rows(48, station="st-2")
+    write_csv(tmp_path / "src" / "good.csv", good)
+    rows = station_rows(48)
+    base = {"temperature_c": np.linspace(5, 40, 48), "pressure_hpa": np.linspace(990, 1030, 48)}[column]
+    for row, value in zip(rows, base):
+        row[column] = f"{convert(value):.2f}"
+    write_csv(tmp_path / "src" / "wrong.csv", rows)
+    report = run_ingest(tmp_path / "src", tmp_path / "out")
+    bad = quarantine(tmp_path / "out")
+    assert set(bad["rule"]) == {rule} and len(bad) == 48 and bad["file"].str.endswith("wrong.csv").all()
+    assert report["total"]["accepted"] == 48
+
+
+# --- images ------------------------------------------------------------------------------------
+
+
+def test_truncated_unusable_mode_and_tiny_photos_are_quarantined_by_their_rules(tmp_path):
+    src = tmp_path / "src"
+    (src / "img").mkdir(parents=True)
+    noise = np.random.default_rng(0).integers(0, 255, (60, 60, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(src / "img" / "ok.png")
+    Image.fromarray(noise).convert("P").save(src / "img" / "palette.png")  # converted, kept
+    data = (src / "img" / "ok.png").read_bytes()
+    (src / "img" / "cut.png").write_bytes(data[: len(data) // 2])
+    Image.new("I;16", (40, 40)).save(src / "img" / "deep.png")
+    Image.new("RGB", (8, 8)).save(src / "img" / "tiny.png")
+    names = ["img/ok.png", "img/palette.png", "img/cut.png", "img/deep.png", "img/tiny.png"]
+    rows = station_rows(len(names))
+    for row, name in zip(rows, names):
+        row["image"] = name
+    write_csv(src / "st.csv", rows)
+    report = run_ingest(src, tmp_path / "out")
+    bad = quarantine(tmp_path / "out").sort_values("rule")
+    assert bad["rule"].tolist() == ["image_mode_usable", "image_not_truncated", "image_size_usable"]
+    assert bad["row"].tolist() == ["", "", ""]  # whole-file rules
+    assert report["total"] == {"received": 10, "accepted": 7, "quarantined": 3, "by_rule": {r: 1 for r in bad["rule"]}}
+    assert np.load(tmp_path / "out" / "images.npy").shape == (2, 32, 32, 3)  # resized to data.image_size
+
+
+def labelled_folder(folder: Path, labels: list[str], days: list[str] | None = None, metadata: bool = False) -> Path:
+    """index.csv + distinct 40x40 photos; capture times in metadata.csv (SWIMCAT's layout) or index.csv."""
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, label in enumerate(labels):
+        Image.new("RGB", (40, 40), (i % 256, (i * 7) % 256, 100)).save(folder / "images" / f"{i}.png")
+        rows.append({"path": f"images/{i}.png", "label": label, "timestamp_local_sgt": f"{(days or ['2014-01-01'])[i % len(days or [1])]}T09:00:00+08:00"})
+    frame = pd.DataFrame(rows)
+    if metadata:
+        frame[["path", "label"]].to_csv(folder / "index.csv", index=False)
+        frame.to_csv(folder / "metadata.csv", index=False)
+    else:
+        frame.rename(columns={"timestamp_local_sgt": "timestamp"}).to_csv(folder / "index.csv", index=False)
+    return folder
+
+
+def test_a_bad_label_is_quarantined_under_the_index_row(tmp_path):
+    folder = labelled_folder(tmp_path / "src", ["clear_sky", "rainbow", "veil_clouds"])
+    report = run_ingest(folder, tmp_path / "out")
+    bad = quarantine(tmp_path / "out")
+    assert bad[["row", "rule", "value"]].values.tolist() == [["3", "label_in_classes", "rainbow"]]
+    assert report["total"] == {"received": 3, "accepted": 2, "quarantined": 1, "by_rule": {"label_in_classes": 1}}
+
+
+def test_photos_take_their_capture_day_from_metadata_csv_and_no_day_or_md5_spans_two_splits(tmp_path):
+    days = [f"2014-01-{d:02d}" for d in range(1, 11)]
+    labels = [c for c in ["clear_sky", "veil_clouds"] for _ in range(20)]
+    folder = labelled_folder(tmp_path / "src", labels, days, metadata=True)
+    # An exact copy of photo 0 under another name: deduplicated before splitting.
+    (folder / "images" / "copy.png").write_bytes((folder / "images" / "0.png").read_bytes())
+    index = pd.read_csv(folder / "index.csv")
+    pd.concat([index, pd.DataFrame([{"path": "images/copy.png", "label": "clear_sky"}])]).to_csv(folder / "index.csv", index=False)
+    report = run_ingest(folder, tmp_path / "out")
+    samples = pd.read_csv(tmp_path / "out" / "samples.csv")
+    assert not samples["day"].str.startswith("unknown").any()
+    assert samples.groupby("day")["split"].nunique().max() == 1
+    images = np.load(tmp_path / "out" / "images.npy")
+    digests = samples.assign(md5=[ingest.ingest.content_hash(images[i]) for i in samples["image_idx"]])
+    assert digests.groupby("md5")["split"].nunique().max() == 1
+    assert len(samples) == 40 and report["split_checks"]["photo_duplicates_dropped"] == 1
+    assert set(samples["split"]) == {"train", "val", "test"}
