@@ -7,6 +7,7 @@ INSTALLED := $(VENV)/.installed
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: setup run test test-all clean
+.PHONY: bench bench-ingest
 
 setup: $(INSTALLED)
 
@@ -31,3 +32,9 @@ test-all: setup
 
 clean:
 	rm -rf data/ingest data/embed data/distill data/prune data/quantize data/evaluate data/package
+
+# Ingest all of ../shared/datasets (Beijing + SWIMCAT); prints records/s and peak RSS.
+bench-ingest: setup
+	$(BIN)/python -m stages.ingest --bench ../shared/datasets/beijing ../shared/datasets/swimcat --out $${TMPDIR:-/tmp}/skyedge-bench-ingest --bench-report reports/bench_ingest.json
+
+bench: bench-ingest

@@ -282,12 +282,46 @@ def print_report(report: dict) -> None:
               f"; split checks: {', '.join(f'{k}={v}' for k, v in checks.items())}")
 
 
+def bench(folders: list[Path], data: Data, out_dir: Path, report_path: Path) -> dict:
+    """Ingest folders as `type: folder` sources; time it, peak RSS, records/s -> report_path (JSON)."""
+    import resource
+    import time
+
+    params = Ingest(sources=[{"type": "folder", "path": str(folder)} for folder in folders], max_quarantine_fraction=1.0)
+    started = time.perf_counter()
+    report = run(params, data, out_dir)
+    seconds = time.perf_counter() - started
+    received = report["total"]["received"]
+    result = {
+        "sources": [str(folder) for folder in folders],
+        "received": received,
+        "accepted": report["total"]["accepted"],
+        "seconds": round(seconds, 2),
+        "records_per_s": round(received / seconds, 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),  # Linux: KiB
+        "validation_seconds": report.get("validation", {}).get("seconds"),
+    }
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    report_path.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("data/ingest"))
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--bench", type=Path, nargs="+", metavar="FOLDER", help="benchmark: ingest these folders instead of params' sources")
+    parser.add_argument("--bench-report", type=Path, default=Path("reports/bench_ingest.json"))
     args = parser.parse_args(argv)
     params = load_params(args.params)
+    if args.bench:
+        missing = [str(folder) for folder in args.bench if not folder.is_dir()]
+        if missing:
+            raise SystemExit(f"bench-ingest: {', '.join(missing)} not found (the benchmark reads ../shared/datasets)")
+        result = bench(args.bench, params.data, args.out, args.bench_report)
+        print(f"ingest bench: {result['received']} items in {result['seconds']} s = {result['records_per_s']:.0f} records/s, "
+              f"peak RSS {result['peak_rss_mb']:.0f} MB -> {args.bench_report}")
+        return
     report = run(params.ingest, params.data, args.out)
     print_report(report)
 
