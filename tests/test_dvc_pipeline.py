@@ -2,13 +2,14 @@
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.conftest import copy_project
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ["ingest", "embed", "distill", "prune", "quantize", "evaluate", "package"]
@@ -27,12 +28,7 @@ def stages_run(output: str) -> list[str]:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> tuple[Path, dict]:
     """A copy of this project's files in a fresh git repo, as a user's clone would be."""
-    root = tmp_path_factory.mktemp("clone") / "skyedge"
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
-    for name in files:
-        if (REPO / name).is_file():
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, root / name)
+    root = copy_project(tmp_path_factory.mktemp("clone") / "skyedge")
     env = {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
@@ -40,8 +36,6 @@ def project(tmp_path_factory) -> tuple[Path, dict]:
         "SKYEDGE_SIGNING_KEY": str(root.parent / "keys" / "signing_key.pem"),
         "DVC_NO_ANALYTICS": "1",
     }
-    for command in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "clone"]):
-        run(command, root, env)
     return root, env
 
 
