@@ -96,18 +96,26 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _trusted_public_key(path: Path | None, command: str):
+    """The ed25519 key a package must be signed with: --public-key, else the local signing key's."""
+    from skyedge import signing
+
+    if path:
+        return signing.load_public_key(path)
+    key_path = signing.key_path_from_env()
+    if not key_path.exists():
+        print(f"{command}: no trusted key: pass --public-key PEM (no signing key at {key_path})", file=sys.stderr)
+        return None
+    return signing.load_private_key(key_path).public_key()
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from skyedge import manifest, signing
 
     try:
-        if args.public_key:
-            public_key = signing.load_public_key(args.public_key)
-        else:
-            key_path = signing.key_path_from_env()
-            if not key_path.exists():
-                print(f"verify: no trusted key: pass --public-key PEM (no signing key at {key_path})", file=sys.stderr)
-                return 2
-            public_key = signing.load_private_key(key_path).public_key()
+        public_key = _trusted_public_key(args.public_key, "verify")
+        if public_key is None:
+            return 2
         document = manifest.verify_package(args.package, public_key)
     except (manifest.PackageError, signing.SigningError) as error:
         print(f"verify: FAILED: {error}", file=sys.stderr)
@@ -147,17 +155,12 @@ def _table(headers: list[str], rows: list[list[object]]) -> str:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from skyedge import registry, signing
+    from skyedge import registry
 
     try:
-        if args.public_key:
-            public_key = signing.load_public_key(args.public_key)
-        else:
-            key_path = signing.key_path_from_env()
-            if not key_path.exists():
-                print(f"publish: no trusted key: pass --public-key PEM (no signing key at {key_path})", file=sys.stderr)
-                return 2
-            public_key = signing.load_private_key(key_path).public_key()
+        public_key = _trusted_public_key(args.public_key, "publish")
+        if public_key is None:
+            return 2
         store = _open_store(args)
         result = registry.publish(store, args.package, channel=args.channel, public_key=public_key, force=args.force)
     except _store_errors() as error:

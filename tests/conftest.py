@@ -79,6 +79,24 @@ def moto_endpoint():
     server.stop()
 
 
+@pytest.fixture()
+def aws_env(monkeypatch, moto_endpoint, tmp_path):
+    """Dummy credentials and the moto endpoint, and no real AWS configuration from this machine."""
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": moto_endpoint,
+        "AWS_CONFIG_FILE": str(tmp_path / "no-aws-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-aws-credentials"),
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    return env
+
+
 @pytest.fixture(scope="session")
 def prefect_harness():
     """A temporary Prefect server and database for the session's flow runs."""

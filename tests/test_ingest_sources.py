@@ -14,39 +14,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from skyedge import sources, validation
+from skyedge import sources
 from skyedge.config import Data, FolderSource, Ingest, S3Source
 from skyedge.contract import STATION_COLUMNS
 from stages import ingest
 from test_ingest import NOW, quarantine, station_rows, write_csv
 
 DATA = Data(image_size=32, window_hours=3)
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
-@pytest.fixture()
-def aws_env(monkeypatch, moto_endpoint, tmp_path):
-    for key, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": moto_endpoint,
-        "AWS_CONFIG_FILE": str(tmp_path / "no-aws-config"),
-        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-aws-credentials"),
-    }.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    return moto_endpoint
 
 
 def upload_folder(client, bucket: str, prefix: str, folder: Path) -> None:
@@ -70,7 +44,7 @@ def mixed_folder(root: Path) -> Path:
 
 
 def test_an_s3_prefix_is_ingested_like_the_same_folder(aws_env, tmp_path):
-    client = sources.make_client(endpoint_url=aws_env)
+    client = sources.make_client(endpoint_url=aws_env["AWS_ENDPOINT_URL"])
     upload_folder(client, "sky", "stations/v1", mixed_folder(tmp_path / "src"))
     params = Ingest(sources=[S3Source(url="s3://sky/stations/v1")], great_expectations=False, max_quarantine_fraction=1.0)
     report = ingest.run(params, DATA, tmp_path / "out", now=NOW)
@@ -80,7 +54,7 @@ def test_an_s3_prefix_is_ingested_like_the_same_folder(aws_env, tmp_path):
 
 
 def test_a_missing_bucket_is_a_clear_error_and_a_nonzero_exit(aws_env, tmp_path):
-    params = Ingest(sources=[S3Source(url="s3://no-such-bucket/x", endpoint_url=aws_env)], great_expectations=False)
+    params = Ingest(sources=[S3Source(url="s3://no-such-bucket/x", endpoint_url=aws_env["AWS_ENDPOINT_URL"])], great_expectations=False)
     with pytest.raises(sources.S3SourceError, match=r"s3://no-such-bucket/x: bucket not found; check the bucket name"):
         ingest.run(params, DATA, tmp_path / "out", now=NOW)
     result = subprocess.run(
@@ -110,7 +84,7 @@ class FlakyClient:
 
 
 def test_an_object_failing_mid_download_is_retried_then_quarantined(aws_env, tmp_path, monkeypatch):
-    real = sources.make_client(endpoint_url=aws_env)
+    real = sources.make_client(endpoint_url=aws_env["AWS_ENDPOINT_URL"])
     upload_folder(real, "flaky", "p", mixed_folder(tmp_path / "src"))
     flaky = FlakyClient(real, {"p/img/0.png": 1, "p/img/1.png": 99, "p/img/sky.png": 99})
     monkeypatch.setattr(sources, "make_client", lambda *args, **kwargs: flaky)
