@@ -130,16 +130,52 @@ class Prune(Section):
     lr: Annotated[float, Field(gt=0)] = 1e-3
 
 
+# Quantization candidates (skyedge.quantization documents each): static presets are
+# static_<activations+weights>_<format>[_<calibration>].
+STATIC_PRESETS: tuple[str, ...] = tuple(
+    f"static_{types}_{fmt}{suffix}"
+    for types in ("u8s8", "s8s8")
+    for fmt in ("qdq", "qoperator")
+    for suffix in ("", "_minmax", "_entropy", "_percentile")
+)
+QUANTIZE_CANDIDATES: tuple[str, ...] = ("fp32", "static", *STATIC_PRESETS, "dynamic", "fp16", "qat")
+QuantizeCandidate = Literal[QUANTIZE_CANDIDATES]  # type: ignore[valid-type]
+
+
 class Quantize(Section):
+    # The candidates built, scored on val and timed; fp32 (the pruned model) is the reference
+    # and at least one int8 candidate is needed (evaluate's `quantized` row is the best int8).
+    candidates: list[QuantizeCandidate] = Field(
+        default_factory=lambda: ["fp32", "static", "static_s8s8_qdq", "static_u8s8_qoperator", "static_u8s8_qdq_percentile", "dynamic", "fp16", "qat"],
+        min_length=2,
+    )
+    # The `static` candidate; presets fix types and format, and use calibration_method unless
+    # their name ends in a method.
     weight_type: Literal["int8", "uint8"] = "int8"
     activation_type: Literal["uint8", "int8"] = "uint8"
     format: Literal["QDQ", "QOperator"] = "QDQ"
     calibration_method: Literal["MinMax", "Entropy", "Percentile"] = "MinMax"
     per_channel: bool = True
+    # 7-bit weights: on x86 without VNNI (AVX2 only), ORT's U8S8 kernels can saturate with 8-bit weights.
+    reduce_range: bool = True
     calibration_samples: Annotated[int, Field(ge=8)] = 256
+    # Quantization-aware training of the pruned model (fake-quant fine-tuning), candidate `qat`.
+    qat_epochs: Annotated[int, Field(ge=0)] = 2
+    qat_lr: Annotated[float, Field(gt=0)] = 1e-4
+    qat_batch_size: Annotated[int, Field(ge=1)] = 64
     # Ship the fastest candidate whose val sky accuracy is within this of the fp32 model's.
     max_accuracy_drop: Annotated[float, Field(ge=0, le=1)] = 0.02
     latency_runs: Annotated[int, Field(ge=10)] = 200
+
+    @model_validator(mode="after")
+    def _reference_and_int8(self) -> "Quantize":
+        if "fp32" not in self.candidates:
+            raise ValueError("candidates must include fp32 (the reference every candidate is compared with)")
+        if not any(c.startswith("static") or c in ("dynamic", "qat") for c in self.candidates):
+            raise ValueError("candidates need at least one int8 candidate (static*, dynamic or qat)")
+        if len(set(self.candidates)) != len(self.candidates):
+            raise ValueError("candidates must not repeat a name")
+        return self
 
 
 class Evaluate(Section):

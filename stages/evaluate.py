@@ -1,7 +1,10 @@
 """evaluate: every model variant and the baselines on the same frozen test split.
 
-Variants: teacher, student_alone (no distillation), student, pruned, quantized (int8) and
-shipped (what the quantize stage chose). Each gets size, batch-1 latency and the §3 scores.
+Variants: teacher, student_alone (no distillation), student, pruned, quantized and shipped (what
+the quantize stage chose). `quantized` is the best int8 candidate of the quantize stage (the
+fastest within its accuracy budget, else the most accurate: data/quantize/report.json "int8");
+every other candidate keeps its val scores and latency in that report, and `make bench` scores
+them all on the test split side by side. Each gets size, batch-1 latency and the §3 scores.
 Writes under data/evaluate/: metrics.json (the shipped model's full scores + one summary row per
 variant; `dvc metrics`), variants.csv (`dvc plots`), report.md and PNG plots.
 """

@@ -1,0 +1,87 @@
+"""Compression beyond the stage outputs: QAT export, the quantize choice, pruning variants."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from skyedge import io, runtime
+from skyedge.config import ConfigError, load_params, resolve
+from skyedge.contract import OUTPUT_RAIN_PROB, OUTPUT_SKY_LOGITS, OUTPUT_TEMP_C
+from skyedge.dataset import load_ingested, model_inputs
+from stages.quantize import choose
+from tests.conftest import REPO
+
+
+def test_qat_exports_one_qdq_pair_per_input_and_weight_and_stores_int8_weights(pipeline):
+    from skyedge import qat
+
+    report = json.loads((pipeline.quantize / "report.json").read_text())
+    details = next(c for c in report["candidates"] if c["name"] == "qat")["details"]
+    module = io.load_module(pipeline.quantize / "candidates" / "qat.pt")
+    layers = sum(isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) for m in module.modules())
+    assert details["quantized_layers"] == layers > 5
+    assert details["qdq_pairs"] == qat.qdq_pairs(module) == 2 * layers
+
+    # The raw export: exactly one Q and one DQ per fake quantization (layer input + layer weight).
+    raw = pipeline.root / "qat_raw.onnx"
+    p = pipeline.params.data
+    qat.export_qdq(module, pipeline.root / "qat_again.onnx", p.image_size, p.window_hours, 16, raw_path=raw)
+    ops = [node.op_type for node in onnx.load(str(raw)).graph.node]
+    assert ops.count("QuantizeLinear") == ops.count("DequantizeLinear") == 2 * layers
+
+    # The shipped file: every weight is an int8 initializer behind a DequantizeLinear.
+    graph = onnx.load(str(pipeline.quantize / "candidates" / "qat.onnx")).graph
+    int8_inits = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.INT8}
+    weight_dq = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in int8_inits]
+    assert len(weight_dq) == layers
+    assert not [i.name for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT and i.name.endswith(".weight")]
+    assert (pipeline.quantize / "candidates" / "qat.onnx").stat().st_size < (pipeline.prune / "pruned.onnx").stat().st_size
+
+
+def test_qat_onnx_runtime_matches_the_fake_quant_pytorch_model(pipeline):
+    """Tolerance: ORT runs integer kernels where PyTorch simulates them in float, so an
+    activation can land one quantization step apart: sky logits within 0.05 on average and 0.5 at
+    worst, rain within 0.01 / 0.05, temperature within 0.05 / 0.5 degC, same sky class on >= 98%."""
+    module = io.load_module(pipeline.quantize / "candidates" / "qat.pt")
+    data = load_ingested(pipeline.ingest)
+    inputs = model_inputs(data, data.split("test")[:128])
+    with torch.no_grad():
+        expected = [t.numpy() for t in module(*(torch.from_numpy(inputs[k]) for k in ("image", "image_present", "sensors")))]
+    got = runtime.predict(runtime.session(pipeline.quantize / "candidates" / "qat.onnx"), inputs)
+    for name, reference, (mean_tol, max_tol) in zip(
+        (OUTPUT_SKY_LOGITS, OUTPUT_RAIN_PROB, OUTPUT_TEMP_C), expected, ((0.05, 0.5), (0.01, 0.05), (0.05, 0.5))
+    ):
+        error = np.abs(got[name] - reference)
+        assert error.mean() < mean_tol and error.max() < max_tol, (name, error.mean(), error.max())
+    assert (got[OUTPUT_SKY_LOGITS].argmax(1) == expected[0].argmax(1)).mean() >= 0.98
+
+
+def _candidate(name, accuracy, p50):
+    return {"name": name, "val_sky_accuracy": accuracy, "latency_ms_p50": p50}
+
+
+def test_choose_ships_int8_only_when_it_is_faster_and_within_the_budget():
+    fp32 = _candidate("fp32", 0.90, 1.0)
+    best, reason = choose([fp32, _candidate("static", 0.89, 0.5), _candidate("qat", 0.80, 0.2)], max_drop=0.02)
+    assert best["name"] == "static" and reason.startswith("static ships: 2.00x faster")
+    best, reason = choose([fp32, _candidate("static", 0.90, 1.5), {"name": "fp16", "error": "no kernel"}], max_drop=0.02)
+    assert best["name"] == "fp32"
+    assert "int8 (static) is slower than fp32" in reason
+
+
+def test_the_candidate_list_is_validated_with_the_allowed_names():
+    raw = json.loads(json.dumps(__import__("yaml").safe_load((REPO / "params.yaml").read_text())))
+    raw["quantize"]["candidates"] = ["fp32", "static_u8s8_qdq_kl"]
+    with pytest.raises(ConfigError) as error:
+        resolve(raw)
+    assert "quantize.candidates.1" in str(error.value) and "'static_u8s8_qdq_entropy'" in str(error.value)
+    raw["quantize"]["candidates"] = ["static", "qat"]
+    with pytest.raises(ConfigError, match="must include fp32"):
+        resolve(raw)
+    raw["quantize"]["candidates"] = ["fp32", "fp16"]
+    with pytest.raises(ConfigError, match="at least one int8"):
+        resolve(raw)
+    assert load_params(REPO / "params.yaml").quantize.candidates[0] == "fp32"
