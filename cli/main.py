@@ -162,7 +162,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
         if public_key is None:
             return 2
         store = _open_store(args)
-        result = registry.publish(store, args.package, channel=args.channel, public_key=public_key, force=args.force)
+        rollout = _rollout(args)
+        result = registry.publish(store, args.package, channel=args.channel, public_key=public_key, force=args.force, keys=args.keys, rollout=rollout)
     except _store_errors() as error:
         print(f"publish: FAILED: {error}", file=sys.stderr)
         return 1
@@ -175,6 +176,105 @@ def cmd_publish(args: argparse.Namespace) -> int:
     else:
         was = f" (was {previous['version']})" if previous else " (first release on this channel)"
         print(f"publish: OK: {args.channel} -> version {result['version']}{was} in {store.url}")
+    if "tuf" in result:
+        tuf = result["tuf"]
+        print(f"publish: TUF metadata {tuf['status']}: targets v{tuf['targets_version']}, timestamp v{tuf['timestamp_version']}")
+    if result["pointer"].get("rollout"):
+        print(f"publish: staged rollout {result['pointer']['rollout']}")
+    return 0
+
+
+def _rollout(args: argparse.Namespace) -> dict | None:
+    rollout = {}
+    if getattr(args, "rollout_percent", None) is not None:
+        rollout["percent"] = args.rollout_percent
+    if getattr(args, "rollout_devices", None):
+        rollout["devices"] = [d for d in args.rollout_devices.split(",") if d]
+    return rollout or None
+
+
+def cmd_keys_init(args: argparse.Namespace) -> int:
+    from skyedge.device import trust
+
+    try:
+        expiry = {role: value for role, value in (("timestamp", args.timestamp_expiry), ("snapshot", args.snapshot_expiry), ("targets", args.targets_expiry), ("root", args.root_expiry)) if value}
+        root = trust.init_keys(args.dir, threshold=args.threshold, root_keys=args.root_keys, expiry=expiry)
+    except trust.TrustError as error:
+        print(f"keys init: FAILED: {error}", file=sys.stderr)
+        return 1
+    print(f"keys init: OK: {root} (provision devices with it); root keys in {args.dir / 'root'} (keep offline), online keys in {args.dir / 'online'}")
+    return 0
+
+
+def cmd_keys_refresh(args: argparse.Namespace) -> int:
+    from skyedge.device import trust
+
+    try:
+        timestamp = trust.refresh_timestamp(_open_store(args), args.dir, args.expiry)
+    except (trust.TrustError, *_store_errors()) as error:
+        print(f"keys refresh-timestamp: FAILED: {error}", file=sys.stderr)
+        return 1
+    print(f"keys refresh-timestamp: OK: timestamp v{timestamp.version} expires {timestamp.expires.isoformat()}")
+    return 0
+
+
+def _agent(args: argparse.Namespace):
+    from skyedge.device import agent
+    from skyedge.store import open_store
+
+    base = args.base_url or agent.base_url_for(args.store, args.endpoint_url)
+    status_store = None if args.store.startswith(("http://", "https://")) else open_store(args.store, endpoint_url=args.endpoint_url)
+    return agent.Agent(args.state, base, channel=args.channel, device_id=args.device_id, trusted_root=args.trusted_root, status_store=status_store)
+
+
+def _print_status(status: dict) -> None:
+    line = f"device {status['device_id']}: {status['state']}; active version {status['version']} (previous {status['previous_version']})"
+    if status.get("reason"):
+        line += f"; reason {status['reason']}: {status['last_error']}"
+    print(line, flush=True)
+
+
+def cmd_device_pull(args: argparse.Namespace) -> int:
+    status = _agent(args).pull()
+    _print_status(status)
+    return 0 if status["state"] in ("updated", "up-to-date", "not-in-cohort", "held") else 1
+
+
+def cmd_device_run(args: argparse.Namespace) -> int:
+    from skyedge.device import agent
+
+    agent.run(_agent(args), interval_s=args.interval, retry_s=args.retry, iterations=args.iterations, on_status=_print_status)
+    return 0
+
+
+def cmd_device_predict(args: argparse.Namespace) -> int:
+    import json
+
+    from skyedge.device import predict
+
+    result = predict.forecast(args.state, args.sensors, args.image, args.station)
+    print(json.dumps(result, indent=2) if args.json else predict.format_forecast(result))
+    return 0
+
+
+def cmd_fleet(args: argparse.Namespace) -> int:
+    import json
+
+    try:
+        store = _open_store(args)
+        rows = []
+        for key in store.list("devices/"):
+            if not key.endswith("/status.json"):
+                continue
+            s = json.loads(store.get_bytes(key, max_bytes=64 * 1024))
+            rows.append([s.get("device_id"), s.get("channel"), s.get("version"), s.get("previous_version"), s.get("health"), s.get("state"), s.get("reason"), s.get("time"), (s.get("last_error") or "")[:60] or None])
+    except _store_errors() as error:
+        print(f"fleet: FAILED: {error}", file=sys.stderr)
+        return 1
+    if not rows:
+        print(f"no device has reported to {store.url} yet")
+        return 0
+    print(_table(["device", "channel", "version", "previous", "health", "state", "reason", "time", "last_error"], rows))
     return 0
 
 
@@ -280,7 +380,59 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--channel", default="production")
     publish.add_argument("--public-key", type=Path, help="trusted ed25519 public key (PEM); default: the local signing key's")
     publish.add_argument("--force", action="store_true", help="allow a version not newer than the channel's")
+    publish.add_argument("--keys", type=Path, help="TUF keys dir (skyedge keys init) to sign the release for devices; default $SKYEDGE_TUF_KEYS")
+    publish.add_argument("--rollout-percent", type=float, help="staged rollout: this percentage of devices (by hash of device id)")
+    publish.add_argument("--rollout-devices", help="staged rollout: comma-separated device ids")
     publish.set_defaults(func=cmd_publish)
+
+    keys = commands.add_parser("keys", help="TUF signing keys for over-the-air updates")
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
+    keys_init = keys_commands.add_parser("init", help="create root (offline) and online keys and KEYS/root.json")
+    keys_init.add_argument("--dir", type=Path, required=True)
+    keys_init.add_argument("--threshold", type=int, default=1, help="root signatures needed to trust a root")
+    keys_init.add_argument("--root-keys", type=int, help="number of root keys (default: the threshold)")
+    keys_init.add_argument("--timestamp-expiry", help="e.g. 1d, 12h (default 7d): devices refuse older metadata (freeze)")
+    keys_init.add_argument("--snapshot-expiry", help="default 30d")
+    keys_init.add_argument("--targets-expiry", help="default 90d")
+    keys_init.add_argument("--root-expiry", help="default 365d")
+    keys_init.set_defaults(func=cmd_keys_init)
+    keys_refresh = keys_commands.add_parser("refresh-timestamp", help="re-sign timestamp.json (run more often than its expiry)")
+    keys_refresh.add_argument("--dir", type=Path, required=True)
+    add_store(keys_refresh)
+    keys_refresh.add_argument("--expiry", help="this timestamp's expiry (default: the keys' config)")
+    keys_refresh.set_defaults(func=cmd_keys_refresh)
+
+    device = commands.add_parser("device", help="the station agent: pull, run, predict")
+    device_commands = device.add_subparsers(dest="device_command", required=True, metavar="COMMAND")
+
+    def add_agent(sub: argparse.ArgumentParser) -> None:
+        add_store(sub)
+        sub.add_argument("--base-url", help="read the store over this HTTP(S) URL (default: from --store and the endpoint)")
+        sub.add_argument("--channel", default="production")
+        sub.add_argument("--state", type=Path, required=True, help="the device's state dir (active/, previous/, metadata)")
+        sub.add_argument("--device-id", help="default: kept in the state dir, generated on first pull")
+        sub.add_argument("--trusted-root", type=Path, help="KEYS/root.json: provisions the device on its first pull")
+
+    device_pull = device_commands.add_parser("pull", help="check the channel once; install a newer model if there is one")
+    add_agent(device_pull)
+    device_pull.set_defaults(func=cmd_device_pull)
+    device_run = device_commands.add_parser("run", help="pull on an interval with jittered backoff")
+    add_agent(device_run)
+    device_run.add_argument("--interval", type=float, default=900.0, help="seconds between checks (jittered ±50%%)")
+    device_run.add_argument("--retry", type=float, default=5.0, help="first retry delay after a transient failure (doubles)")
+    device_run.add_argument("--iterations", type=int, help="stop after N pulls (default: forever)")
+    device_run.set_defaults(func=cmd_device_run)
+    device_predict = device_commands.add_parser("predict", help="print the 4-hour forecast from the active model")
+    device_predict.add_argument("--state", type=Path, required=True)
+    device_predict.add_argument("--sensors", type=Path, required=True, help="station CSV (data contract); the latest record is t")
+    device_predict.add_argument("--image", type=Path, help="sky photo at t (omit when the camera gave nothing)")
+    device_predict.add_argument("--station", help="station_id when the CSV holds several (default: the last row's)")
+    device_predict.add_argument("--json", action="store_true")
+    device_predict.set_defaults(func=cmd_device_predict)
+
+    fleet = commands.add_parser("fleet", help="print what every device runs and its last report")
+    add_store(fleet)
+    fleet.set_defaults(func=cmd_fleet)
 
     registry = commands.add_parser("registry", help="inspect the model registry")
     registry_commands = registry.add_subparsers(dest="registry_command", required=True, metavar="COMMAND")

@@ -125,9 +125,15 @@ class Distill(Section):
 
 
 class Prune(Section):
-    ratio: Annotated[float, Field(ge=0, lt=1)] = 0.5
+    ratio: Annotated[float, Field(ge=0, lt=1)] = 0.5  # structured: share of backbone channels removed
     finetune_epochs: Annotated[int, Field(ge=0)] = 3
     lr: Annotated[float, Field(gt=0)] = 1e-3
+    # Unstructured: share of all Conv/Linear weights zeroed by global magnitude (0: none).
+    unstructured_sparsity: Annotated[float, Field(ge=0, lt=1)] = 0.5
+    # Low-rank: each Linear / 1x1 conv keeps the smallest rank holding this share of its squared
+    # singular values (1.0: none), and is only replaced when that saves parameters.
+    lowrank_energy: Annotated[float, Field(gt=0, le=1)] = 0.9
+    latency_runs: Annotated[int, Field(ge=10)] = 100
 
 
 # Quantization candidates (skyedge.quantization documents each): static presets are

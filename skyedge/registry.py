@@ -276,8 +276,15 @@ def publish(
     public_key: Ed25519PublicKey | None = None,
     decision: dict[str, Any] | None = None,
     force: bool = False,
+    keys: Path | str | None = None,
+    rollout: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Upload a package as models/<version>/ and move `channel` to it, last.
+
+    With TUF `keys` (a `skyedge keys init` directory; default $SKYEDGE_TUF_KEYS), the new
+    objects and the channel pointer are then signed into the TUF metadata devices trust
+    (`skyedge.device.trust`), timestamp last; a retry finishes an interrupted signing. `rollout`
+    ({percent: P} and/or {devices: [ids]}) makes the release a staged rollout on the pointer.
 
     The package is verified first (file hashes always; the signature too given `public_key`).
     Refused: a version not newer than the channel's current one (unless `force`), and a version
@@ -289,6 +296,9 @@ def publish(
         raise RegistryError(f"channel {PREVIOUS!r} is kept by publish and rollback; publish to {PRODUCTION!r}")
     if decision is not None:
         decision = check_decision(decision)
+    if rollout is not None:
+        rollout = check_rollout(rollout)
+    keys = _tuf_keys(keys)
     package_dir = Path(package_dir)
     manifest_bytes, document = _local_package(package_dir, public_key)
     version, manifest_sha = document["version"], _sha256(manifest_bytes)
@@ -319,7 +329,10 @@ def publish(
         objects[name] = _put_immutable(store, key, size, sha, lambda put=put, key=key: put(key))
 
     if already:
-        return {"status": "unchanged", "channel": channel, "version": version, "pointer": current, "objects": objects}
+        result = {"status": "unchanged", "channel": channel, "version": version, "pointer": current, "objects": objects}
+        if keys is not None:
+            result["tuf"] = _sign_tuf(store, keys, version, [channel, PREVIOUS] if channel == PRODUCTION else [channel])
+        return result
 
     # 2. Keep the production pointer we are about to replace (same value on a retry: production
     # has not moved yet). 3. Move the pointer: the one write that makes the release visible.
@@ -338,14 +351,75 @@ def publish(
     }
     if decision is not None:
         pointer["decision"] = {"reviewer": decision["reviewer"], "decided_at": decision["decided_at"], "sha256": _sha256(_json_bytes(decision))}
+    if rollout is not None:
+        pointer["rollout"] = rollout
     _write_pointer(store, channel, pointer)
-    return {"status": "published", "channel": channel, "version": version, "pointer": pointer, "objects": objects}
+    result = {"status": "published", "channel": channel, "version": version, "pointer": pointer, "objects": objects}
+    if keys is not None:  # 4. sign for devices (TUF): they see the release only from here on
+        result["tuf"] = _sign_tuf(store, keys, version, [channel, PREVIOUS] if channel == PRODUCTION else [channel])
+    return result
+
+
+def check_rollout(rollout: Any) -> dict[str, Any]:
+    """A staged rollout: {percent: 0..100} of devices by hash of their id, and/or {devices: [ids]}."""
+    if not isinstance(rollout, dict) or not rollout or set(rollout) - {"percent", "devices"}:
+        raise RegistryError(f"rollout must be an object with percent and/or devices, got {rollout!r}")
+    percent = rollout.get("percent")
+    if percent is not None and (isinstance(percent, bool) or not isinstance(percent, (int, float)) or not 0 <= percent <= 100):
+        raise RegistryError(f"rollout.percent must be a number from 0 to 100, got {percent!r}")
+    devices = rollout.get("devices")
+    if devices is not None and (not isinstance(devices, list) or not all(isinstance(d, str) and d for d in devices)):
+        raise RegistryError(f"rollout.devices must be a list of device ids, got {devices!r}")
+    return dict(rollout)
+
+
+def set_rollout(store: Store, channel: str, rollout: dict[str, Any] | None, keys: Path | str | None = None) -> dict[str, Any]:
+    """Widen, narrow or end (None) the staged rollout of the release a channel points to."""
+    check_channel(channel)
+    current = read_channel(store, channel)
+    if current is None:
+        raise RegistryError(f"channel {channel!r} has never been published: nothing to roll out")
+    pointer = {k: v for k, v in current.items() if k != "rollout"}
+    if rollout is not None:
+        pointer["rollout"] = check_rollout(rollout)
+    pointer["published_at"] = _now()
+    _write_pointer(store, channel, pointer)
+    keys = _tuf_keys(keys)
+    if keys is not None:
+        _sign_tuf(store, keys, pointer["version"], [channel])
+    return pointer
+
+
+def _tuf_keys(keys: Path | str | None) -> Path | None:
+    if keys is None:
+        keys = os.environ.get("SKYEDGE_TUF_KEYS", "").strip() or None
+    return Path(keys) if keys is not None else None
+
+
+def _sign_tuf(store: Store, keys: Path, version: int, channels: list[str]) -> dict[str, Any]:
+    """Sign version's objects (as stored and read back) and the channels' pointers into TUF."""
+    from skyedge.device import trust
+
+    manifest_bytes, document = _read_manifest(store, version)
+    files = {model_key(version, e["path"]): (e["size_bytes"], e["sha256"]) for e in document["files"]}
+    files[model_key(version, mf.MANIFEST_FILE)] = (len(manifest_bytes), _sha256(manifest_bytes))
+    files[model_key(version, mf.SIGNATURE_FILE)] = store.stat_sha256(model_key(version, mf.SIGNATURE_FILE))
+    pointers = {}
+    for name in channels:
+        try:
+            pointers[name] = store.get_bytes(channel_key(name), max_bytes=MAX_POINTER_BYTES)
+        except NotFound:
+            continue
+    try:
+        return trust.sign_targets(store, keys, files, pointers)
+    except trust.TrustError as exc:
+        raise RegistryError(f"TUF signing: {exc}") from exc
 
 
 # --- rollback ---------------------------------------------------------------------------------
 
 
-def rollback(store: Store, channel: str = PRODUCTION) -> dict[str, Any]:
+def rollback(store: Store, channel: str = PRODUCTION, keys: Path | str | None = None) -> dict[str, Any]:
     """Re-point `channel` to the release it replaced, in one pointer write.
 
     For production the target is channels/previous.json, which then becomes the release rolled
@@ -394,7 +468,11 @@ def rollback(store: Store, channel: str = PRODUCTION) -> dict[str, Any]:
     _write_pointer(store, channel, pointer)  # the rollback: one write
     if channel == PRODUCTION:
         _write_pointer(store, PREVIOUS, undone)
-    return {"channel": channel, "version": target["version"], "rolled_back_from": current["version"], "pointer": pointer}
+    result = {"channel": channel, "version": target["version"], "rolled_back_from": current["version"], "pointer": pointer}
+    keys = _tuf_keys(keys)
+    if keys is not None:  # devices accept this older version: the signed pointer says rollback
+        result["tuf"] = _sign_tuf(store, keys, target["version"], [channel, PREVIOUS] if channel == PRODUCTION else [channel])
+    return result
 
 
 # --- show / fetch -----------------------------------------------------------------------------

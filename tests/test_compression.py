@@ -85,3 +85,51 @@ def test_the_candidate_list_is_validated_with_the_allowed_names():
     with pytest.raises(ConfigError, match="at least one int8"):
         resolve(raw)
     assert load_params(REPO / "params.yaml").quantize.candidates[0] == "fp32"
+
+
+METRIC_KEYS = {"macs", "params", "onnx_bytes", "gzip_bytes", "weight_sparsity", "latency_ms_p50", "latency_ms_p95", "val_sky_accuracy", "val_rain_brier", "val_temp_rmse"}
+
+
+def test_every_pruning_step_reports_before_and_after(pipeline):
+    metrics = json.loads((pipeline.prune / "metrics.json").read_text())
+    for step in (metrics, metrics["unstructured"], metrics["lowrank"]):
+        assert METRIC_KEYS <= set(step["before"]) and METRIC_KEYS <= set(step["after"])
+        assert step["after"]["latency_ms_p50"] > 0
+
+
+def test_unstructured_pruning_reaches_its_sparsity_and_compresses_smaller(pipeline):
+    metrics = json.loads((pipeline.prune / "metrics.json").read_text())["unstructured"]
+    target = pipeline.params.prune.unstructured_sparsity
+    assert metrics["after"]["weight_sparsity"] >= target - 0.01
+    assert metrics["before"]["weight_sparsity"] < 0.01
+    assert metrics["after"]["gzip_bytes"] < 0.85 * metrics["before"]["gzip_bytes"]
+    module = io.load_module(pipeline.prune / "pruned_sparse.pt")  # masks removed: plain weights with zeros
+    assert not any(name.endswith("_orig") for name, _ in module.named_parameters())
+    zeros = [float((m.weight == 0).float().mean()) for m in module.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert np.mean(zeros) > 0.2
+
+
+def test_low_rank_factorizes_only_where_it_saves_parameters(pipeline):
+    metrics = json.loads((pipeline.prune / "metrics.json").read_text())["lowrank"]
+    replaced = [layer for layer in metrics["layers"] if layer["replaced"]]
+    assert replaced
+    for layer in replaced:
+        out_features, in_features = layer["shape"]
+        assert layer["rank"] * (out_features + in_features) < out_features * in_features
+    assert metrics["after"]["params"] < metrics["before"]["params"]
+
+
+def test_energy_rank_and_svd_factorization_are_exact_at_full_energy():
+    from skyedge.pruning import energy_rank, low_rank
+
+    assert energy_rank(torch.tensor([3.0, 0.0, 0.0]), 0.99) == 1
+    assert energy_rank(torch.tensor([1.0, 1.0, 1.0, 1.0]), 0.5) == 2
+    torch.manual_seed(0)
+    low = torch.randn(32, 4) @ torch.randn(4, 48)  # rank 4
+    layer = torch.nn.Sequential(torch.nn.Linear(48, 32))
+    layer[0].weight.data.copy_(low)
+    x = torch.randn(5, 48)
+    expected = layer(x)
+    records = low_rank(layer, energy=0.999999)
+    assert records[0]["rank"] == 4 and isinstance(layer[0], torch.nn.Sequential)
+    torch.testing.assert_close(layer(x), expected, atol=1e-4, rtol=1e-4)

@@ -56,13 +56,14 @@ def test_structured_pruning_really_lowers_macs_params_and_bytes(pipeline):
     assert after["onnx_bytes"] < before["onnx_bytes"]
 
 
-def test_the_pruned_module_reloads_in_a_fresh_process(pipeline):
+@pytest.mark.parametrize("variant", ["pruned", "pruned_sparse", "pruned_lowrank"])
+def test_the_pruned_module_reloads_in_a_fresh_process(pipeline, variant):
     script = (
         "import sys, torch; from skyedge import io, models;"
         f"m = io.load_module(sys.argv[1]); x = models.example_inputs({pipeline.params.data.image_size}, {pipeline.params.data.window_hours}, {N_FEATURES});"
         "sky, rain, temp = m(*x); print(tuple(sky.shape), tuple(rain.shape), tuple(temp.shape))"
     )
-    out = subprocess.run([sys.executable, "-c", script, str(pipeline.prune / "pruned.pt")], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", script, str(pipeline.prune / f"{variant}.pt")], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == f"(1, {len(SKY_CLASSES)}) (1, {len(HORIZONS)}) (1, {len(HORIZONS)})"
 
 
@@ -116,10 +117,10 @@ def test_the_packaged_model_runs_in_onnx_runtime_and_matches_its_canaries(pipeli
     assert set(manifest["lineage"]["params"]) >= {"ingest", "quantize", "package"}
 
 
-@pytest.mark.parametrize("variant", ["pruned", "student"])
+@pytest.mark.parametrize("variant", ["pruned", "pruned_sparse", "pruned_lowrank", "student"])
 def test_onnx_runtime_matches_pytorch_for_fp32_models(pipeline, variant):
     """Tolerance: 1e-4 absolute on logits, probabilities and °C (float32 reassociation only)."""
-    folder = pipeline.prune if variant == "pruned" else pipeline.distill
+    folder = pipeline.prune if variant.startswith("pruned") else pipeline.distill
     module = io.load_module(folder / f"{variant}.pt")
     data = load_ingested(pipeline.ingest)
     inputs = model_inputs(data, data.split("test")[:16])

@@ -1,0 +1,154 @@
+"""The four-hour forecast from the device's active model (`skyedge device predict`).
+
+Inputs follow the data contract (ARCHITECTURE §2): a station CSV (station_id, timestamp and the
+six sensor columns; empty cells are gaps) and optionally a sky photo. Everything is preprocessed
+with the active manifest's recorded image size/mean/std and sensor normalisation/window, never
+code defaults. No photo (or a broken camera) runs the model's no-image path.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from skyedge import contract, features
+from skyedge import manifest as mf
+
+
+class PredictError(ValueError):
+    """Inputs that cannot be turned into a forecast; the message names the file and the rule."""
+
+
+def active_slot(state_dir: Path) -> Path:
+    link = Path(state_dir) / "active"
+    if not link.is_symlink() or not link.resolve().is_dir():
+        raise PredictError(f"{state_dir}: no active model yet: run `skyedge device pull` first")
+    return link.resolve()  # resolved once: an update swapping `active` now does not affect us
+
+
+def _parse_time(text: str, where: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise PredictError(f"{where}: timestamp {text!r} is not ISO 8601") from exc
+    if moment.tzinfo is None:
+        raise PredictError(f"{where}: timestamp {text!r} has no UTC offset")
+    return moment.astimezone(timezone.utc)
+
+
+def read_station(csv_path: Path, station: str | None = None) -> tuple[str, np.ndarray, dict[str, np.ndarray]]:
+    """(station_id, epoch hours, sensor columns) of one station's records, oldest first."""
+    with open(csv_path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in contract.REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise PredictError(f"{csv_path}: missing column(s) {', '.join(missing)} (data contract: {', '.join(contract.REQUIRED_COLUMNS)})")
+        rows = list(reader)
+    if not rows:
+        raise PredictError(f"{csv_path}: no records")
+    station = station or rows[-1][contract.STATION_ID]
+    by_hour: dict[int, dict[str, str]] = {}
+    for i, row in enumerate(rows, start=2):
+        if row[contract.STATION_ID] != station:
+            continue
+        moment = _parse_time(row[contract.TIMESTAMP], f"{csv_path}:{i}")
+        by_hour[int(moment.timestamp() // 3600)] = row
+    if not by_hour:
+        raise PredictError(f"{csv_path}: no records for station {station!r}")
+    hours = np.array(sorted(by_hour), dtype=np.int64)
+    columns: dict[str, np.ndarray] = {}
+    for name in contract.SENSOR_COLUMNS:
+        low, high = contract.SENSOR_RANGES[name]
+        values = []
+        for h in hours:
+            text = (by_hour[int(h)].get(name) or "").strip()
+            try:
+                value = float(text) if text else math.nan
+            except ValueError:
+                value = math.nan  # unparseable: a gap, as ingest would quarantine the value
+            if not math.isnan(value) and ((low is not None and value < low) or (high is not None and value > high)):
+                value = math.nan
+            values.append(value)
+        columns[name] = np.array(values, dtype=np.float64)
+    return station, hours, columns
+
+
+def load_image(path: Path, spec: dict[str, Any]) -> np.ndarray:
+    """[1, 3, S, S] float32: RGB /255, resized bilinearly, normalised with the manifest's mean/std."""
+    from PIL import Image, UnidentifiedImageError
+
+    size = int(spec["size"])
+    try:
+        with Image.open(path) as image:
+            rgb = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+    except (OSError, UnidentifiedImageError) as exc:
+        raise PredictError(f"{path}: not a readable image ({exc})") from exc
+    pixels = np.asarray(rgb, dtype=np.float32)[None] / 255.0
+    mean = np.asarray(spec["mean"], np.float32)
+    std = np.asarray(spec["std"], np.float32)
+    return np.ascontiguousarray(((pixels - mean) / std).transpose(0, 3, 1, 2), dtype=np.float32)
+
+
+def forecast(state_dir: Path, sensors_csv: Path, image: Path | None = None, station: str | None = None, session: Any = None) -> dict[str, Any]:
+    """The forecast at the time of the station's latest record, from the active model."""
+    from skyedge import runtime
+
+    slot = active_slot(state_dir)
+    document = json.loads((slot / mf.MANIFEST_FILE).read_text())
+    prep = document["preprocessing"]
+    window = int(prep["sensors"]["window_hours"])
+    station_id, hours, columns = read_station(Path(sensors_csv), station)
+    windows, missing_hours = features.build_windows(hours, features.raw_features(columns), prep["sensors"], window)
+    spec = prep["image"]
+    size = int(spec["size"])
+    if image is not None:
+        pixels, present = load_image(Path(image), spec), 1.0
+    else:
+        pixels, present = np.zeros((1, 3, size, size), np.float32), 0.0
+    inputs = {
+        contract.INPUT_IMAGE: pixels,
+        contract.INPUT_IMAGE_PRESENT: np.array([[present]], np.float32),
+        contract.INPUT_SENSORS: windows[-1:],
+    }
+    model = session or runtime.session(slot / mf.MODEL_FILE)
+    out = runtime.predict(model, inputs)
+    logits = out[contract.OUTPUT_SKY_LOGITS][0].astype(np.float64)
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    classes = document.get("classes", list(contract.SKY_CLASSES))
+    at = datetime.fromtimestamp(int(hours[-1]) * 3600, timezone.utc)
+    return {
+        "model": {"name": document["name"], "version": document["version"], "version_label": document.get("version_label")},
+        "station_id": station_id,
+        "time": at.isoformat(),
+        "image_used": image is not None,
+        "window_missing_hours": int(missing_hours[-1]),
+        "sky": {"class": classes[int(np.argmax(probs))], "probabilities": {c: round(float(p), 4) for c, p in zip(classes, probs)}},
+        "forecast": [
+            {
+                "h": h,
+                "time": (at + timedelta(hours=h)).isoformat(),
+                "rain_prob": round(float(out[contract.OUTPUT_RAIN_PROB][0, i]), 4),
+                "temp_c": round(float(out[contract.OUTPUT_TEMP_C][0, i]), 2),
+            }
+            for i, h in enumerate(document.get("horizons", contract.HORIZONS))
+        ],
+    }
+
+
+def format_forecast(result: dict[str, Any]) -> str:
+    lines = [
+        f"station {result['station_id']} at {result['time']} — model {result['model']['name']} v{result['model']['version']}"
+        f" ({'with' if result['image_used'] else 'no'} photo, {result['window_missing_hours']} missing window hours)",
+        f"sky now: {result['sky']['class']} ({result['sky']['probabilities'][result['sky']['class']]:.0%})",
+        "h  time                       rain_prob  temp_c",
+    ]
+    for row in result["forecast"]:
+        lines.append(f"{row['h']}  {row['time']:<25}  {row['rain_prob']:>9.2f}  {row['temp_c']:>6.1f}")
+    return "\n".join(lines)
