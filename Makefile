@@ -38,3 +38,11 @@ bench-ingest: setup
 	$(BIN)/python -m stages.ingest --bench ../shared/datasets/beijing ../shared/datasets/swimcat --out $${TMPDIR:-/tmp}/skyedge-bench-ingest --bench-report reports/bench_ingest.json
 
 bench: bench-ingest
+
+# Device footprint: agent peak RSS, pull + verify + swap time, predict latency (data/package when
+# built, else a tiny sample package) -> reports/bench_device.json.
+.PHONY: bench-device
+bench-device: setup
+	$(BIN)/python -m skyedge.device.bench --package data/package --out reports/bench_device.json
+
+bench: bench-device
