@@ -85,7 +85,15 @@ def station_samples(records: pd.DataFrame, window_hours: int, fractions: tuple[f
 
 
 def image_only_samples(outcomes: list[ingest.Outcome], used: set[str], fractions: tuple[float, float, float]) -> pd.DataFrame:
-    """Labelled photos with no station record, deduplicated by pixels and split by capture day."""
+    """Labelled photos with no station record, deduplicated by pixels and split per class by time.
+
+    Each sky class is split on its own, earliest first, so every split gets every class (a
+    global day split of SWIMCAT, where each class comes from one to four days, leaves whole
+    classes out of test). The unit is the capture day when the class has at least four days
+    (one for each of val and test, two for train), else the capture time (one whole-sky frame:
+    its patches never cross splits). Same-day frames
+    minutes apart can then sit in different splits: the price of having the class in test at all.
+    """
     rows, seen = [], set()
     for outcome in outcomes:
         for path, label in outcome.labels.items():
@@ -98,12 +106,16 @@ def image_only_samples(outcomes: list[ingest.Outcome], used: set[str], fractions
             # The capture day as the camera saw it (local time when the stamp has an offset).
             stamp = pd.to_datetime(outcome.timestamps.get(path) or None, errors="coerce")
             day = stamp.strftime("%Y-%m-%d") if pd.notna(stamp) else f"unknown-{digest[:2]}"
-            rows.append({"source": outcome.source, "image_path": path, "day": day, "md5": digest})
+            capture = stamp.strftime("%Y-%m-%dT%H:%M:%S") if pd.notna(stamp) else day
+            rows.append({"source": outcome.source, "image_path": path, "day": day, "capture": capture, "label": label, "md5": digest})
     if not rows:
         return pd.DataFrame()
     frame = pd.DataFrame(rows)
-    frame["split"] = day_split(frame["day"].to_numpy(), fractions)
-    return frame
+    frame["split"] = None
+    for _, group in frame.groupby("label", sort=True):
+        unit = group["day"] if group["day"].nunique() >= 4 else group["capture"]
+        frame.loc[group.index, "split"] = day_split(unit.to_numpy(), fractions)
+    return frame.drop(columns=["capture", "label"])
 
 
 def climatology(samples: pd.DataFrame) -> dict:

@@ -15,7 +15,7 @@ def raw_params() -> dict:
 
 
 def test_the_committed_params_file_is_valid_in_every_profile():
-    for profile in ("default", "tiny"):
+    for profile in ("default", "tiny", "real"):
         assert isinstance(load_params(REPO / "params.yaml", profile=profile), Params)
 
 
@@ -65,5 +65,5 @@ def test_the_profile_can_be_chosen_in_params_as_dvc_exp_run_sets_it():
 
 
 def test_an_unknown_profile_lists_the_known_ones():
-    with pytest.raises(ConfigError, match=r"common\.profile: unknown profile 'huge'; allowed: default, tiny"):
+    with pytest.raises(ConfigError, match=r"common\.profile: unknown profile 'huge'; allowed: default, real, tiny"):
         load_params(REPO / "params.yaml", profile="huge")

@@ -43,7 +43,12 @@ def test_real_swimcat_and_a_beijing_subset(tmp_path):
     photos = samples[samples["station_id"].isna()]
     assert len(photos) == 642 - report["split_checks"]["photo_duplicates_dropped"]
     assert not photos["day"].str.startswith("unknown").any()  # capture days from metadata.csv
-    assert photos.groupby("day")["split"].nunique().max() == 1
+    # Split per class (stages/ingest.py image_only_samples): every split has every class; a
+    # class with >= 4 capture days is split by day, the others by capture (frame).
+    assert photos.groupby("split")["sky_label"].nunique().to_dict() == {"train": 5, "val": 5, "test": 5}
+    for _, rows in photos.groupby("sky_label"):
+        if rows["day"].nunique() >= 4:
+            assert rows.groupby("day")["split"].nunique().max() == 1
     images = np.load(tmp_path / "out" / "images.npy")
     digests = [ingest.ingest.content_hash(images[i]) for i in photos["image_idx"]]
     assert photos.assign(md5=digests).groupby("md5")["split"].nunique().max() == 1
