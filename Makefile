@@ -46,3 +46,20 @@ bench-device: setup
 	$(BIN)/python -m skyedge.device.bench --package data/package --out reports/bench_device.json
 
 bench: bench-device
+
+# The pipeline on the real data in ../shared/datasets (SWIMCAT photos + the 9 Beijing stations),
+# profile `real` of params.yaml, as a DVC experiment (`dvc exp run -S common.profile=real`: the
+# workspace's params.yaml then names the real profile), then the package check and variant table.
+.PHONY: run-real bench-models
+run-real: setup
+	$(BIN)/skyedge repro --profile real
+	$(BIN)/skyedge verify data/package
+	$(BIN)/skyedge report
+
+# Every model variant of the last run (BENCH_DATA, e.g. after `make run-real`) re-timed side by side
+# in one process and scored on the test split, with the issue's targets met / not met -> reports/bench.json.
+BENCH_DATA ?= data
+bench-models: setup
+	$(BIN)/python -m skyedge.bench --data $(BENCH_DATA) --out reports/bench.json
+
+bench: bench-models

@@ -133,3 +133,19 @@ def test_energy_rank_and_svd_factorization_are_exact_at_full_energy():
     records = low_rank(layer, energy=0.999999)
     assert records[0]["rank"] == 4 and isinstance(layer[0], torch.nn.Sequential)
     torch.testing.assert_close(layer(x), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_bench_times_every_variant_side_by_side_and_reports_each_target(pipeline, tmp_path):
+    from skyedge import bench
+
+    result = bench.run(pipeline.root, tmp_path / "bench.json", runs=10, warmup=2)
+    rows = {row["variant"]: row for row in result["variants"]}
+    assert {"teacher_fp32", "student_alone_fp32", "student_fp32", "pruned_fp32", "pruned_sparse_fp32", "pruned_lowrank_fp32", "pruned_qat", "shipped"} <= set(rows)
+    for row in rows.values():
+        assert row["latency_ms_p50"] > 0 and row["size_bytes"] > 0 and row["macs"] > 0
+        assert set(bench.SCORE_KEYS) <= set(row)
+    assert rows["teacher_fp32"]["macs"] > rows["student_fp32"]["macs"] > rows["pruned_fp32"]["macs"]
+    assert len(result["targets"]) == 5 + 2 * 4
+    for target in result["targets"]:
+        assert target["met"] in (True, False) and isinstance(target["value"], float)
+    assert json.loads((tmp_path / "bench.json").read_text())["targets"] == result["targets"]
