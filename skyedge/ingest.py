@@ -52,12 +52,7 @@ class Outcome:
     timestamps: dict[str, str] = field(default_factory=dict)  # resolved path -> capture time
     quarantine: list[dict] = field(default_factory=list)
     received: int = 0
-    # For the GE suites (run once per ingest, in bulk): the prepared station rows and image metadata.
-    station_frames: list[pd.DataFrame] = field(default_factory=list)
-    image_frame: pd.DataFrame = field(default_factory=pd.DataFrame)
     ignored_files: list[str] = field(default_factory=list)  # CSVs that are not station data
-    collect_frames: bool = False  # read_folder keeps station_frames for the suites; callers of
-    # read_station_csv alone (skyedge evaluate) do not pay for them
 
     def reject(self, file: Path | str, row: int | None, rule: str, value: object) -> None:
         self.quarantine.append(
@@ -158,17 +153,20 @@ def parse_station_file(path: Path, outcome: Outcome) -> pd.DataFrame:
     return frame
 
 
-def validate_stations(raw: pd.DataFrame, outcome: Outcome, now: pd.Timestamp, rules: list | None = None) -> pd.DataFrame:
+def validate_stations(
+    raw: pd.DataFrame, outcome: Outcome, now: pd.Timestamp, rules: list | None = None, runner: validation.SuiteRunner | None = None
+) -> pd.DataFrame:
     """Accepted rows of parsed station text (one or many files); the others go to the quarantine.
 
-    Rules come from skyedge.validation's table (the GE station suite), first failure wins.
+    Rules come from skyedge.validation's table (the GE station suite), first failure wins; with a
+    runner, the same chunk is also validated by Great Expectations for the Data Docs.
     """
     if raw.empty:
         return pd.DataFrame()
     rules = rules if rules is not None else validation.station_rules(now)
     prepared = validation.prepare_stations(raw, now)
-    if outcome.collect_frames:
-        outcome.station_frames.append(prepared.drop(columns=["_file", "_row", "timestamp_utc"]))
+    if runner is not None:
+        runner.check("station_records", rules, prepared.drop(columns=["_file", "_row", "timestamp_utc"]))
     failed, values = validation.first_failures(rules, prepared, SHOWN_COLUMNS)
     for index in np.flatnonzero(failed != ""):
         outcome.reject(prepared["_file"].iat[index], int(prepared["_row"].iat[index]), failed[index], values[index])
@@ -295,29 +293,35 @@ def read_index(folder: Path, outcome: Outcome) -> list[tuple[int, str, str, str]
     return rows
 
 
-def read_folder(folder: Path, source: str, image_size: int, now: pd.Timestamp) -> Outcome:
-    """Station CSVs (with their images) and a labelled index.csv under one folder."""
-    outcome = Outcome(source=source, collect_frames=True)
+def read_folder(folder: Path, source: str, image_size: int, now: pd.Timestamp, runner: validation.SuiteRunner | None = None) -> Outcome:
+    """Station CSVs (with their images) and a labelled index.csv under one folder.
+
+    Station files are parsed and validated one at a time and only their accepted rows (numbers)
+    are kept, so memory follows the largest file, not the source. A (station, hour) seen in an
+    earlier file of the same source is a duplicate too (caught after the per-file pass).
+    """
+    outcome = Outcome(source=source)
     rules = validation.station_rules(now)
-    parsed = []
+    accepted = []
     for path in tqdm(station_files(folder), desc=f"read {Path(source).name or source}", unit="file", disable=None, leave=False):
         if not is_station_header(path):
             outcome.ignored_files.append(str(path))
             continue
-        frame = parse_station_file(path, outcome)
-        if not frame.empty:
-            parsed.append(frame)
-    if parsed:
-        # One bulk validation per source: a (station, hour) in two files is a duplicate too.
-        raw = pd.concat(parsed, ignore_index=True).fillna("")
-        del parsed
+        raw = parse_station_file(path, outcome)
+        if raw.empty:
+            continue
+        raw = raw.fillna("")
         for column in REQUIRED_COLUMNS:
             if column not in raw.columns:
                 raw[column] = ""
-        records = validate_stations(raw, outcome, now, rules)
+        accepted.append(validate_stations(raw, outcome, now, rules, runner))
         del raw
-    else:
-        records = pd.DataFrame()
+    records = pd.concat([frame for frame in accepted if not frame.empty], ignore_index=True) if accepted else pd.DataFrame()
+    if not records.empty:
+        across_files = records.duplicated([STATION_ID, "hour"], keep="first")
+        for file, row, stamp in records.loc[across_files, ["_file", "_row", TIMESTAMP]].itertuples(index=False):
+            outcome.reject(file, int(row), "unique_station_timestamp", stamp)
+        records = records[~across_files].reset_index(drop=True)
 
     labelled = read_index(folder, outcome)
     referenced = set(records["image_path"]) - {""} if not records.empty else set()
@@ -334,8 +338,10 @@ def read_folder(folder: Path, source: str, image_size: int, now: pd.Timestamp) -
         else:
             arrays[path], meta = inspect_image(Path(path), image_size)
         metas.append({"path": path, "label": label, **meta})
-    outcome.image_frame = pd.DataFrame(metas, columns=IMAGE_META_COLUMNS)
-    failed, _ = validation.first_failures(validation.image_rules(), outcome.image_frame)
+    image_frame = pd.DataFrame(metas, columns=IMAGE_META_COLUMNS)
+    if runner is not None:
+        runner.check("image_metadata", validation.image_rules(), image_frame)
+    failed, _ = validation.first_failures(validation.image_rules(), image_frame)
     for meta, rule in zip(metas, failed):
         path = meta["path"]
         if rule == "label_in_classes":

@@ -3,8 +3,9 @@
 One rule table per record kind (`STATION_RULES`, `IMAGE_RULES`). Each `Rule` is one quarantine
 rule name bound to one or more GE expectations, and its row mask is computed from the SAME
 expectation object (type + kwargs) by `expectation_mask`, so the quarantine and the GE suite cannot
-drift: `validate` runs the suite in bulk on the whole prepared dataframe (result_format SUMMARY: counts
-only, fast on 236k rows) and reports any rule whose GE unexpected count differs from its mask.
+drift: `SuiteRunner` runs the suites on the prepared dataframes (result_format SUMMARY: counts
+only, fast on 236k rows; one station file at a time, see `SuiteRunner`) and reports any rule whose
+GE unexpected count differs from its mask.
 
 Quarantine rule  ->  expectation (column)
   station_id_present            expect_column_values_to_not_be_null (station_id)
@@ -235,46 +236,65 @@ def suspected_units(column: str, values: pd.Series, files: pd.Series) -> pd.Seri
 # --- running the suites ---------------------------------------------------------------------
 
 
-def validate(suites: dict[str, tuple[list[Rule], pd.DataFrame]], docs_dir: Path) -> dict:
-    """Run each suite on its dataframe with an ephemeral GE context; build Data Docs in docs_dir.
+class SuiteRunner:
+    """Runs the GE suites chunk by chunk (one station file at a time), so ingest never holds all
+    of a source's text at once, and builds one set of Data Docs at the end.
 
-    Returns per suite: success, GE's unexpected count per rule, and `drift` (rules whose GE count
-    differs from the mask the quarantine used: expected empty).
+    `check(name, rules, frame)` validates one chunk with an ephemeral GE context and adds its
+    counts to the suite's totals; `finish()` returns per suite: rows, success, GE's unexpected
+    count per rule, and `drift` (rules whose GE count differs from the quarantine mask: expected
+    empty; GE's uniqueness is per chunk, cross-file duplicates are caught by ingest's own pass).
     """
-    gx = _gx()
-    logging.getLogger("great_expectations").setLevel(logging.ERROR)
-    started = time.perf_counter()
-    context = gx.get_context(mode="ephemeral")
-    try:  # GE's per-metric progress bars: noise next to ingest's own
-        from great_expectations.data_context.types.base import ProgressBarsConfig
 
-        context.variables.progress_bars = ProgressBarsConfig(globally=False)
-    except Exception:  # an older/newer GE without this knob: bars stay
-        pass
-    docs_dir.mkdir(parents=True, exist_ok=True)
-    site = {
-        "class_name": "SiteBuilder",
-        "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir.resolve())},
-        "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-    }
-    context.add_data_docs_site(site_name="ingest", site_config=site)
-    datasource = context.data_sources.add_pandas("ingest")
-    summary: dict = {}
-    for name, (rules, frame) in suites.items():
+    def __init__(self, docs_dir: Path):
+        gx = _gx()
+        logging.getLogger("great_expectations").setLevel(logging.ERROR)
+        self._gx = gx
+        self._started = time.perf_counter()
+        self.docs_dir = docs_dir
+        self.context = gx.get_context(mode="ephemeral")
+        try:  # GE's per-metric progress bars: noise next to ingest's own
+            from great_expectations.data_context.types.base import ProgressBarsConfig
+
+            self.context.variables.progress_bars = ProgressBarsConfig(globally=False)
+        except Exception:  # an older/newer GE without this knob: bars stay
+            pass
+        docs_dir.mkdir(parents=True, exist_ok=True)
+        site = {
+            "class_name": "SiteBuilder",
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir.resolve())},
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        }
+        self.context.add_data_docs_site(site_name="ingest", site_config=site)
+        self.datasource = self.context.data_sources.add_pandas("ingest")
+        self.suites: dict[str, object] = {}
+        self.summary: dict[str, dict] = {}
+        self._chunks = 0
+
+    def _suite(self, name: str, rules: list[Rule]):
+        if name not in self.suites:
+            suite = self.context.suites.add(self._gx.ExpectationSuite(name=name))
+            for rule in rules:
+                for expectation in rule.expectations:
+                    expectation.meta = {"quarantine_rule": rule.name}
+                    suite.add_expectation(expectation)
+            self.suites[name] = suite
+            self.summary[name] = {"rows": 0, "chunks": 0, "success": True, "unexpected": {}, "drift": {}}
+        return self.suites[name]
+
+    def check(self, name: str, rules: list[Rule], frame: pd.DataFrame) -> None:
+        suite = self._suite(name, rules)
         if frame.empty:
-            summary[name] = {"rows": 0, "success": True, "unexpected": {}, "drift": {}}
-            continue
+            return
+        gx = self._gx
+        self._chunks += 1
+        chunk = f"{name}-{self._chunks}"
         columns = sorted({e.column for rule in rules for e in rule.expectations})
-        batch = datasource.add_dataframe_asset(name).add_batch_definition_whole_dataframe("all")
-        suite = context.suites.add(gx.ExpectationSuite(name=name))
-        for rule in rules:
-            for expectation in rule.expectations:
-                expectation.meta = {"quarantine_rule": rule.name}
-                suite.add_expectation(expectation)
-        definition = context.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch, suite=suite))
-        checkpoint = context.checkpoints.add(
+        batch = self.datasource.add_dataframe_asset(chunk).add_batch_definition_whole_dataframe("all")
+        definition = self.context.validation_definitions.add(gx.ValidationDefinition(name=chunk, data=batch, suite=suite))
+        checkpoint = self.context.checkpoints.add(
             gx.Checkpoint(
-                name=f"{name}-checkpoint",
+                name=f"{chunk}-checkpoint",
                 validation_definitions=[definition],
                 actions=[gx.checkpoint.UpdateDataDocsAction(name="docs", site_names=["ingest"])],
                 result_format={"result_format": "SUMMARY"},
@@ -282,26 +302,29 @@ def validate(suites: dict[str, tuple[list[Rule], pd.DataFrame]], docs_dir: Path)
         )
         result = checkpoint.run(batch_parameters={"dataframe": frame[columns]})
         validation = next(iter(result.run_results.values()))
-        unexpected: dict[str, int] = {}
+        entry = self.summary[name]
+        unexpected = entry["unexpected"]
         for item in validation.results:
             rule_name = item.expectation_config.meta["quarantine_rule"]
             unexpected[rule_name] = unexpected.get(rule_name, 0) + int(item.result.get("unexpected_count") or 0)
-        drift = {}
         for rule in rules:
             mask_count = sum(int(expectation_mask(e, frame).sum()) for e in rule.expectations)
-            if mask_count != unexpected.get(rule.name, 0):
-                drift[rule.name] = {"ge": unexpected.get(rule.name, 0), "mask": mask_count}
-        summary[name] = {
-            "rows": len(frame),
-            "success": bool(validation.success),
-            "unexpected": {k: v for k, v in unexpected.items() if v},
-            "drift": drift,
-        }
-        (docs_dir / f"{name}.json").write_text(json.dumps(validation.to_json_dict(), indent=1, default=str))
-    index = docs_dir / "index.html"
-    summary_page = docs_dir / "summary.html"
-    summary_page.write_text(_summary_html(summary, index.name))
-    return {"suites": summary, "data_docs": str(index), "summary_html": str(summary_page), "seconds": round(time.perf_counter() - started, 2)}
+            ge_count = sum(int(item.result.get("unexpected_count") or 0) for item in validation.results if item.expectation_config.meta["quarantine_rule"] == rule.name)
+            if mask_count != ge_count:
+                drift = entry["drift"].setdefault(rule.name, {"ge": 0, "mask": 0})
+                drift["ge"] += ge_count
+                drift["mask"] += mask_count
+        entry["rows"] += len(frame)
+        entry["chunks"] += 1
+        entry["success"] = entry["success"] and bool(validation.success)
+
+    def finish(self) -> dict:
+        for entry in self.summary.values():
+            entry["unexpected"] = {k: v for k, v in entry["unexpected"].items() if v}
+        index = self.docs_dir / "index.html"
+        summary_page = self.docs_dir / "summary.html"
+        summary_page.write_text(_summary_html(self.summary, index.name))
+        return {"suites": self.summary, "data_docs": str(index), "summary_html": str(summary_page), "seconds": round(time.perf_counter() - self._started, 2)}
 
 
 def _summary_html(summary: dict, docs_index: str) -> str:

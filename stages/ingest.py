@@ -24,29 +24,29 @@ IMAGE_MEAN = [0.485, 0.456, 0.406]
 IMAGE_STD = [0.229, 0.224, 0.225]
 
 
-def read_sources(params: Ingest, data: Data, out_dir: Path, now: pd.Timestamp) -> list[ingest.Outcome]:
+def read_sources(params: Ingest, data: Data, out_dir: Path, now: pd.Timestamp, runner: validation.SuiteRunner | None = None) -> list[ingest.Outcome]:
     outcomes = []
     for number, source in enumerate(params.sources):
         if source.type == "synthetic":
             folder = out_dir / "raw" / f"synthetic-{number}"
             synthetic.generate(folder, source.stations, source.days, source.seed, source.image_size, progress=True)
-            outcomes.append(ingest.read_folder(folder, f"synthetic-{number}", data.image_size, now))
+            outcomes.append(ingest.read_folder(folder, f"synthetic-{number}", data.image_size, now, runner))
         elif source.type == "s3":
-            outcomes.append(read_s3(source, number, data, out_dir, now))
+            outcomes.append(read_s3(source, number, data, out_dir, now, runner))
         else:
             folder = Path(source.path)
             if not folder.is_dir():
                 raise FileNotFoundError(f"ingest source {source.path!r}: folder not found; check ingest.sources in params.yaml")
-            outcomes.append(ingest.read_folder(folder, source.path, data.image_size, now))
+            outcomes.append(ingest.read_folder(folder, source.path, data.image_size, now, runner))
     return outcomes
 
 
-def read_s3(source: S3Source, number: int, data: Data, out_dir: Path, now: pd.Timestamp) -> ingest.Outcome:
+def read_s3(source: S3Source, number: int, data: Data, out_dir: Path, now: pd.Timestamp, runner: validation.SuiteRunner | None = None) -> ingest.Outcome:
     """Download the prefix into out_dir/s3-cache/<n>/, read it as a folder; failed objects quarantined."""
     client = sources.make_client(source.endpoint_url, source.region, source.profile)
     cache = out_dir / "s3-cache" / f"{number}"
     download = sources.download(client, source.url, cache, source.attempts, source.backoff_seconds)
-    outcome = ingest.read_folder(cache, source.url, data.image_size, now)
+    outcome = ingest.read_folder(cache, source.url, data.image_size, now, runner)
     failed = {str((cache / url.split("/", 3)[3][len(sources.split_url(source.url)[1]):]).resolve()): (url, reason) for url, reason in download.failed}
     # A photo that never arrived was already counted (image_exists) by the row or index that names
     # it: re-label that outcome; any other failed object is one received item of its own.
@@ -136,7 +136,8 @@ def run(params: Ingest, data: Data, out_dir: Path, now: pd.Timestamp | None = No
     """Ingest every configured source into out_dir; return the report."""
     now = (now or pd.Timestamp.now(tz="UTC")) + pd.Timedelta(hours=params.future_tolerance_hours)
     out_dir.mkdir(parents=True, exist_ok=True)
-    outcomes = read_sources(params, data, out_dir, now)
+    runner = validation.SuiteRunner(out_dir / "data-docs") if params.great_expectations else None
+    outcomes = read_sources(params, data, out_dir, now, runner)
     fractions = (params.split.train, params.split.val, params.split.test)
     window = data.window_hours
 
@@ -164,8 +165,8 @@ def run(params: Ingest, data: Data, out_dir: Path, now: pd.Timestamp | None = No
     images = np.stack([all_images[p] for p in image_paths]) if image_paths else np.zeros((0, data.image_size, data.image_size, 3), np.uint8)
 
     report = build_report(outcomes, samples)
-    if params.great_expectations:
-        report["validation"] = run_validation(outcomes, now, out_dir)
+    if runner is not None:
+        report["validation"] = validation_report(runner, out_dir)
     report["split_checks"] = split_checks(samples, photos, window)
     used = set(stations["image_path"])
     report["split_checks"]["photo_duplicates_dropped"] = sum(p not in used for o in outcomes for p in o.labels) - len(photos)
@@ -178,18 +179,9 @@ def run(params: Ingest, data: Data, out_dir: Path, now: pd.Timestamp | None = No
     return report
 
 
-def run_validation(outcomes: list[ingest.Outcome], now: pd.Timestamp, out_dir: Path) -> dict:
-    """Both GE suites in bulk over every source; Data Docs under out_dir/data-docs/, paths relative."""
-    stations = [frame for o in outcomes for frame in o.station_frames]
-    images = [o.image_frame for o in outcomes if not o.image_frame.empty]
-    suites = {
-        "station_records": (validation.station_rules(now), pd.concat(stations, ignore_index=True) if stations else pd.DataFrame()),
-        "image_metadata": (validation.image_rules(), pd.concat(images, ignore_index=True) if images else pd.DataFrame()),
-    }
-    for outcome in outcomes:
-        outcome.station_frames.clear()  # the suites hold the only copy now
-    del stations
-    result = validation.validate(suites, out_dir / "data-docs")
+def validation_report(runner: validation.SuiteRunner, out_dir: Path) -> dict:
+    """The GE suites' totals; Data Docs under out_dir/data-docs/, paths relative to out_dir."""
+    result = runner.finish()
     for key in ("data_docs", "summary_html"):
         result[key] = str(Path(result[key]).resolve().relative_to(out_dir.resolve()))
     return result
