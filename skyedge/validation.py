@@ -44,7 +44,6 @@ a value in that column is flagged: its in-range-looking values (50 °F) are wron
 from __future__ import annotations
 
 import html
-import json
 import logging
 import time
 from dataclasses import dataclass

@@ -40,7 +40,7 @@ import numpy as np
 
 from skyedge import manifest as mf
 from skyedge.device import AGENT_VERSION
-from skyedge.device.fetch import DownloadFailed, EndlessData, Fetcher, Interrupted, Missing, Unreachable, join
+from skyedge.device.fetch import DownloadFailed, EndlessData, Fetcher, Missing, Unreachable, join
 from skyedge.device.trust import METADATA_PREFIX, object_key
 
 KILL_ENV_VAR = "SKYEDGE_DEVICE_TEST_KILL_AT"  # test hook: SIGKILL the agent at this step
