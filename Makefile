@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup run test test-all clean
+.PHONY: setup run test test-all clean serve
 .PHONY: bench bench-ingest
 
 setup: $(INSTALLED)
@@ -17,11 +17,27 @@ $(INSTALLED): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[train,dev]'
 	touch $(INSTALLED)
 
-# The seven DVC stages on params.yaml (synthetic data, default profile), then the variant table.
+# The seven DVC stages on params.yaml (synthetic data, default profile) run by the retrain flow
+# with AUTO approval: gate, publish to the embedded local registry (.skyedge/registry), dvc push to
+# .skyedge/registry/dvc. Prefect needs no server here (it starts a temporary local API itself).
 run: setup
-	$(BIN)/dvc repro
+	@echo "make run: retrain flow with approval AUTO (no operator is asked), local registry .skyedge/registry"
+	$(BIN)/skyedge retrain --approval auto
 	$(BIN)/skyedge verify data/package
 	$(BIN)/skyedge report
+
+# A local Prefect server on 127.0.0.1:$(PREFECT_PORT) (UI and API; log in .skyedge/prefect-server.log),
+# then `skyedge serve`: the retrain deployment on params flow.cron. Ctrl-C stops both.
+PREFECT_PORT ?= 4200
+serve: setup
+	mkdir -p .skyedge
+	export PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api; \
+	$(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT) > .skyedge/prefect-server.log 2>&1 & server=$$!; \
+	trap 'kill $$server 2>/dev/null' EXIT INT TERM; \
+	until $(BIN)/python -c "import sys, urllib.request as u; u.urlopen(sys.argv[1], timeout=2)" $$PREFECT_API_URL/health 2>/dev/null; do \
+		kill -0 $$server 2>/dev/null || { echo "prefect server failed: see .skyedge/prefect-server.log" >&2; exit 1; }; sleep 1; done; \
+	echo "Prefect UI: http://127.0.0.1:$(PREFECT_PORT)"; \
+	$(BIN)/skyedge serve
 
 test: setup
 	$(BIN)/python -m pytest

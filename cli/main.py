@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -324,6 +325,69 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def _venv_on_path() -> None:
+    """Flows run `dvc`, and DVC runs `python -m stages.…`: both must be this environment's."""
+    bin_dir = str(Path(sys.executable).parent)
+    if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    """The retrain flow once: stages, gate, approval, publish, dvc push. Exit 1 when refused."""
+    _venv_on_path()
+    from flows.retrain import GateRefused, StageFailed, retrain
+
+    if args.approval == "auto":
+        print("approval: auto: the gate decides and no operator is asked", flush=True)
+    try:
+        result = retrain(workspace=str(args.workspace), profile=args.profile, store=args.store, approval=args.approval)
+    except GateRefused as error:
+        print(f"retrain: REFUSED: {error}", file=sys.stderr)
+        return 1
+    except StageFailed as error:
+        print(f"retrain: FAILED: {error}", file=sys.stderr)
+        return 1
+    if result.get("unchanged"):
+        print(f"retrain: OK: the candidate is production version {result['version']} already: nothing published")
+        return 0
+    if not result["published"]:
+        decision = result["decision"]
+        print(f"retrain: not published: {decision['comment'] or 'rejected'} (reviewer: {decision['reviewer'] or '-'})", file=sys.stderr)
+        return 3
+    print(f"retrain: OK: version {result['version']} published; DVC outputs pushed to {result['dvc_remote']}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Register the retrain deployment on `flow.cron` with a running Prefect server and serve it."""
+    _venv_on_path()
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        print("serve: no Prefect server: set PREFECT_API_URL (e.g. http://127.0.0.1:4200/api; `make serve` starts one)", file=sys.stderr)
+        return 2
+    from flows import schedule
+
+    schedule.serve(args.workspace, profile=args.profile, store=args.store, approval=args.approval, name=args.name, cron=args.cron)
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Student x prune ratio x quantization mode on Dask; prints and writes the results table."""
+    _venv_on_path()
+    from flows import sweep
+
+    configs = sweep.grid(args.students, args.ratios, args.quant)
+    where = args.dask_address or f"a LocalCluster ({args.workers} workers x 1 thread)"
+    print(f"sweep: {len(configs)} configurations on {where}", flush=True)
+    try:
+        sweep.run_sweep(dask_address=args.dask_address, n_workers=args.workers, workspace=str(args.workspace), configs=configs, profile=args.profile, out=str(args.out))
+    except RuntimeError as error:
+        print(f"sweep: FAILED: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="skyedge", description="Train, compress, evaluate and ship a sky-camera nowcaster.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -444,6 +508,34 @@ def build_parser() -> argparse.ArgumentParser:
     add_store(rollback)
     rollback.add_argument("--channel", default="production")
     rollback.set_defaults(func=cmd_rollback)
+
+    def add_flow_options(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--workspace", type=Path, default=Path("."), help="the project checkout the flow runs DVC in")
+        sub.add_argument("--profile", help="default | tiny | real: selects common.profile in the workspace's params.yaml (as dvc exp run -S does)")
+
+    retrain = commands.add_parser("retrain", help="run the retrain flow: stages, gate, approval, publish, dvc push")
+    add_flow_options(retrain)
+    retrain.add_argument("--store", help="s3://BUCKET/PREFIX or a local directory (default: params flow.store)")
+    retrain.add_argument("--approval", choices=["required", "auto"], help="override gate.approval")
+    retrain.set_defaults(func=cmd_retrain)
+
+    serve = commands.add_parser("serve", help="register the retrain flow on the flow.cron schedule with a Prefect server and serve it")
+    add_flow_options(serve)
+    serve.add_argument("--store", help="s3://BUCKET/PREFIX or a local directory (default: params flow.store)")
+    serve.add_argument("--approval", choices=["required", "auto"], help="override gate.approval for scheduled runs")
+    serve.add_argument("--name", default="scheduled", help="deployment name (skyedge-retrain/NAME)")
+    serve.add_argument("--cron", help="override flow.cron")
+    serve.set_defaults(func=cmd_serve)
+
+    sweep = commands.add_parser("sweep", help="compression sweep (student x prune ratio x quantization) on Dask")
+    add_flow_options(sweep)
+    sweep.add_argument("--students", nargs="+", default=["tinycnn", "mobilenet_v3_small"])
+    sweep.add_argument("--ratios", nargs="+", type=float, default=[0.3, 0.5], help="prune.ratio values")
+    sweep.add_argument("--quant", nargs="+", default=["per_channel", "per_tensor"], help="quantization modes: per_channel | per_tensor")
+    sweep.add_argument("--out", type=Path, default=Path("reports/sweep"), help="sweep.json, sweep.csv, pareto.png and runs/ go here")
+    sweep.add_argument("--dask-address", help="tcp://HOST:PORT of an existing Dask scheduler (default: a LocalCluster)")
+    sweep.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes (1 thread each)")
+    sweep.set_defaults(func=cmd_sweep)
     return parser
 
 

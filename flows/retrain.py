@@ -11,6 +11,7 @@ Orchestration only: the ML lives in stages/ and skyedge/; this module imports no
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -28,6 +29,7 @@ from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from prefect.tasks import exponential_backoff
 
+from flows import dvc_remote
 from skyedge import evaluation, gate, registry, runtime, signing
 from skyedge.config import Params, load_params
 from skyedge.dataset import inputs_for_model, load_ingested
@@ -134,7 +136,12 @@ def gate_candidate(workspace: Path, params: Params, store_url: str) -> dict:
     failed = [c for c in criteria if not c.passed]
     if failed:
         raise GateRefused("candidate refused by the gate: " + "; ".join(f"{c.name}: {c.detail}" for c in failed))
-    return {"candidate": candidate, "production": production, "production_version": pointer["version"] if pointer else None}
+    return {
+        "candidate": candidate,
+        "production": production,
+        "production_version": pointer["version"] if pointer else None,
+        "production_manifest_sha256": pointer["manifest_sha256"] if pointer else None,
+    }
 
 
 def ask_operator(diff: str, timeout_s: int) -> dict:
@@ -161,6 +168,16 @@ def publish_candidate(workspace: Path, params: Params, store_url: str, decision:
     return registry.publish(store, workspace / "data" / "package", params.flow.channel, public_key=public_key, decision=record)
 
 
+@task(retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=5), task_run_name="dvc push")
+def push_data(workspace: Path, store_url: str, endpoint_url: str | None) -> str:
+    """`dvc push` to `<store>/dvc`, so a second machine can `dvc pull` what was just published."""
+    url = dvc_remote.configure(workspace, store_url, endpoint_url)
+    with workspace_lock(workspace):
+        dvc_remote.push(workspace)
+    get_run_logger().info("dvc push: outputs in %s", url)
+    return url
+
+
 @flow(name="skyedge-retrain", log_prints=True)
 def retrain(workspace: str = ".", profile: str | None = None, store: str | None = None, approval: str | None = None) -> dict:
     """Retrain, gate, get approval and publish. Returns what happened; refusals fail the run."""
@@ -179,6 +196,11 @@ def retrain(workspace: str = ".", profile: str | None = None, store: str | None 
     create_link_artifact(report.as_uri(), link_text="evaluation report", key="evaluate-report")
 
     verdict = gate_candidate(root, params, store_url)
+    manifest_sha256 = hashlib.sha256((root / "data" / "package" / "manifest.json").read_bytes()).hexdigest()
+    if manifest_sha256 == verdict["production_manifest_sha256"]:
+        # Nothing changed since the last release (a scheduled run with no new data or code).
+        print(f"the candidate is production version {verdict['production_version']} already: nothing to approve or publish")
+        return {"published": False, "unchanged": True, "version": verdict["production_version"], "flow_run_id": str(get_run_context().flow_run.id)}
     diff = gate.diff_table(verdict["candidate"], verdict["production"])
     if mode == "auto":
         print("approval: auto (gate.approval or --approval): no operator was asked")
@@ -195,7 +217,9 @@ def retrain(workspace: str = ".", profile: str | None = None, store: str | None 
         return {"published": False, "decision": decision, "flow_run_id": str(get_run_context().flow_run.id)}
     published = publish_candidate(root, params, store_url, decision)
     print(f"published version {published['version']} to {params.flow.channel} on {store_url}")
-    return {"published": True, "decision": decision, "version": published["version"], "flow_run_id": str(get_run_context().flow_run.id)}
+    remote = push_data(root, store_url, params.flow.endpoint_url)
+    print(f"dvc push: pipeline outputs in {remote} (`dvc pull` there reproduces them)")
+    return {"published": True, "decision": decision, "version": published["version"], "dvc_remote": remote, "flow_run_id": str(get_run_context().flow_run.id)}
 
 
 def _variant_rows(workspace: Path) -> list[dict]:

@@ -1,18 +1,27 @@
 """The retrain flow under a real Prefect server (test harness) with S3 on moto's server.
 
 One workspace (a git copy of the project, tiny profile) serves every test: the first flow run
-reproduces the seven stages; later runs find DVC up to date and exercise gate, approval, publish.
-Tests run in file order: approval first (nothing published yet), then the gate refusals.
+reproduces the seven stages; later runs find DVC up to date and exercise gate, approval, publish,
+the DVC remote, the served deployment and the sweep (whose copies reuse the upstream outputs).
+Tests run in file order: reject and timeout first (nothing published yet), approve, then the
+DVC remote and the deployment (a run of the unchanged model), the gate refusals, the sweep.
+Other modules get a copy of a reproduced tiny workspace from `reproduced_tiny_workspace`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from pathlib import Path
+
+import re
 
 import pytest
 import yaml
@@ -41,9 +50,36 @@ def workspace(tmp_path_factory, moto_endpoint, prefect_harness):
     boto3.client("s3").create_bucket(Bucket=bucket)
     # The tiny profile trains for one epoch: gate on the mechanics, not on its (poor) skill.
     set_gate(root, **PERMISSIVE)
-    yield {"root": root, "store": f"s3://{bucket}/registry"}
+    yield {"root": root, "store": f"s3://{bucket}/registry", "bucket": bucket, "marker": tmp_path_factory.getbasetemp() / REPRODUCED}
     os.environ.clear()
     os.environ.update(saved)
+
+
+REPRODUCED = "tiny-reproduced.json"
+
+
+def reproduced_tiny_workspace(tmp_path_factory, dest: Path) -> tuple[Path, Path]:
+    """A private copy of a workspace whose tiny pipeline already ran, and its signing key.
+
+    Copies this module's workspace when its flow has reproduced the stages in this session (the
+    marker file says so); otherwise reproduces a template once (`dvc repro`, tiny profile)."""
+    from flows.retrain import set_profile
+    from flows.sweep import copy_workspace
+
+    marker = tmp_path_factory.getbasetemp() / REPRODUCED
+    if not marker.exists():
+        source = copy_project(tmp_path_factory.mktemp("tiny-template") / "skyedge")
+        key = source.parent / "keys" / "signing_key.pem"
+        set_profile.fn(source, "tiny")
+        env = {**os.environ, "SKYEDGE_SIGNING_KEY": str(key), "PYTHONPATH": str(source), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+        subprocess.run(["dvc", "repro"], cwd=source, env=env, check=True, capture_output=True)
+        marker.write_text(json.dumps({"workspace": str(source), "signing_key": str(key)}))
+    found = json.loads(marker.read_text())
+    return copy_workspace(Path(found["workspace"]), dest), Path(found["signing_key"])
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 PERMISSIVE = {"min_sky_accuracy": 0.0, "min_rain_bss_persistence": -100.0, "min_temp_skill_persistence": -100.0}
@@ -104,6 +140,8 @@ def decide(workspace, approve: bool) -> dict:
     resume_flow_run(paused.id, run_input={"approve": approve, "reviewer": "ops@station", "comment": "looked at the diff"})
     thread.join(timeout=300)
     assert "error" not in outcome, outcome.get("error")
+    # The stages ran: other modules may copy this workspace instead of re-running them.
+    workspace["marker"].write_text(json.dumps({"workspace": str(workspace["root"]), "signing_key": os.environ["SKYEDGE_SIGNING_KEY"]}))
     return outcome["result"]
 
 
@@ -112,18 +150,6 @@ def test_rejecting_in_the_approval_form_publishes_nothing(workspace):
     assert result["published"] is False
     assert result["decision"]["reviewer"] == "ops@station"
     assert production(workspace["store"]) is None
-
-
-def test_approving_publishes_and_moves_production(workspace):
-    result = decide(workspace, approve=True)
-    assert result["published"] is True
-    assert production(workspace["store"]) == result["version"]
-    from skyedge import registry
-    from skyedge.store import open_store
-
-    stored = registry.show(open_store(workspace["store"]))
-    version = next(v for v in stored["versions"] if v["version"] == result["version"])
-    assert version["decision"]["reviewer"] == "ops@station"
 
 
 def test_no_decision_before_the_timeout_publishes_nothing(workspace):
@@ -139,13 +165,98 @@ def test_no_decision_before_the_timeout_publishes_nothing(workspace):
     assert production(workspace["store"]) == before
 
 
-def test_a_candidate_below_a_threshold_is_refused_naming_the_criterion(workspace):
+def test_approving_publishes_and_moves_production(workspace):
+    result = decide(workspace, approve=True)
+    assert result["published"] is True
+    assert production(workspace["store"]) == result["version"]
+    from skyedge import registry
+    from skyedge.store import open_store
+
+    stored = registry.show(open_store(workspace["store"]))
+    version = next(v for v in stored["versions"] if v["version"] == result["version"])
+    assert version["decision"]["reviewer"] == "ops@station"
+
+
+def test_after_publishing_dvc_pull_in_a_second_copy_restores_the_outputs(workspace, tmp_path):
+    """The flow pushed the DVC cache to <store>/dvc; a fresh checkout pulls identical outputs."""
+    import boto3
+
+    from flows import dvc_remote
+
+    root = workspace["root"]
+    keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=workspace["bucket"], Prefix="registry/dvc/")["Contents"]]
+    assert len(keys) >= 10, keys  # every cached output of seven stages
+    assert "skyedge" in (root / ".dvc" / "config.local").read_text() and "skyedge" not in (root / ".dvc" / "config").read_text()
+
+    # A second machine: the commit plus dvc.lock and params.yaml, no outputs and no cache.
+    second = tmp_path / "second"
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=root, capture_output=True, text=True, check=True)
+    for name in listed.stdout.split():
+        (second / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(root / name, second / name)
+    subprocess.run(["git", "init", "-q"], cwd=second, check=True)
+    assert not (second / "data" / "package").exists() and not (second / ".dvc" / "cache").exists()
+    dvc_remote.configure(second, workspace["store"])
+    dvc_remote.pull(second)
+    for output in ("data/package/model.onnx", "data/package/manifest.json", "data/quantize/shipped.onnx", "data/embed/teacher.onnx"):
+        assert sha256(second / output) == sha256(root / output), output
+    published = json.loads((second / "data" / "package" / "manifest.json").read_text())
+    assert published["version"] == production(workspace["store"])
+
+
+def test_the_deployment_is_served_on_its_cron_and_a_triggered_run_completes(workspace, tmp_path):
+    """`skyedge serve` against the harness's server; a run from the deployment (approval auto)."""
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL
+
+    from skyedge.config import load_params
+
+    root = workspace["root"]
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
+    log = (tmp_path / "serve.log").open("w")
+    command = [str(Path(sys.executable).parent / "skyedge"), "serve", "--workspace", str(root), "--store", workspace["store"], "--approval", "auto", "--name", "test"]
+    server = subprocess.Popen(command, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        deployment = None
+        while deployment is None:
+            assert server.poll() is None, (tmp_path / "serve.log").read_text()
+            assert time.monotonic() < deadline, "the deployment was never registered"
+            try:
+                with get_client(sync_client=True) as client:
+                    deployment = client.read_deployment_by_name("skyedge-retrain/test")
+            except Exception:  # not registered yet
+                time.sleep(1)
+        assert [s.schedule.cron for s in deployment.schedules] == [load_params(root / "params.yaml").flow.cron]
+        assert deployment.parameters == {"workspace": str(root), "store": workspace["store"], "approval": "auto"}
+
+        run = run_deployment("skyedge-retrain/test", timeout=600, poll_interval=2)
+        assert run.state.is_completed(), f"{run.state}: {(tmp_path / 'serve.log').read_text()[-3000:]}"
+        # Nothing changed since the approved release: the scheduled run says so and publishes nothing.
+        from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+        with get_client(sync_client=True) as client:
+            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
+        said = "\n".join(entry.message for entry in logs)
+        assert f"production version {production(workspace['store'])} already: nothing to approve or publish" in said, said[-3000:]
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+        log.close()
+
+
+def test_a_candidate_below_a_threshold_is_refused_naming_the_criterion(workspace, capsys):
+    from cli.main import main
     from flows.retrain import GateRefused, retrain
 
     set_gate(workspace["root"], min_sky_accuracy=0.999)
     try:
         with pytest.raises(GateRefused, match=r"sky_accuracy: .* < 0\.999"):
             retrain(workspace=str(workspace["root"]), store=workspace["store"], approval="auto")
+        # `skyedge retrain`: a non-zero exit with the reason
+        assert main(["retrain", "--workspace", str(workspace["root"]), "--store", workspace["store"], "--approval", "auto"]) == 1
+        assert re.search(r"retrain: REFUSED: .*sky_accuracy: .* < 0\.999", capsys.readouterr().err)
     finally:
         set_gate(workspace["root"], **PERMISSIVE)
 
@@ -172,3 +283,25 @@ def test_a_candidate_worse_than_production_is_refused(workspace, tmp_path):
 
     with pytest.raises(GateRefused, match=r"vs_production_"):
         retrain(workspace=str(root), store=workspace["store"], approval="auto")
+
+
+def test_a_sweep_of_two_configs_on_a_two_worker_local_cluster(workspace, tmp_path):
+    """Two prune ratios, each in its own workspace copy, as tasks on prefect-dask's LocalCluster."""
+    from flows import sweep
+
+    configs = sweep.grid(["tinycnn"], [0.25, 0.5], ["per_channel"])
+    rows = sweep.run_sweep(n_workers=2, workspace=str(workspace["root"]), configs=configs, out=str(tmp_path / "sweep"))
+    assert [row["variant"] for row in rows] == ["tinycnn-p0.25-per_channel", "tinycnn-p0.5-per_channel"]
+    for row in rows:
+        assert "error" not in row, row
+        assert row["size_bytes"] > 0 and row["latency_ms_p50"] > 0 and 0 <= row["sky_accuracy"] <= 1
+        assert "rain_bss_persistence_h1" in row and "temp_skill_persistence_h4" in row
+        copied = Path(row["workspace"])
+        assert copied.parent == tmp_path / "sweep" / "runs" and copied != workspace["root"]
+    # each copy ran its own params: the pruned models differ; the base workspace kept its own
+    assert sha256(Path(rows[0]["workspace"]) / "data/prune/pruned.onnx") != sha256(Path(rows[1]["workspace"]) / "data/prune/pruned.onnx")
+    assert yaml.safe_load((workspace["root"] / "params.yaml").read_text())["prune"]["ratio"] == 0.5
+    written = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    assert [r["variant"] for r in written] == [r["variant"] for r in rows]
+    assert (tmp_path / "sweep" / "sweep.csv").read_text().count("\n") == 3
+    assert (tmp_path / "sweep" / "pareto.png").stat().st_size > 1000

@@ -1,0 +1,191 @@
+"""The compression sweep: student x prune ratio x quantization mode, fanned out on Dask.
+
+    base workspace: dvc repro embed            (ingest + teacher, shared by every configuration, once)
+    per configuration (a Prefect task on prefect-dask's DaskTaskRunner):
+        copy the base workspace -> edit params.yaml there -> dvc repro -> one results row
+
+Every configuration runs in its own copy of the workspace (git, params, dvc.lock, cache and the
+shared upstream outputs), so no two DVC runs ever share a workspace and the copies' `dvc repro`
+only re-runs what their params change (distill/prune/quantize/evaluate/package). The runner is a
+LocalCluster (2 single-threaded worker processes on 127.0.0.1) by default, or an existing Dask
+cluster by address; the workers of a remote cluster must see the workspace path (shared disk).
+
+Writes sweep.json, sweep.csv and pareto.png (skyedge.plots.pareto) into the output directory.
+Orchestration only: imports no torch.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import yaml
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
+
+from flows.retrain import StageFailed, TRANSIENT, set_profile, workspace_lock
+from skyedge.config import load_params
+
+QUANT_MODES = ("per_channel", "per_tensor")  # quantize.per_channel true | false
+DEFAULT_STUDENTS = ("tinycnn", "mobilenet_v3_small")
+DEFAULT_RATIOS = (0.3, 0.5)
+# Never copied into a configuration's workspace: environments and caches anywhere, and (below the
+# base) DVC's locks/state, the local registry and the sweep's own outputs.
+SKIPPED_NAMES = {".venv", "__pycache__", ".pytest_cache"}
+COLUMNS = ["variant", "student", "prune_ratio", "quant", "shipped", "size_bytes", "latency_ms_p50", "latency_ms_p95", "sky_accuracy", "sky_macro_f1"]
+
+
+def grid(students: list[str], ratios: list[float], quants: list[str]) -> list[dict]:
+    """Every combination as {name, student, prune_ratio, quant}; names are workspace directory names."""
+    unknown = [q for q in quants if q not in QUANT_MODES]
+    if unknown:
+        raise ValueError(f"quantization mode {unknown[0]!r}: allowed: {', '.join(QUANT_MODES)}")
+    return [
+        {"name": f"{student}-p{ratio:g}-{quant}", "student": student, "prune_ratio": float(ratio), "quant": quant}
+        for student, ratio, quant in itertools.product(students, ratios, quants)
+    ]
+
+
+def apply_config(params_file: Path, config: dict) -> None:
+    """Write one configuration into a (copied) params.yaml, in the base section and in the active
+    profile's overlay where that overlay sets the same key (it would win otherwise)."""
+    raw = yaml.safe_load(params_file.read_text())
+    values = {("distill", "student"): config["student"], ("prune", "ratio"): config["prune_ratio"], ("quantize", "per_channel"): config["quant"] == "per_channel"}
+    overlay = (raw.get("profiles") or {}).get((raw.get("common") or {}).get("profile", "default"), {})
+    for (section, key), value in values.items():
+        raw.setdefault(section, {})[key] = value
+        if key in (overlay.get(section) or {}):
+            overlay[section][key] = value
+    params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+    load_params(params_file)  # fail here, naming the key, on a value the params reject
+
+
+def _repro(workspace: Path, *targets: str) -> str:
+    with workspace_lock(workspace):
+        result = subprocess.run(["dvc", "repro", *targets], cwd=workspace, capture_output=True, text=True)
+    output = result.stdout + result.stderr
+    if result.returncode != 0:
+        raise StageFailed(" ".join(targets) or "(all)", output, transient=bool(TRANSIENT.search(output)) or result.returncode < 0)
+    return output
+
+
+@task(task_run_name="shared upstream: dvc repro embed")
+def prepare_base(workspace: Path) -> None:
+    """Ingest and the teacher once, in the base workspace, before the copies are made."""
+    _repro(workspace, "embed")
+
+
+def copy_workspace(base: Path, dest: Path, skip: tuple[Path, ...] = ()) -> Path:
+    """A private copy of the workspace (with its .git, dvc.lock, cache and outputs)."""
+    skipped = {(base / ".dvc" / "tmp").resolve(), (base / ".skyedge" / "registry").resolve(), *(p.resolve() for p in skip)}
+
+    def ignore(directory: str, names: list[str]) -> set[str]:
+        here = Path(directory).resolve()
+        return {n for n in names if n in SKIPPED_NAMES or n.endswith(".egg-info") or here / n in skipped}
+
+    if dest.exists():
+        shutil.rmtree(dest)
+    return Path(shutil.copytree(base, dest, ignore=ignore, symlinks=True))
+
+
+@task(task_run_name="sweep {config[name]}")
+def run_config(base: Path, runs_dir: Path, config: dict) -> dict:
+    """One configuration in its own workspace copy: params edited there, `dvc repro`, one row."""
+    dest = copy_workspace(base, runs_dir / config["name"], skip=(runs_dir,))
+    apply_config(dest / "params.yaml", config)
+    _repro(dest)
+    return result_row(dest, config)
+
+
+def result_row(workspace: Path, config: dict) -> dict:
+    """The shipped model of one configuration: size, latency, sky accuracy, skill per horizon."""
+    metrics = json.loads((workspace / "data" / "evaluate" / "metrics.json").read_text())
+    shipped = metrics["variants"]["shipped"]
+    report = json.loads((workspace / "data" / "quantize" / "report.json").read_text())
+    row = {"variant": config["name"], "student": config["student"], "prune_ratio": config["prune_ratio"], "quant": config["quant"], "shipped": report.get("shipped")}
+    row.update({k: v for k, v in shipped.items() if not isinstance(v, (dict, list))})
+    row["workspace"] = str(workspace)
+    return row
+
+
+def table(rows: list[dict]) -> str:
+    """Aligned text: one row per configuration, skills per horizon after the fixed columns."""
+    skills = sorted({k for row in rows for k in row if k.startswith(("rain_bss_persistence_h", "temp_skill_persistence_h"))})
+    header = [*COLUMNS, *skills]
+    cells = [header] + [[_cell(row.get(column)) for column in header] for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(header))]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in cells)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 1000 else f"{value:.0f}"
+    return str(value)
+
+
+def write_results(rows: list[dict], out_dir: Path) -> dict[str, Path]:
+    from skyedge import plots
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_dir / "sweep.json", "csv": out_dir / "sweep.csv", "pareto": out_dir / "pareto.png"}
+    paths["json"].write_text(json.dumps(rows, indent=2) + "\n")
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with paths["csv"].open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    plots.pareto([row for row in rows if row.get("size_bytes") is not None], paths["pareto"])
+    return paths
+
+
+def local_cluster_runner(n_workers: int = 2):
+    """A LocalCluster on 127.0.0.1: worker processes with one thread each (DVC and ORT are CPU-bound)."""
+    from prefect_dask import DaskTaskRunner
+
+    return DaskTaskRunner(
+        cluster_kwargs={"n_workers": n_workers, "threads_per_worker": 1, "processes": True, "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"}
+    )
+
+
+@flow(name="skyedge-sweep", log_prints=True)
+def sweep(workspace: str = ".", configs: list[dict] | None = None, profile: str | None = None, out: str | None = None, runs_dir: str | None = None) -> list[dict]:
+    """Fan the configurations out on the flow's task runner; returns (and writes) one row each."""
+    base = Path(workspace).resolve()
+    if profile:
+        set_profile(base, profile)
+    configs = configs or grid(list(DEFAULT_STUDENTS), list(DEFAULT_RATIOS), list(QUANT_MODES))
+    out_dir = Path(out).resolve() if out else base / "reports" / "sweep"
+    runs = Path(runs_dir).resolve() if runs_dir else out_dir / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    (runs / ".gitignore").write_text("# workspace copies made by skyedge sweep\n*\n")
+    prepare_base(base)
+    futures = [run_config.submit(base, runs, config) for config in configs]
+    rows = []
+    for config, future in zip(configs, futures):
+        try:
+            rows.append(future.result())
+        except Exception as error:  # one broken configuration must not hide the others' results
+            get_run_logger().error("%s failed: %s", config["name"], error)
+            rows.append({"variant": config["name"], "student": config["student"], "prune_ratio": config["prune_ratio"], "quant": config["quant"], "error": str(error)[-500:]})
+    paths = write_results(rows, out_dir)
+    create_table_artifact([{k: v for k, v in row.items() if k != "workspace"} for row in rows], key="sweep-results", description="Compression sweep: shipped model per configuration")
+    print(table(rows))
+    print(f"wrote {paths['json']}, {paths['csv']} and {paths['pareto']}")
+    failed = [row["variant"] for row in rows if "error" in row]
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(rows)} configurations failed: {', '.join(failed)}")
+    return rows
+
+
+def run_sweep(dask_address: str | None = None, n_workers: int = 2, **kwargs) -> list[dict]:
+    """`sweep` on a LocalCluster, or on the Dask scheduler at `dask_address` (tcp://host:port)."""
+    from prefect_dask import DaskTaskRunner
+
+    runner = DaskTaskRunner(address=dask_address) if dask_address else local_cluster_runner(n_workers)
+    return sweep.with_options(task_runner=runner)(**kwargs)
