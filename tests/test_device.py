@@ -49,20 +49,11 @@ def sign_key(tmp_path_factory):
 
 
 @pytest.fixture()
-def aws_env(monkeypatch, moto_endpoint, tmp_path):
-    env = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": moto_endpoint,
-        "AWS_CONFIG_FILE": str(tmp_path / "no-aws-config"),
-        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-aws-credentials"),
-    }
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "SKYEDGE_TUF_KEYS", ag.KILL_ENV_VAR):
+def aws_env(aws_env, monkeypatch):
+    """conftest's moto environment, without agent settings leaking in from the caller's shell."""
+    for name in ("SKYEDGE_TUF_KEYS", ag.KILL_ENV_VAR):
         monkeypatch.delenv(name, raising=False)
-    return env
+    return aws_env
 
 
 class Repo:

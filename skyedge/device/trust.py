@@ -15,7 +15,7 @@ content-addressed key (TUF's consistent-snapshot convention) and a publish in fl
 a pointer disagree with the metadata a device already holds. Timestamp is written last: the one
 write that makes a release visible to devices, as the channel pointer is for the registry.
 
-Keys (`init_keys`): KEYS/root/ holds the root keys (offline: only `keys init` reads them; keep
+Keys (`init_keys`): the `root` folder inside KEYS holds the root keys (offline: only `keys init` reads them; keep
 that folder off the publishing machine once the root is signed), KEYS/online/ the targets,
 snapshot and timestamp keys that publish uses, KEYS/root.json the signed root a device is
 provisioned with, KEYS/config.json the expiry periods. Nothing of KEYS is uploaded but root.json.
