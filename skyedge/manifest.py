@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from skyedge.files import atomic_write
 from skyedge.signing import SigningError, sign, verify_signature
 
 MANIFEST_SCHEMA_VERSION = 1
@@ -64,16 +64,8 @@ def file_entry(path: Path, root: Path) -> dict[str, Any]:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temporary sibling + os.replace so readers see the old file or the new one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Readers see the old file or the new one (skyedge.files.atomic_write)."""
+    atomic_write(path, lambda handle: handle.write(data))
 
 
 def _safe_relpath(rel: Any) -> PurePosixPath:

@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import hashlib
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from skyedge.files import atomic_write
+
 ENDPOINT_ENV_VAR = "AWS_ENDPOINT_URL"
 _CHUNK = 1024 * 1024
-_TMP_SUFFIX = ".tmp"
 
 
 class StoreError(RuntimeError):
@@ -94,17 +94,7 @@ class Store:
         """Download to `dest` through a temporary sibling, so `dest` is whole or absent."""
         dest = Path(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}{_TMP_SUFFIX}")
-        try:
-            with open(tmp, "wb") as fh:
-                for chunk in self._iter_chunks(key):
-                    fh.write(chunk)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, dest)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return dest
+        return atomic_write(dest, lambda handle: handle.writelines(self._iter_chunks(key)))
 
     def stat_sha256(self, key: str) -> tuple[int, str]:
         """(size, sha256 hex) of the stored bytes, streamed: the read-back check after a write."""
@@ -133,21 +123,7 @@ class LocalStore(Store):
         path = self._path(key)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}{_TMP_SUFFIX}")
-            try:
-                with open(tmp, "wb") as fh:
-                    write(fh)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, path)
-            finally:
-                tmp.unlink(missing_ok=True)
-            # The rename itself is durable only once the directory entry is on disk.
-            dir_fd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            atomic_write(path, write)
         except OSError as exc:
             raise StoreError(f"{path}: cannot write ({exc.strerror or exc}); check that {self.root} is writable") from exc
 

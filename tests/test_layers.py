@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-DEVICE_MODULES = ["skyedge.contract", "skyedge.features", "skyedge.manifest", "skyedge.signing", "skyedge.runtime", "skyedge.metrics", "skyedge.evaluation", "skyedge.device", "skyedge.device.trust", "skyedge.device.fetch", "skyedge.device.agent", "skyedge.device.predict"]
+DEVICE_MODULES = ["skyedge.files", "skyedge.contract", "skyedge.features", "skyedge.manifest", "skyedge.signing", "skyedge.runtime", "skyedge.metrics", "skyedge.evaluation", "skyedge.device", "skyedge.device.trust", "skyedge.device.fetch", "skyedge.device.agent", "skyedge.device.predict"]
 HEAVY = ("torch", "torchvision", "prefect", "dvc", "pandas")
 
 

@@ -42,6 +42,7 @@ from skyedge import manifest as mf
 from skyedge.device import AGENT_VERSION
 from skyedge.device.fetch import DownloadFailed, EndlessData, Fetcher, Missing, Unreachable, join
 from skyedge.device.trust import METADATA_PREFIX, object_key
+from skyedge.files import atomic_write, fsync_dir
 
 KILL_ENV_VAR = "SKYEDGE_DEVICE_TEST_KILL_AT"  # test hook: SIGKILL the agent at this step
 STEPS = ("metadata", "download-partial", "downloaded", "canary", "staged", "journal", "previous", "active", "health", "committed")
@@ -70,23 +71,9 @@ def _checkpoint(step: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_json(path: Path, document: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "w") as fh:
-        json.dump(document, fh, indent=2, sort_keys=True)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    text = json.dumps(document, indent=2, sort_keys=True) + "\n"
+    atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
 def _sha256_bytes(data: bytes) -> str:
@@ -251,7 +238,7 @@ class Agent:
             tmp = self.dir / f".{name}.{uuid.uuid4().hex[:8]}.tmp"
             os.symlink(os.path.relpath(target, self.dir), tmp)
             os.replace(tmp, link)
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
 
     def active_manifest(self) -> dict[str, Any] | None:
         slot = self.slot("active")
@@ -479,7 +466,7 @@ class Agent:
         slots.mkdir(exist_ok=True)
         slot = slots / f"{version}-{target['manifest_sha256'][:12]}-{uuid.uuid4().hex[:6]}"
         os.rename(staging, slot)
-        _fsync_dir(slots)
+        fsync_dir(slots)
         _checkpoint("staged")
         self._swap(slot, release)
 
@@ -526,7 +513,7 @@ class Agent:
             raise Refused("health-check-failed", f"rolled back to the previous model: {reason}: {exc}", permanent=True) from exc
         _checkpoint("health")
         (self.dir / "journal.json").unlink()
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
         _checkpoint("committed")
         if old_previous is not None and old_previous != old_active:
             shutil.rmtree(old_previous, ignore_errors=True)
