@@ -236,10 +236,15 @@ def test_the_deployment_is_served_on_its_cron_and_a_triggered_run_completes(work
         # Nothing changed since the approved release: the scheduled run says so and publishes nothing.
         from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
-        with get_client(sync_client=True) as client:
-            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
-        said = "\n".join(entry.message for entry in logs)
-        assert f"production version {production(workspace['store'])} already: nothing to approve or publish" in said, said[-3000:]
+        expected = f"production version {production(workspace['store'])} already: nothing to approve or publish"
+        # Run logs reach the API in batches, possibly after the run's final state: poll for them.
+        deadline, said = time.monotonic() + 30, ""
+        while expected not in said and time.monotonic() < deadline:
+            time.sleep(1)
+            with get_client(sync_client=True) as client:
+                logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
+            said = "\n".join(entry.message for entry in logs)
+        assert expected in said, said[-3000:]
     finally:
         server.terminate()
         server.wait(timeout=60)
