@@ -37,6 +37,11 @@ class Common(Section):
 class Data(Section):
     image_size: Annotated[int, Field(ge=16, le=512)] = 64
     window_hours: Annotated[int, Field(ge=1, le=72)] = 6
+    # Training mix (skyedge/training.py): photo rows are repeated until they are this share of
+    # each epoch (real sources have far fewer photos than station hours), and shown in a random
+    # flip / quarter turn when augment is on.
+    photo_share: Annotated[float, Field(ge=0, lt=1)] = 0.25
+    augment: bool = True
 
 
 class SyntheticSource(Section):
@@ -110,6 +115,9 @@ class Embed(Section):
     batch_size: Annotated[int, Field(ge=1)] = 64
     lr: Annotated[float, Field(gt=0)] = 1e-3
     image_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.2
+    # The sky logits and embeddings the student learns from: the mean over this many dihedral
+    # views of each photo (1: the photo as is; 8: every flip and quarter turn).
+    target_views: Annotated[int, Field(ge=1, le=8)] = 8
 
 
 class Distill(Section):

@@ -7,6 +7,12 @@ binary cross-entropy and temperature Huber loss over the horizons whose future r
 Distillation adds, on samples with a photo, the temperature-scaled KL divergence to the teacher's
 sky logits (weight alpha, Hinton et al.) and a cosine loss between a projection of the student's
 image embedding and the teacher's (FitNets-style embedding matching).
+
+Real sources are lopsided: SWIMCAT has ~400 training photos, Beijing ~140k station hours. Each
+epoch therefore repeats photo rows (drawn at random) until they make up `photo_share` of it,
+and with `augment` every batch of photos is shown in one of its 8 dihedral views (flips and
+90-degree turns: an upward sky photo has no "up"). The teacher's targets are averaged over the
+same views (embed stage), so the student matches a view-consistent teacher.
 """
 
 from __future__ import annotations
@@ -30,6 +36,28 @@ class FitConfig:
     lr: float
     seed: int
     image_dropout: float = 0.2
+    photo_share: float = 0.0
+    augment: bool = False
+
+
+N_VIEWS = 8  # the dihedral group of a square image: 4 turns, each also mirrored
+
+
+def dihedral(images: torch.Tensor, view: int) -> torch.Tensor:
+    """View 0..7 of a batch of square images [B, C, H, W]: `view % 4` quarter turns, mirrored if view >= 4."""
+    turned = torch.rot90(images, view % 4, dims=(2, 3))
+    return torch.flip(turned, dims=(3,)) if view >= 4 else turned
+
+
+def epoch_order(rows: np.ndarray, has_photo: np.ndarray, photo_share: float, rng: np.random.Generator) -> np.ndarray:
+    """Every row once, plus photo rows drawn with replacement until photos are `photo_share` of the epoch."""
+    photos = rows[has_photo[rows]]
+    others = len(rows) - len(photos)
+    if len(photos) and 0 < photo_share < 1:
+        wanted = int(np.ceil(photo_share * others / (1 - photo_share)))
+        if wanted > len(photos):
+            rows = np.concatenate([rows, rng.choice(photos, wanted - len(photos))])
+    return rng.permutation(rows)
 
 
 @dataclass(frozen=True)
@@ -59,14 +87,14 @@ class Batches:
         self.rain = torch.tensor(data.rain)
         self.temp = torch.tensor(data.temp)
 
-    def batch(self, rows: np.ndarray, drop: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def batch(self, rows: np.ndarray, drop: torch.Tensor | None = None, view: int = 0) -> dict[str, torch.Tensor]:
         index = torch.from_numpy(rows)
         image_idx = self.image_idx[index]
         present = image_idx >= 0
         if drop is not None:
             present = present & ~drop
         pixels = self.images[image_idx.clamp(min=0)].permute(0, 3, 1, 2).float() / 255.0
-        image = ((pixels - self.mean) / self.std) * present.view(-1, 1, 1, 1)
+        image = dihedral((pixels - self.mean) / self.std, view) * present.view(-1, 1, 1, 1)
         return {
             "image": image,
             "image_present": present.float().unsqueeze(1),
@@ -77,12 +105,14 @@ class Batches:
             "temp": self.temp[index],
         }
 
-    def epoch(self, batch_size: int, rng: np.random.Generator, image_dropout: float):
-        order = rng.permutation(self.rows)
-        for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
-            drop = torch.from_numpy(rng.random(len(rows)) < image_dropout)
-            yield self.batch(rows, drop)
+    def epoch_rows(self, config: FitConfig, rng: np.random.Generator) -> np.ndarray:
+        return epoch_order(self.rows, self.image_idx.numpy() >= 0, config.photo_share, rng)
+
+    def epoch(self, order: np.ndarray, config: FitConfig, rng: np.random.Generator):
+        for start in range(0, len(order), config.batch_size):
+            rows = order[start : start + config.batch_size]
+            drop = torch.from_numpy(rng.random(len(rows)) < config.image_dropout)
+            yield self.batch(rows, drop, view=int(rng.integers(N_VIEWS)) if config.augment else 0)
 
 
 def supervised_loss(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], temp_std: float, kd: TeacherTargets | None) -> torch.Tensor:
@@ -172,7 +202,8 @@ def fit(
     projector = nn.Linear(model.backbone.channels, kd.embeddings.shape[1]) if kd is not None else nn.Identity()
     parameters = [p for p in [*model.parameters(), *projector.parameters()] if p.requires_grad]
     optimiser = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=1e-4)
-    steps = config.epochs * max(1, -(-len(train_batches.rows) // config.batch_size))
+    batches_per_epoch = max(1, -(-len(train_batches.epoch_rows(config, np.random.default_rng(0))) // config.batch_size))
+    steps = config.epochs * batches_per_epoch
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=config.lr, total_steps=steps, pct_start=0.2)
     history = []
     for epoch in range(1, config.epochs + 1):
@@ -180,8 +211,9 @@ def fit(
         if embed_cache is not None:
             model.backbone.eval()
         total, count = 0.0, 0
-        batches = train_batches.epoch(config.batch_size, rng, config.image_dropout)
-        for batch in tqdm(batches, desc=f"{desc} epoch {epoch}/{config.epochs}", total=-(-len(train_batches.rows) // config.batch_size), leave=False):
+        order = train_batches.epoch_rows(config, rng)
+        batches = train_batches.epoch(order, config, rng)
+        for batch in tqdm(batches, desc=f"{desc} epoch {epoch}/{config.epochs}", total=-(-len(order) // config.batch_size), leave=False):
             out = forward(model, batch, embed_cache)
             loss = supervised_loss(out, batch, temp_std, kd)
             if kd is not None:
@@ -200,14 +232,22 @@ def fit(
 
 
 @torch.no_grad()
-def backbone_features(model: NowcastNet, data: Ingested, batch_size: int = 256) -> torch.Tensor:
-    """The image backbone's pooled features for every photo [M, E] (no_grad, eval mode)."""
+def backbone_features(model: NowcastNet, data: Ingested, batch_size: int = 256, view: int = 0) -> torch.Tensor:
+    """The image backbone's pooled features for every photo [M, E] (no_grad, eval mode), in one dihedral view."""
     model.eval()
     spec = data.preprocessing["image"]
     mean = torch.tensor(spec["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(spec["std"]).view(1, 3, 1, 1)
     chunks = []
-    for start in tqdm(range(0, len(data.images), batch_size), desc="embedding photos", leave=False):
+    for start in tqdm(range(0, len(data.images), batch_size), desc=f"embedding photos (view {view})", leave=False):
         pixels = torch.from_numpy(data.images[start : start + batch_size]).permute(0, 3, 1, 2).float() / 255.0
-        chunks.append(model.backbone((pixels - mean) / std))
+        chunks.append(model.backbone(dihedral((pixels - mean) / std, view)))
     return torch.cat(chunks) if chunks else torch.zeros(0, model.backbone.channels)
+
+
+@torch.no_grad()
+def view_averaged_targets(model: NowcastNet, data: Ingested, views: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sky logits [M, 5] and embeddings [M, E] per photo, each the mean over its first `views` dihedral views."""
+    features = [backbone_features(model, data, view=view) for view in range(views)]
+    logits = torch.stack([model.sky_head(f) for f in features]).mean(0)
+    return logits, torch.stack(features).mean(0)

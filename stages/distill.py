@@ -33,7 +33,9 @@ def run(params: Distill, data_params: Data, common: Common, ingest_dir: Path, em
         alpha=params.kd_alpha,
         embed_weight=params.embed_weight,
     )
-    config = FitConfig(params.epochs, params.batch_size, params.lr, common.seed, params.image_dropout)
+    config = FitConfig(
+        params.epochs, params.batch_size, params.lr, common.seed, params.image_dropout, data_params.photo_share, data_params.augment
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics, curves = {"student": params.student}, []
     for name, targets in (("student", kd), ("student_alone", None)):

@@ -3,7 +3,8 @@
 The teacher is fine-tuned end to end for `finetune_epochs`, then its image features are cached
 and the heads train on them for `epochs` (cheap: the backbone runs once per photo). Writes under
 data/embed/: teacher.pt (whole module), teacher.onnx, teacher_outputs.npz (sky_logits and
-embeddings per photo, for distillation), history.csv and metrics.json.
+embeddings per photo, averaged over `target_views` flips and turns of it, for distillation),
+history.csv and metrics.json.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from skyedge import io, models
 from skyedge.config import Common, Data, Embed, load_params
 from skyedge.dataset import load_ingested
 from skyedge.features import N_FEATURES
-from skyedge.training import FitConfig, backbone_features, fit
+from skyedge.training import FitConfig, backbone_features, fit, view_averaged_targets
 
 
 def run(params: Embed, data_params: Data, common: Common, ingest_dir: Path, out_dir: Path) -> dict:
@@ -29,7 +30,9 @@ def run(params: Embed, data_params: Data, common: Common, ingest_dir: Path, out_
     teacher = models.build_teacher(
         params.teacher, params.weights, data_params.window_hours, N_FEATURES, sensors["mean"][0], sensors["std"][0]
     )
-    config = FitConfig(params.finetune_epochs, params.batch_size, params.lr, common.seed, params.image_dropout)
+    config = FitConfig(
+        params.finetune_epochs, params.batch_size, params.lr, common.seed, params.image_dropout, data_params.photo_share, data_params.augment
+    )
     history = fit(teacher, data, config, "teacher fine-tune") if params.finetune_epochs else []
 
     for parameter in teacher.backbone.parameters():
@@ -43,9 +46,8 @@ def run(params: Embed, data_params: Data, common: Common, ingest_dir: Path, out_
     out_dir.mkdir(parents=True, exist_ok=True)
     io.save_module(teacher, out_dir / "teacher.pt")
     models.export_onnx(teacher, out_dir / "teacher.onnx", data_params.image_size, data_params.window_hours, N_FEATURES)
-    with torch.no_grad():
-        sky_logits = teacher.sky_head(cache)
-    np.savez(out_dir / "teacher_outputs.npz", sky_logits=sky_logits.numpy(), embeddings=cache.numpy())
+    sky_logits, embeddings = view_averaged_targets(teacher, data, params.target_views)
+    np.savez(out_dir / "teacher_outputs.npz", sky_logits=sky_logits.numpy(), embeddings=embeddings.numpy())
     io.write_rows(out_dir / "history.csv", history)
     metrics = {"teacher": params.teacher, "weights": params.weights, "embedding_dim": int(cache.shape[1]), **history[-1]}
     io.write_json(out_dir / "metrics.json", metrics)

@@ -66,7 +66,9 @@ def run(params: Prune, distill: Distill, data_params: Data, common: Common, inge
         torch.from_numpy(teacher_outputs["sky_logits"]), torch.from_numpy(teacher_outputs["embeddings"]),
         distill.kd_temperature, distill.kd_alpha, distill.embed_weight,
     )
-    config = FitConfig(params.finetune_epochs, distill.batch_size, params.lr, common.seed, distill.image_dropout)
+    config = FitConfig(
+        params.finetune_epochs, distill.batch_size, params.lr, common.seed, distill.image_dropout, data_params.photo_share, data_params.augment
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
 
     def finish(model: torch.nn.Module, name: str) -> tuple[dict, list[dict]]:

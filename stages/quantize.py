@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from skyedge import io, metrics, runtime
-from skyedge.config import Common, Quantize, load_params
+from skyedge.config import Common, Data, Quantize, load_params
 from skyedge.dataset import load_ingested, model_inputs
 from skyedge.quantization import INT8_CANDIDATES, dynamic_int8, float16, static_int8, static_settings, stratified_rows
 
@@ -84,7 +84,7 @@ def best_int8(candidates: list[dict], max_drop: float) -> dict:
     return min(allowed, key=lambda c: c["latency_ms_p50"]) if allowed else max(int8, key=_accuracy)
 
 
-def build_qat(params: Quantize, common: Common, data, prune_dir: Path, out_path: Path) -> dict:
+def build_qat(params: Quantize, data_params: Data, common: Common, data, prune_dir: Path, out_path: Path) -> dict:
     """Fake-quant fine-tuning of the pruned module, exported as QDQ; returns its training record."""
     import torch
 
@@ -97,14 +97,15 @@ def build_qat(params: Quantize, common: Common, data, prune_dir: Path, out_path:
     model, layers = qat.prepare_qat(torch_io.load_module(prune_dir / "pruned.pt"))
     history = []
     if params.qat_epochs:
-        history = fit(model, data, FitConfig(params.qat_epochs, params.qat_batch_size, params.qat_lr, common.seed), "qat")
+        config = FitConfig(params.qat_epochs, params.qat_batch_size, params.qat_lr, common.seed, photo_share=data_params.photo_share, augment=data_params.augment)
+        history = fit(model, data, config, "qat")
     size, window = data.preprocessing["image"]["size"], data.windows.shape[1]
     qat.export_qdq(model, out_path, size, window, N_FEATURES)
     torch_io.save_module(model, out_path.with_suffix(".pt"))
     return {"quantized_layers": layers, "qdq_pairs": qat.qdq_pairs(model), "epochs": params.qat_epochs, "history": history}
 
 
-def build(name: str, params: Quantize, common: Common, data, fp32: Path, calibration: list, out_dir: Path) -> tuple[Path, dict]:
+def build(name: str, params: Quantize, data_params: Data, common: Common, data, fp32: Path, calibration: list, out_dir: Path) -> tuple[Path, dict]:
     """Write candidate `name` under out_dir/candidates/; returns its path and build details."""
     if name == "fp32":
         return fp32, {}
@@ -120,11 +121,11 @@ def build(name: str, params: Quantize, common: Common, data, fp32: Path, calibra
     if name == "fp16":
         return float16(fp32, path), {"keep_io_types": True}
     if name == "qat":
-        return path, build_qat(params, common, data, fp32.parent, path)
+        return path, build_qat(params, data_params, common, data, fp32.parent, path)
     raise ValueError(f"unknown quantization candidate {name!r}")
 
 
-def run(params: Quantize, common: Common, ingest_dir: Path, prune_dir: Path, out_dir: Path) -> dict:
+def run(params: Quantize, data_params: Data, common: Common, ingest_dir: Path, prune_dir: Path, out_dir: Path) -> dict:
     data = load_ingested(ingest_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out_dir / "candidates", ignore_errors=True)  # nothing stale from another candidate list
@@ -138,7 +139,7 @@ def run(params: Quantize, common: Common, ingest_dir: Path, prune_dir: Path, out
     for name in params.candidates:
         started = time.perf_counter()
         try:
-            path, details = build(name, params, common, data, fp32, calibration, out_dir)
+            path, details = build(name, params, data_params, common, data, fp32, calibration, out_dir)
             # A candidate ORT cannot load (e.g. an op without a kernel for its type) is reported, not fatal.
             runtime.session(path)
         except Exception as error:  # noqa: BLE001 - one broken candidate must not hide the others
@@ -203,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args(argv)
     params = load_params(args.params)
-    run(params.quantize, params.common, args.ingest, args.prune, args.out)
+    run(params.quantize, params.data, params.common, args.ingest, args.prune, args.out)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,52 @@
+"""The training mix: photo oversampling, dihedral views, and view-averaged teacher targets."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from skyedge.training import N_VIEWS, dihedral, epoch_order, view_averaged_targets
+
+
+def test_an_epoch_keeps_every_row_and_repeats_photos_up_to_their_share():
+    rows = np.arange(1000)
+    has_photo = np.zeros(1000, dtype=bool)
+    has_photo[:10] = True  # 10 photos among 990 station hours, as on real sources
+    order = epoch_order(rows, has_photo, 0.25, np.random.default_rng(0))
+    assert set(order) == set(rows)
+    photo_share = has_photo[order].mean()
+    assert 0.25 <= photo_share < 0.26
+    assert (~has_photo[order]).sum() == 990  # station hours are not repeated
+
+
+@pytest.mark.parametrize("share", [0.0, 0.25])
+def test_an_epoch_is_a_plain_permutation_when_photos_are_already_common_enough(share):
+    rows = np.arange(200)
+    has_photo = np.arange(200) % 2 == 0  # half the rows have a photo
+    order = epoch_order(rows, has_photo, share, np.random.default_rng(0))
+    assert sorted(order) == list(rows)
+
+
+def test_the_eight_dihedral_views_are_distinct_rearrangements_of_the_same_pixels():
+    image = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).view(2, 3, 4, 4)
+    views = [dihedral(image, view) for view in range(N_VIEWS)]
+    assert torch.equal(views[0], image)
+    assert len({tuple(v.flatten().tolist()) for v in views}) == N_VIEWS
+    for view in views:
+        assert torch.equal(view.flatten(2).sort(dim=2).values, image.flatten(2).sort(dim=2).values)
+    assert torch.equal(dihedral(views[1], 3), image)  # a quarter turn, then three more
+
+
+def test_targets_averaged_over_all_eight_views_do_not_depend_on_how_a_photo_is_turned(pipeline):
+    from skyedge import io
+    from skyedge.dataset import load_ingested
+
+    data = load_ingested(pipeline.ingest)
+    teacher = io.load_module(pipeline.embed / "teacher.pt")
+    logits, embeddings = view_averaged_targets(teacher, data, N_VIEWS)
+    turned = dataclasses.replace(data, images=np.ascontiguousarray(np.rot90(data.images, 1, axes=(1, 2))))
+    turned_logits, turned_embeddings = view_averaged_targets(teacher, turned, N_VIEWS)
+    assert logits.shape == (len(data.images), 5)
+    assert torch.allclose(logits, turned_logits, atol=1e-4)
+    assert torch.allclose(embeddings, turned_embeddings, atol=1e-4)
