@@ -48,24 +48,26 @@ class EfficientNetLiteFeatures(nn.Module):
         return self.net.extract_features(image)
 
 
-def _conv_bn(c_in: int, c_out: int, kernel: int, stride: int, groups: int = 1) -> nn.Sequential:
+def _conv_bn(c_in: int, c_out: int, kernel: int, stride: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, groups=groups, bias=False),
+        nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, bias=False),
         nn.BatchNorm2d(c_out),
         nn.ReLU(inplace=True),
     )
 
 
 def tiny_cnn(width: int) -> Pooled:
-    """Our own student: a stem and three depthwise-separable stages, ~10k params at width 16.
+    """Our own student: four strided 3x3 conv stages (width, 2w, 4w, 4w channels), ~60k params at width 16.
 
     Sky classes differ in colour, brightness and texture scale, which a few strided stages
-    capture; depthwise-separable convs keep MACs low and quantize well (plain ReLU, BN folded).
+    capture. The convs are dense, not depthwise-separable: at this size a depthwise net already
+    runs at ONNX Runtime's per-op floor (~0.06 ms), so removing its channels saves nothing, while
+    dense 3x3 convs give structured pruning real MAC and latency cuts (measured in the prune
+    stage). Plain ReLU and BN that folds into the conv keep it export- and quantization-friendly.
     """
-    layers = [_conv_bn(3, width, 3, 2)]
-    channels = width
-    for out, stride in ((2 * width, 2), (4 * width, 2), (4 * width, 2)):
-        layers += [_conv_bn(channels, channels, 3, stride, groups=channels), _conv_bn(channels, out, 1, 1)]
+    layers, channels = [], 3
+    for out in (width, 2 * width, 4 * width, 4 * width):
+        layers.append(_conv_bn(channels, out, 3, 2))
         channels = out
     return Pooled(nn.Sequential(*layers), channels)
 
