@@ -2,9 +2,10 @@
 
 One row per variant: teacher_fp32, student_alone_fp32 (no KD), student_fp32, the pruning variants,
 every quantization candidate and shipped. Size, MACs and batch-1 latency (ONNX Runtime, 1 intra-op
-thread, warm-up excluded) are measured here, in one process, one file after the other, so the
-numbers share the machine's state. Test-split scores come from the evaluate stage's variant rows
-where it scored that file (same frozen split) and are computed here for the others.
+thread, warm-up excluded) are measured here, in one process, the variants taking turns in blocks
+of 10 runs, so machine drift spreads over all of them and their ratios are fair. Test-split
+scores come from the evaluate stage's variant rows where it scored that file (same frozen split)
+and are computed here for the others.
 Writes the table and each target's status (met / not met, with its number) to reports/bench.json.
 """
 
@@ -68,10 +69,12 @@ def measure(data_dir: Path, runs: int, warmup: int) -> list[dict]:
     size, window = data.preprocessing["image"]["size"], data.windows.shape[1]
     inputs = None
     rows = []
-    for name, entry in variants(data_dir).items():
+    found = variants(data_dir)
+    print(f"bench: timing {len(found)} variants in turns, {runs} runs each", flush=True)
+    speeds = runtime.interleaved_latency_ms({name: entry["onnx"] for name, entry in found.items()}, one, runs, warmup)
+    for name, entry in found.items():
         row = {"variant": name, "size_bytes": entry["onnx"].stat().st_size, "macs": macs_of(entry["module"], size, window)}
-        speed = runtime.latency_ms(entry["onnx"], one, runs, warmup)
-        row.update(latency_ms_p50=speed["latency_ms_p50"], latency_ms_p95=speed["latency_ms_p95"])
+        row.update(latency_ms_p50=speeds[name]["latency_ms_p50"], latency_ms_p95=speeds[name]["latency_ms_p95"])
         if entry.get("evaluate") in evaluated:
             scores = evaluated[entry["evaluate"]]
             row["scores_from"] = "evaluate stage"
@@ -138,7 +141,7 @@ def target_lines(status: list[dict]) -> str:
     return "\n".join(show(t) for t in status)
 
 
-def run(data_dir: Path, out: Path, runs: int = 200, warmup: int = 20) -> dict:
+def run(data_dir: Path, out: Path, runs: int = 1000, warmup: int = 20) -> dict:
     rows = measure(data_dir, runs, warmup)
     status = targets(rows)
     result = {"data": str(data_dir.resolve()), "latency": {"batch": 1, "intra_op_threads": 1, "runs": runs, "warmup_runs": warmup}, "variants": rows, "targets": status}
@@ -154,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Re-time and score every model variant of the last run; the issue's targets")
     parser.add_argument("--data", type=Path, default=Path("data"), help="the data/ directory of the last pipeline run")
     parser.add_argument("--out", type=Path, default=Path("reports/bench.json"))
-    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--runs", type=int, default=1000)
     parser.add_argument("--warmup", type=int, default=20)
     args = parser.parse_args(argv)
     run(args.data, args.out, args.runs, args.warmup)

@@ -43,10 +43,38 @@ def latency_ms(path: Path, one_sample: dict[str, np.ndarray], runs: int, warmup:
     model = session(path, threads)
     for _ in range(warmup):
         model.run(None, one_sample)
+    return _percentiles(_timed_runs(model, one_sample, runs))
+
+
+def interleaved_latency_ms(
+    paths: dict[str, Path], one_sample: dict[str, np.ndarray], runs: int, warmup: int = 10, block: int = 10, threads: int = 1
+) -> dict[str, dict[str, float]]:
+    """Batch-1 latency percentiles of several models that take turns, `block` runs each.
+
+    Timing one model after the other lets machine drift (another process, clock changes) land
+    on whichever model ran at that moment; taking turns spreads it over all of them, so the
+    ratios between them are fair.
+    """
+    sessions = {name: session(path, threads) for name, path in paths.items()}
+    for model in sessions.values():
+        for _ in range(warmup):
+            model.run(None, one_sample)
+    timings: dict[str, list[float]] = {name: [] for name in sessions}
+    for _ in range(-(-runs // block)):
+        for name, model in sessions.items():
+            timings[name] += _timed_runs(model, one_sample, block)
+    return {name: _percentiles(values) for name, values in timings.items()}
+
+
+def _timed_runs(model: ort.InferenceSession, one_sample: dict[str, np.ndarray], runs: int) -> list[float]:
     timings = []
     for _ in range(runs):
         start = time.perf_counter()
         model.run(None, one_sample)
         timings.append((time.perf_counter() - start) * 1000)
+    return timings
+
+
+def _percentiles(timings: list[float]) -> dict[str, float]:
     p50, p95, p99 = np.percentile(timings, [50, 95, 99])
     return {"latency_ms_p50": float(p50), "latency_ms_p95": float(p95), "latency_ms_p99": float(p99)}

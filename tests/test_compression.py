@@ -149,3 +149,17 @@ def test_bench_times_every_variant_side_by_side_and_reports_each_target(pipeline
     for target in result["targets"]:
         assert target["met"] in (True, False) and isinstance(target["value"], float)
     assert json.loads((tmp_path / "bench.json").read_text())["targets"] == result["targets"]
+
+
+def test_interleaved_timing_gives_every_model_its_runs_and_ordered_percentiles(pipeline):
+    from skyedge import runtime
+    from skyedge.dataset import load_ingested, model_inputs
+
+    data = load_ingested(pipeline.ingest)
+    one = model_inputs(data, data.split("test")[:1])
+    paths = {"teacher": pipeline.embed / "teacher.onnx", "pruned": pipeline.prune / "pruned.onnx"}
+    speeds = runtime.interleaved_latency_ms(paths, one, runs=30, warmup=2, block=10)
+    assert set(speeds) == set(paths)
+    for speed in speeds.values():
+        assert 0 < speed["latency_ms_p50"] <= speed["latency_ms_p95"] <= speed["latency_ms_p99"]
+    assert speeds["teacher"]["latency_ms_p50"] > speeds["pruned"]["latency_ms_p50"]  # 10x the MACs
