@@ -5,8 +5,9 @@ S8S8, QDQ / QOperator, per-channel, MinMax / Entropy / Percentile calibration on
 calibration set stratified by sky class), dynamic int8, fp16, and quantization-aware training
 (fake-quant fine-tuning of the pruned model, exported as QDQ). Each is scored on the val split
 and timed on this machine (ONNX Runtime, batch 1, 1 intra-op thread, warm-up excluded). The
-fastest candidate whose val sky accuracy is within `max_accuracy_drop` of fp32 ships; int8 that is
-slower than fp32 does not, and the report says so.
+fastest candidate within budget ships: val sky accuracy within `max_accuracy_drop` of fp32's, val
+rain Brier and temperature RMSE at most `max_error_increase` above fp32's. int8 that is slower
+than fp32 does not ship, and the report says so.
 
 Writes under data/quantize/: candidates/<name>.onnx, model_int8.onnx (the best int8 candidate:
 the fastest within budget, else the most accurate; evaluate's `quantized` row), shipped.onnx (a
@@ -53,11 +54,20 @@ def _accuracy(candidate: dict) -> float:
     return -1.0 if value is None else value
 
 
-def choose(candidates: list[dict], max_drop: float) -> tuple[dict, str]:
+def within_budget(candidate: dict, reference: dict, max_drop: float, max_error_increase: float) -> bool:
+    """Val sky accuracy at most max_drop below the reference's, val rain Brier and temperature RMSE
+    at most max_error_increase (a fraction) above its (a head without val labels is not checked)."""
+    if _accuracy(candidate) < _accuracy(reference) - max_drop:
+        return False
+    errors = [key for key in ("val_rain_brier", "val_temp_rmse") if reference.get(key) is not None and candidate.get(key) is not None]
+    return all(candidate[key] <= reference[key] * (1 + max_error_increase) for key in errors)
+
+
+def choose(candidates: list[dict], max_drop: float, max_error_increase: float) -> tuple[dict, str]:
     """The fastest candidate within the accuracy budget of the fp32 reference, and why."""
     measured = [c for c in candidates if "error" not in c]
     reference = next(c for c in measured if c["name"] == "fp32")
-    allowed = [c for c in measured if _accuracy(c) >= _accuracy(reference) - max_drop]
+    allowed = [c for c in measured if within_budget(c, reference, max_drop, max_error_increase)]
     best = min(allowed, key=lambda c: c["latency_ms_p50"])
     speedup = reference["latency_ms_p50"] / best["latency_ms_p50"]
     if best["name"] == "fp32":
@@ -74,13 +84,13 @@ def choose(candidates: list[dict], max_drop: float) -> tuple[dict, str]:
     return best, reason
 
 
-def best_int8(candidates: list[dict], max_drop: float) -> dict:
+def best_int8(candidates: list[dict], max_drop: float, max_error_increase: float) -> dict:
     """The int8 candidate evaluate reports as `quantized`: fastest within budget, else most accurate."""
     int8 = [c for c in candidates if c["name"] in INT8_CANDIDATES and "error" not in c]
     if not int8:
         raise RuntimeError("no int8 candidate could be built: " + "; ".join(f"{c['name']}: {c['error']}" for c in candidates if "error" in c))
     reference = next(c for c in candidates if c["name"] == "fp32")
-    allowed = [c for c in int8 if _accuracy(c) >= _accuracy(reference) - max_drop]
+    allowed = [c for c in int8 if within_budget(c, reference, max_drop, max_error_increase)]
     return min(allowed, key=lambda c: c["latency_ms_p50"]) if allowed else max(int8, key=_accuracy)
 
 
@@ -161,8 +171,8 @@ def run(params: Quantize, data_params: Data, common: Common, ingest_dir: Path, p
                 **({"val_sky_accuracy_after_qat_training": history[-1]["val_sky_accuracy"]} if history else {}),
             }
         )
-    best, reason = choose(candidates, params.max_accuracy_drop)
-    int8 = best_int8(candidates, params.max_accuracy_drop)
+    best, reason = choose(candidates, params.max_accuracy_drop, params.max_error_increase)
+    int8 = best_int8(candidates, params.max_accuracy_drop, params.max_error_increase)
     print(reason)
     print(candidate_table(candidates, best["name"]))
     shutil.copyfile(best["path"], out_dir / "shipped.onnx")

@@ -59,17 +59,28 @@ def test_qat_onnx_runtime_matches_the_fake_quant_pytorch_model(pipeline):
     assert (got[OUTPUT_SKY_LOGITS].argmax(1) == expected[0].argmax(1)).mean() >= 0.98
 
 
-def _candidate(name, accuracy, p50):
-    return {"name": name, "val_sky_accuracy": accuracy, "latency_ms_p50": p50}
+def _candidate(name, accuracy, p50, brier=0.020, rmse=1.90):
+    return {"name": name, "val_sky_accuracy": accuracy, "latency_ms_p50": p50, "val_rain_brier": brier, "val_temp_rmse": rmse}
 
 
 def test_choose_ships_int8_only_when_it_is_faster_and_within_the_budget():
     fp32 = _candidate("fp32", 0.90, 1.0)
-    best, reason = choose([fp32, _candidate("static", 0.89, 0.5), _candidate("qat", 0.80, 0.2)], max_drop=0.02)
+    best, reason = choose([fp32, _candidate("static", 0.89, 0.5), _candidate("qat", 0.80, 0.2)], max_drop=0.02, max_error_increase=0.02)
     assert best["name"] == "static" and reason.startswith("static ships: 2.00x faster")
-    best, reason = choose([fp32, _candidate("static", 0.90, 1.5), {"name": "fp16", "error": "no kernel"}], max_drop=0.02)
+    best, reason = choose([fp32, _candidate("static", 0.90, 1.5), {"name": "fp16", "error": "no kernel"}], max_drop=0.02, max_error_increase=0.02)
     assert best["name"] == "fp32"
     assert "int8 (static) is slower than fp32" in reason
+
+
+def test_a_faster_candidate_that_worsens_a_forecast_head_beyond_the_budget_does_not_ship():
+    fp32 = _candidate("fp32", 0.90, 1.0)
+    worse_rain = _candidate("static", 0.90, 0.3, brier=0.021)  # +5% Brier
+    worse_temp = _candidate("dynamic", 0.90, 0.4, rmse=2.00)  # +5% RMSE
+    slightly_worse = _candidate("qat", 0.90, 0.6, brier=0.0203, rmse=1.92)  # +1.5%, +1%
+    best, _ = choose([fp32, worse_rain, worse_temp, slightly_worse], max_drop=0.02, max_error_increase=0.02)
+    assert best["name"] == "qat"
+    best, _ = choose([fp32, worse_rain, worse_temp, slightly_worse], max_drop=0.02, max_error_increase=0.10)
+    assert best["name"] == "static"
 
 
 def test_the_candidate_list_is_validated_with_the_allowed_names():

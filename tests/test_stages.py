@@ -75,7 +75,13 @@ def test_quantize_measures_every_candidate_and_ships_the_fastest_within_budget(p
     assert not failed, failed
     for c in names.values():
         assert c["latency_ms_p50"] > 0 and c["size_bytes"] > 0 and 0 <= c["val_sky_accuracy"] <= 1
-    allowed = [c for c in names.values() if c["val_sky_accuracy"] >= names["fp32"]["val_sky_accuracy"] - pipeline.params.quantize.max_accuracy_drop]
+    budget, fp32 = pipeline.params.quantize, names["fp32"]
+    allowed = [
+        c for c in names.values()
+        if c["val_sky_accuracy"] >= fp32["val_sky_accuracy"] - budget.max_accuracy_drop
+        and c["val_rain_brier"] <= fp32["val_rain_brier"] * (1 + budget.max_error_increase)
+        and c["val_temp_rmse"] <= fp32["val_temp_rmse"] * (1 + budget.max_error_increase)
+    ]
     assert report["shipped"] == min(allowed, key=lambda c: c["latency_ms_p50"])["name"]
     assert report["reason"].startswith(report["shipped"])
     if report["shipped"] == "fp32" and any(names[n]["latency_ms_p50"] >= names["fp32"]["latency_ms_p50"] for n in ("static", "qat")):
