@@ -39,9 +39,10 @@ class Data(Section):
     window_hours: Annotated[int, Field(ge=1, le=72)] = 6
     # Training mix (skyedge/training.py): photo rows are repeated until they are this share of
     # each epoch (real sources have far fewer photos than station hours), and shown in a random
-    # flip / quarter turn when augment is on.
+    # flip / quarter turn when augment is on (right for cameras looking straight up, which see
+    # no horizon).
     photo_share: Annotated[float, Field(ge=0, lt=1)] = 0.25
-    augment: bool = True
+    augment: bool = False
 
 
 class SyntheticSource(Section):
@@ -117,7 +118,7 @@ class Embed(Section):
     image_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.2
     # The sky logits and embeddings the student learns from: the mean over this many dihedral
     # views of each photo (1: the photo as is; 8: every flip and quarter turn).
-    target_views: Annotated[int, Field(ge=1, le=8)] = 8
+    target_views: Annotated[int, Field(ge=1, le=8)] = 1
 
 
 class Distill(Section):
