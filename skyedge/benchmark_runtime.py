@@ -73,12 +73,7 @@ def percentiles(timings_ms: list[float]) -> dict[str, float]:
 def timed_runs(model: ort.InferenceSession, feed: dict, runs: int, warmup: int) -> list[float]:
     for _ in range(warmup):
         model.run(None, feed)
-    timings = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        model.run(None, feed)
-        timings.append((time.perf_counter() - start) * 1000)
-    return timings
+    return runtime.timed_runs(model, feed, runs)
 
 
 def measure(path: Path, runs: int = 200, warmup: int = 20) -> dict:

@@ -43,7 +43,7 @@ def latency_ms(path: Path, one_sample: dict[str, np.ndarray], runs: int, warmup:
     model = session(path, threads)
     for _ in range(warmup):
         model.run(None, one_sample)
-    return _percentiles(_timed_runs(model, one_sample, runs))
+    return _percentiles(timed_runs(model, one_sample, runs))
 
 
 def interleaved_latency_ms(
@@ -62,11 +62,12 @@ def interleaved_latency_ms(
     timings: dict[str, list[float]] = {name: [] for name in sessions}
     for _ in range(-(-runs // block)):
         for name, model in sessions.items():
-            timings[name] += _timed_runs(model, one_sample, block)
+            timings[name] += timed_runs(model, one_sample, block)
     return {name: _percentiles(values) for name, values in timings.items()}
 
 
-def _timed_runs(model: ort.InferenceSession, one_sample: dict[str, np.ndarray], runs: int) -> list[float]:
+def timed_runs(model: ort.InferenceSession, one_sample: dict[str, np.ndarray], runs: int) -> list[float]:
+    """Wall time of each of `runs` calls, in milliseconds."""
     timings = []
     for _ in range(runs):
         start = time.perf_counter()
