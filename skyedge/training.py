@@ -202,6 +202,7 @@ def fit(
     projector = nn.Linear(model.backbone.channels, kd.embeddings.shape[1]) if kd is not None else nn.Identity()
     parameters = [p for p in [*model.parameters(), *projector.parameters()] if p.requires_grad]
     optimiser = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=1e-4)
+    # An epoch's length does not depend on which photos are drawn, so any generator will do here.
     batches_per_epoch = max(1, -(-len(train_batches.epoch_rows(config, np.random.default_rng(0))) // config.batch_size))
     steps = config.epochs * batches_per_epoch
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=config.lr, total_steps=steps, pct_start=0.2)
