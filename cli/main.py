@@ -378,7 +378,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from flows import sweep
 
     configs = sweep.grid(args.students, args.ratios, args.quant)
-    where = args.dask_address or f"a LocalCluster ({args.workers} workers x 1 thread)"
+    where = args.dask_address or f"a LocalCluster ({args.workers} workers, {sweep.threads_per_worker(args.workers)} torch threads each)"
     print(f"sweep: {len(configs)} configurations on {where}", flush=True)
     try:
         sweep.run_sweep(dask_address=args.dask_address, n_workers=args.workers, workspace=str(args.workspace), configs=configs, profile=args.profile, out=str(args.out))
@@ -534,7 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--quant", nargs="+", default=["per_channel", "per_tensor"], help="quantization modes: per_channel | per_tensor")
     sweep.add_argument("--out", type=Path, default=Path("reports/sweep"), help="sweep.json, sweep.csv, pareto.png and runs/ go here")
     sweep.add_argument("--dask-address", help="tcp://HOST:PORT of an existing Dask scheduler (default: a LocalCluster)")
-    sweep.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes (1 thread each)")
+    sweep.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes; each configuration gets cores / workers torch threads")
     sweep.set_defaults(func=cmd_sweep)
     return parser
 

@@ -7,8 +7,11 @@
 Every configuration runs in its own copy of the workspace (git, params, dvc.lock, cache and the
 shared upstream outputs), so no two DVC runs ever share a workspace and the copies' `dvc repro`
 only re-runs what their params change (distill/prune/quantize/evaluate/package). The runner is a
-LocalCluster (2 single-threaded worker processes on 127.0.0.1) by default, or an existing Dask
+LocalCluster (2 worker processes on 127.0.0.1, one configuration at a time each) by default, or an existing Dask
 cluster by address; the workers of a remote cluster must see the workspace path (shared disk).
+On a LocalCluster each configuration's torch gets cores / workers threads (`common.threads`, which
+no stage's DVC params track): two configurations at 2 threads each on 2 cores oversubscribe the
+CPU, and OpenMP's spinning threads then slow training far more than 2x.
 
 Writes sweep.json, sweep.csv and pareto.png (skyedge.plots.pareto) into the output directory.
 Orchestration only: imports no torch.
@@ -19,6 +22,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -50,11 +54,14 @@ def grid(students: list[str], ratios: list[float], quants: list[str]) -> list[di
     ]
 
 
-def apply_config(params_file: Path, config: dict) -> None:
-    """Write one configuration into a (copied) params.yaml, in the base section and in the active
-    profile's overlay where that overlay sets the same key (it would win otherwise)."""
+def apply_config(params_file: Path, config: dict, threads: int | None = None) -> None:
+    """Write one configuration (and the torch thread count, when given) into a (copied)
+    params.yaml, in the base section and in the active profile's overlay where that overlay sets
+    the same key (it would win otherwise)."""
     raw = yaml.safe_load(params_file.read_text())
     values = {("distill", "student"): config["student"], ("prune", "ratio"): config["prune_ratio"], ("quantize", "per_channel"): config["quant"] == "per_channel"}
+    if threads:
+        values["common", "threads"] = threads
     overlay = (raw.get("profiles") or {}).get((raw.get("common") or {}).get("profile", "default"), {})
     for (section, key), value in values.items():
         raw.setdefault(section, {})[key] = value
@@ -93,10 +100,10 @@ def copy_workspace(base: Path, dest: Path, skip: tuple[Path, ...] = ()) -> Path:
 
 
 @task(task_run_name="sweep {config[name]}")
-def run_config(base: Path, runs_dir: Path, config: dict) -> dict:
+def run_config(base: Path, runs_dir: Path, config: dict, threads: int | None = None) -> dict:
     """One configuration in its own workspace copy: params edited there, `dvc repro`, one row."""
     dest = copy_workspace(base, runs_dir / config["name"], skip=(runs_dir,))
-    apply_config(dest / "params.yaml", config)
+    apply_config(dest / "params.yaml", config, threads)
     _repro(dest)
     return result_row(dest, config)
 
@@ -154,8 +161,11 @@ def local_cluster_runner(n_workers: int = 2):
 
 
 @flow(name="skyedge-sweep", log_prints=True)
-def sweep(workspace: str = ".", configs: list[dict] | None = None, profile: str | None = None, out: str | None = None, runs_dir: str | None = None) -> list[dict]:
-    """Fan the configurations out on the flow's task runner; returns (and writes) one row each."""
+def sweep(
+    workspace: str = ".", configs: list[dict] | None = None, profile: str | None = None, out: str | None = None, runs_dir: str | None = None, threads: int | None = None
+) -> list[dict]:
+    """Fan the configurations out on the flow's task runner; returns (and writes) one row each.
+    `threads`: torch threads per configuration (default: params.yaml's `common.threads`)."""
     base = Path(workspace).resolve()
     if profile:
         set_profile(base, profile)
@@ -165,7 +175,7 @@ def sweep(workspace: str = ".", configs: list[dict] | None = None, profile: str 
     runs.mkdir(parents=True, exist_ok=True)
     (runs / ".gitignore").write_text("# workspace copies made by skyedge sweep\n*\n")
     prepare_base(base)
-    futures = [run_config.submit(base, runs, config) for config in configs]
+    futures = [run_config.submit(base, runs, config, threads) for config in configs]
     rows = []
     for config, future in zip(configs, futures):
         try:
@@ -184,8 +194,16 @@ def sweep(workspace: str = ".", configs: list[dict] | None = None, profile: str 
 
 
 def run_sweep(dask_address: str | None = None, n_workers: int = 2, **kwargs) -> list[dict]:
-    """`sweep` on a LocalCluster, or on the Dask scheduler at `dask_address` (tcp://host:port)."""
+    """`sweep` on a LocalCluster, or on the Dask scheduler at `dask_address` (tcp://host:port).
+    On a LocalCluster the configurations share this machine's cores evenly."""
     from prefect_dask import DaskTaskRunner
 
-    runner = DaskTaskRunner(address=dask_address) if dask_address else local_cluster_runner(n_workers)
-    return sweep.with_options(task_runner=runner)(**kwargs)
+    if dask_address:
+        return sweep.with_options(task_runner=DaskTaskRunner(address=dask_address))(**kwargs)
+    kwargs.setdefault("threads", threads_per_worker(n_workers))
+    return sweep.with_options(task_runner=local_cluster_runner(n_workers))(**kwargs)
+
+
+def threads_per_worker(n_workers: int, cores: int | None = None) -> int:
+    """Torch threads for each of n_workers concurrent configurations on `cores` (this machine's)."""
+    return max(1, (cores or os.cpu_count() or 1) // n_workers)

@@ -53,6 +53,10 @@ def test_dvc_repro_runs_all_seven_stages_then_does_nothing_then_only_what_change
     assert stages_run(again) == []
 
     params = yaml.safe_load((root / "params.yaml").read_text())
+    params["common"]["threads"] = 1  # how fast, not what is built: no stage tracks it
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert stages_run(run(["dvc", "repro"], root, env)) == []
+
     # Every default int8 candidate has per-channel weight scales (or, for qat, its own training), so
     # a per-tensor static model is new whichever was fastest before: quantize's outputs change and
     # its descendants must follow; nothing upstream runs. (A calibration method is no such change:

@@ -306,7 +306,19 @@ def test_a_sweep_of_two_configs_on_a_two_worker_local_cluster(workspace, tmp_pat
     # each copy ran its own params: the pruned models differ; the base workspace kept its own
     assert sha256(Path(rows[0]["workspace"]) / "data/prune/pruned.onnx") != sha256(Path(rows[1]["workspace"]) / "data/prune/pruned.onnx")
     assert yaml.safe_load((workspace["root"] / "params.yaml").read_text())["prune"]["ratio"] == 0.5
+    # the two configurations share this machine's cores instead of each taking them all
+    copied_params = yaml.safe_load((Path(rows[0]["workspace"]) / "params.yaml").read_text())
+    assert copied_params["common"]["threads"] == sweep.threads_per_worker(2)
     written = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
     assert [r["variant"] for r in written] == [r["variant"] for r in rows]
     assert (tmp_path / "sweep" / "sweep.csv").read_text().count("\n") == 3
     assert (tmp_path / "sweep" / "pareto.png").stat().st_size > 1000
+
+
+def test_sweep_workers_share_the_cores_and_each_keeps_at_least_one_thread():
+    from flows.sweep import threads_per_worker
+
+    assert threads_per_worker(2, cores=2) == 1
+    assert threads_per_worker(2, cores=8) == 4
+    assert threads_per_worker(1, cores=2) == 2
+    assert threads_per_worker(4, cores=2) == 1
