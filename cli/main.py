@@ -378,7 +378,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from flows import sweep
 
     configs = sweep.grid(args.students, args.ratios, args.quant)
-    where = args.dask_address or f"a LocalCluster ({args.workers} workers, {sweep.threads_per_worker(args.workers)} torch threads each)"
+    where = args.dask_address or f"a LocalCluster ({args.workers} workers, torch threads per configuration: {sweep.threads_per_worker(args.workers)})"
     print(f"sweep: {len(configs)} configurations on {where}", flush=True)
     try:
         sweep.run_sweep(dask_address=args.dask_address, n_workers=args.workers, workspace=str(args.workspace), configs=configs, profile=args.profile, out=str(args.out))
@@ -541,6 +541,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # A temporary Prefect server's telemetry call fails offline and logs an ERROR that operators
+    # would chase; the user's own setting wins.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     try:
         return args.func(args)
     except ValueError as error:  # config and data errors carry a message meant for the user
