@@ -4,9 +4,12 @@
     per configuration (a Prefect task on prefect-dask's DaskTaskRunner):
         copy the base workspace -> edit params.yaml there -> dvc repro -> one results row
 
-Every configuration runs in its own copy of the workspace (git, params, dvc.lock, cache and the
-shared upstream outputs), so no two DVC runs ever share a workspace and the copies' `dvc repro`
-only re-runs what their params change (distill/prune/quantize/evaluate/package). The runner is a
+Every configuration runs in its own copy of the workspace (git, params, dvc.lock and the shared
+upstream outputs), so no two DVC runs ever share a workspace and the copies' `dvc repro` only
+re-runs what their params change (distill/prune/quantize/evaluate/package). The copies use the
+base's DVC cache, and with it DVC's run cache: a stage that one configuration has run with the
+same inputs and params (the distill of a student the grid repeats for other prune ratios) is
+restored, not run again. The runner is a
 LocalCluster (2 worker processes on 127.0.0.1, one configuration at a time each) by default, or an existing Dask
 cluster by address; the workers of a remote cluster must see the workspace path (shared disk).
 On a LocalCluster each configuration's torch gets cores / workers threads (`common.threads`, which
@@ -99,10 +102,18 @@ def copy_workspace(base: Path, dest: Path, skip: tuple[Path, ...] = ()) -> Path:
     return Path(shutil.copytree(base, dest, ignore=ignore, symlinks=True))
 
 
+def use_cache_of(workspace: Path, base: Path) -> None:
+    """Point the workspace's DVC cache (run cache included) at the base workspace's."""
+    result = subprocess.run(["dvc", "cache", "dir", "--local", str(base / ".dvc" / "cache")], cwd=workspace, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"dvc cache dir in {workspace} failed:\n{result.stdout}{result.stderr}")
+
+
 @task(task_run_name="sweep {config[name]}")
 def run_config(base: Path, runs_dir: Path, config: dict, threads: int | None = None) -> dict:
     """One configuration in its own workspace copy: params edited there, `dvc repro`, one row."""
-    dest = copy_workspace(base, runs_dir / config["name"], skip=(runs_dir,))
+    dest = copy_workspace(base, runs_dir / config["name"], skip=(runs_dir, base / ".dvc" / "cache"))
+    use_cache_of(dest, base)
     apply_config(dest / "params.yaml", config, threads)
     _repro(dest)
     return result_row(dest, config)

@@ -13,10 +13,17 @@ epoch therefore repeats photo rows (drawn at random) until they make up `photo_s
 and with `augment` every batch of photos is shown in one of its 8 dihedral views (flips and
 90-degree turns: an upward sky photo has no "up"). The teacher's targets are averaged over the
 same views (embed stage), so the student matches a view-consistent teacher.
+
+After every epoch the BatchNorm running statistics are re-estimated as a plain average over
+training batches with the epoch's final weights (`recalibrate_batchnorm`). Running statistics are
+an exponential average taken while the weights moved; torchvision's MobileNetV3 updates them with
+momentum 0.01, so after a few hundred steps they still describe the early weights, and the model
+scores chance in eval mode while its training loss is low.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,6 +48,7 @@ class FitConfig:
 
 
 N_VIEWS = 8  # the dihedral group of a square image: 4 turns, each also mirrored
+RECALIBRATION_BATCHES = 20  # training batches averaged into the BatchNorm statistics
 
 
 def dihedral(images: torch.Tensor, view: int) -> torch.Tensor:
@@ -146,6 +154,31 @@ def distillation_loss(out: dict[str, torch.Tensor], batch: dict[str, torch.Tenso
 
 
 @torch.no_grad()
+def recalibrate_batchnorm(
+    model: NowcastNet, batches: Batches, config: FitConfig, rng: np.random.Generator, embed_cache: torch.Tensor | None = None, max_batches: int = RECALIBRATION_BATCHES
+) -> None:
+    """Every trained BatchNorm's running mean and variance := the plain average of its batch
+    statistics over up to max_batches training batches, drawn as in training, current weights.
+    With embed_cache the frozen backbone is not run, so its statistics are kept."""
+    frozen = set(model.backbone.modules()) if embed_cache is not None else set()
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m not in frozen]
+    if not norms:
+        return
+    momenta = [norm.momentum for norm in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average, not exponential
+    model.train()
+    if embed_cache is not None:
+        model.backbone.eval()
+    for batch in itertools.islice(batches.epoch(batches.epoch_rows(config, rng), config, rng), max_batches):
+        forward(model, batch, embed_cache)
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
+    model.eval()
+
+
+@torch.no_grad()
 def quick_scores(model: NowcastNet, batches: Batches, rows: np.ndarray, embed_cache: torch.Tensor | None = None) -> dict[str, float]:
     """Validation scores during training: sky accuracy, mean rain Brier, mean temperature RMSE."""
     model.eval()
@@ -225,6 +258,7 @@ def fit(
             schedule.step()
             total += loss.item() * len(batch["sky"])
             count += len(batch["sky"])
+        recalibrate_batchnorm(model, train_batches, config, np.random.default_rng([config.seed, epoch]), embed_cache)
         scores = quick_scores(model, train_batches, val_rows, embed_cache)
         history.append({"epoch": epoch, "train_loss": total / max(count, 1), **scores})
         print(f"{desc} epoch {epoch}: loss {history[-1]['train_loss']:.4f} " + " ".join(f"{k} {v:.4f}" for k, v in scores.items()))

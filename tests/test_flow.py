@@ -306,6 +306,9 @@ def test_a_sweep_of_two_configs_on_a_two_worker_local_cluster(workspace, tmp_pat
     # each copy ran its own params: the pruned models differ; the base workspace kept its own
     assert sha256(Path(rows[0]["workspace"]) / "data/prune/pruned.onnx") != sha256(Path(rows[1]["workspace"]) / "data/prune/pruned.onnx")
     assert yaml.safe_load((workspace["root"] / "params.yaml").read_text())["prune"]["ratio"] == 0.5
+    # the copies keep no cache of their own: they use the base's, run cache included
+    assert not (Path(rows[0]["workspace"]) / ".dvc" / "cache").exists()
+    assert str(workspace["root"] / ".dvc" / "cache") in (Path(rows[0]["workspace"]) / ".dvc" / "config.local").read_text()
     # the two configurations share this machine's cores instead of each taking them all
     copied_params = yaml.safe_load((Path(rows[0]["workspace"]) / "params.yaml").read_text())
     assert copied_params["common"]["threads"] == sweep.threads_per_worker(2)

@@ -50,3 +50,45 @@ def test_targets_averaged_over_all_eight_views_do_not_depend_on_how_a_photo_is_t
     assert logits.shape == (len(data.images), 5)
     assert torch.allclose(logits, turned_logits, atol=1e-4)
     assert torch.allclose(embeddings, turned_embeddings, atol=1e-4)
+
+
+def tiny_student(pipeline, momentum: float):
+    from skyedge import models
+    from skyedge.features import N_FEATURES
+
+    p = pipeline.params
+    model = models.build_student("tinycnn", p.distill.width, p.data.window_hours, N_FEATURES, 0.0, 1.0)
+    for norm in model.modules():
+        if isinstance(norm, torch.nn.BatchNorm2d):
+            norm.momentum = momentum  # as torchvision's MobileNetV3 sets it
+            norm.running_mean.fill_(5.0)  # statistics of weights long gone
+            norm.running_var.fill_(9.0)
+    return model
+
+
+def test_batchnorm_statistics_become_the_plain_average_over_training_batches(pipeline):
+    from skyedge.dataset import load_ingested
+    from skyedge.training import Batches, FitConfig, recalibrate_batchnorm
+
+    data = load_ingested(pipeline.ingest)
+    model = tiny_student(pipeline, momentum=0.01)
+    first = next(m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    batch_means = []
+    first.register_forward_hook(lambda module, inputs, output: batch_means.append(inputs[0].mean(dim=(0, 2, 3))))
+    recalibrate_batchnorm(model, Batches(data, data.split("train")), FitConfig(1, 32, 1e-3, 0), np.random.default_rng(0), max_batches=3)
+    assert len(batch_means) == 3
+    torch.testing.assert_close(first.running_mean, torch.stack(batch_means).mean(0))
+    assert first.momentum == 0.01 and not model.training
+
+
+def test_a_frozen_backbone_keeps_its_statistics(pipeline):
+    from skyedge.dataset import load_ingested
+    from skyedge.training import Batches, FitConfig, recalibrate_batchnorm
+
+    data = load_ingested(pipeline.ingest)
+    model = tiny_student(pipeline, momentum=0.1)
+    cache = torch.zeros(len(data.images), model.backbone.channels)
+    recalibrate_batchnorm(model, Batches(data, data.split("train")), FitConfig(1, 32, 1e-3, 0), np.random.default_rng(0), cache)
+    for norm in model.backbone.modules():
+        if isinstance(norm, torch.nn.BatchNorm2d):
+            assert (norm.running_mean == 5.0).all() and (norm.running_var == 9.0).all()
