@@ -9,9 +9,9 @@ upstream outputs), so no two DVC runs ever share a workspace and the copies' `dv
 re-runs what their params change (distill/prune/quantize/evaluate/package). The copies use the
 base's DVC cache, and with it DVC's run cache: a stage that one configuration has run with the
 same inputs and params (the distill of a student the grid repeats for other prune ratios) is
-restored, not run again. The runner is a
-LocalCluster (2 worker processes on 127.0.0.1, one configuration at a time each) by default, or an existing Dask
-cluster by address; the workers of a remote cluster must see the workspace path (shared disk).
+restored, not run again. The runner is a LocalCluster (2 worker processes on 127.0.0.1, one
+configuration at a time each) by default, or an existing Dask cluster by address; the workers of
+a remote cluster must see the workspace path (shared disk).
 On a LocalCluster each configuration's torch gets cores / workers threads (`common.threads`, which
 no stage's DVC params track): two configurations at 2 threads each on 2 cores oversubscribe the
 CPU, and OpenMP's spinning threads then slow training far more than 2x.
