@@ -59,7 +59,7 @@ bench: bench-ingest
 # built, else a tiny sample package) -> reports/bench_device.json.
 .PHONY: bench-device
 bench-device: setup
-	$(BIN)/python -m skyedge.device.bench --package data/package --out reports/bench_device.json
+	$(BIN)/python -m skyedge.evaluation.device_bench --package data/package --out reports/bench_device.json
 
 bench: bench-device
 
@@ -76,6 +76,6 @@ run-real: setup
 # in one process and scored on the test split, with the issue's targets met / not met -> reports/bench.json.
 BENCH_DATA ?= data
 bench-models: setup
-	$(BIN)/python -m skyedge.bench --data $(BENCH_DATA) --out reports/bench.json
+	$(BIN)/python -m skyedge.evaluation.bench --data $(BENCH_DATA) --out reports/bench.json
 
 bench: bench-models

@@ -10,7 +10,7 @@ from pathlib import Path
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from skyedge import synthetic
+    from skyedge.data import synthetic
 
     summary = synthetic.generate(args.out, args.stations, args.days, args.seed, args.image_size, progress=True)
     print(f"wrote {summary['records']} records and {summary['images']} images for {summary['stations']} stations to {args.out}")
@@ -20,8 +20,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     """Ingest folders, index.csv files (their folder) and s3:// prefixes into --out."""
-    from skyedge import sources as s3
-    from skyedge.config import ConfigError, load_params, resolve
+    from skyedge.core.config import ConfigError, load_params, resolve
+    from skyedge.data import sources as s3
     from stages import ingest
 
     base = load_params(args.params) if args.params.exists() else resolve({})
@@ -59,23 +59,23 @@ def cmd_repro(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from skyedge import io
+    from skyedge.core import files
     from stages.evaluate import variant_table
 
     table = args.evaluate / "variants.csv"
     if not table.exists():
         print(f"{table} not found: run `dvc repro` (or `make run`) first", file=sys.stderr)
         return 1
-    print(variant_table(io.read_rows(table)))
+    print(variant_table(files.read_rows(table)))
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from skyedge import scoring
+    from skyedge.evaluation import packaged
 
-    result = scoring.evaluate(
+    result = packaged.evaluate(
         args.model,
         args.stations,
         args.images,
@@ -88,10 +88,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result.metrics, indent=2, allow_nan=False) + "\n")
-    print(scoring.summary_table(result.metrics))
+    print(packaged.summary_table(result.metrics))
     print(f"wrote {args.out}")
     if args.report:
-        from skyedge.evaluation_report import write_report
+        from skyedge.evaluation.report import write_report
 
         print(f"wrote {write_report(result, args.report)}")
     return 0
@@ -99,7 +99,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _trusted_public_key(path: Path | None, command: str):
     """The ed25519 key a package must be signed with: --public-key, else the local signing key's."""
-    from skyedge import signing
+    from skyedge.release import signing
 
     if path:
         return signing.load_public_key(path)
@@ -111,7 +111,7 @@ def _trusted_public_key(path: Path | None, command: str):
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from skyedge import manifest, signing
+    from skyedge.release import manifest, signing
 
     try:
         public_key = _trusted_public_key(args.public_key, "verify")
@@ -126,13 +126,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _open_store(args: argparse.Namespace):
-    from skyedge.store import open_store
+    from skyedge.release.store import open_store
 
     return open_store(args.store, endpoint_url=args.endpoint_url)
 
 
 def _store_errors() -> tuple[type[Exception], ...]:
-    from skyedge import manifest, registry, signing, store
+    from skyedge.release import manifest, registry, signing, store
 
     return (registry.RegistryError, store.StoreError, manifest.PackageError, signing.SigningError)
 
@@ -156,7 +156,7 @@ def _table(headers: list[str], rows: list[list[object]]) -> str:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from skyedge import registry
+    from skyedge.release import registry
 
     try:
         public_key = _trusted_public_key(args.public_key, "publish")
@@ -195,12 +195,12 @@ def _rollout(args: argparse.Namespace) -> dict | None:
 
 
 def cmd_keys_init(args: argparse.Namespace) -> int:
-    from skyedge.device import trust
+    from skyedge.release import tuf
 
     try:
         expiry = {role: value for role, value in (("timestamp", args.timestamp_expiry), ("snapshot", args.snapshot_expiry), ("targets", args.targets_expiry), ("root", args.root_expiry)) if value}
-        root = trust.init_keys(args.dir, threshold=args.threshold, root_keys=args.root_keys, expiry=expiry)
-    except trust.TrustError as error:
+        root = tuf.init_keys(args.dir, threshold=args.threshold, root_keys=args.root_keys, expiry=expiry)
+    except tuf.TrustError as error:
         print(f"keys init: FAILED: {error}", file=sys.stderr)
         return 1
     print(f"keys init: OK: {root} (provision devices with it); root keys in {args.dir / 'root'} (keep offline), online keys in {args.dir / 'online'}")
@@ -208,11 +208,11 @@ def cmd_keys_init(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_refresh(args: argparse.Namespace) -> int:
-    from skyedge.device import trust
+    from skyedge.release import tuf
 
     try:
-        timestamp = trust.refresh_timestamp(_open_store(args), args.dir, args.expiry)
-    except (trust.TrustError, *_store_errors()) as error:
+        timestamp = tuf.refresh_timestamp(_open_store(args), args.dir, args.expiry)
+    except (tuf.TrustError, *_store_errors()) as error:
         print(f"keys refresh-timestamp: FAILED: {error}", file=sys.stderr)
         return 1
     print(f"keys refresh-timestamp: OK: timestamp v{timestamp.version} expires {timestamp.expires.isoformat()}")
@@ -221,7 +221,7 @@ def cmd_keys_refresh(args: argparse.Namespace) -> int:
 
 def _agent(args: argparse.Namespace):
     from skyedge.device import agent
-    from skyedge.store import open_store
+    from skyedge.release.store import open_store
 
     base = args.base_url or agent.base_url_for(args.store, args.endpoint_url)
     status_store = None if args.store.startswith(("http://", "https://")) else open_store(args.store, endpoint_url=args.endpoint_url)
@@ -280,7 +280,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
 
 
 def cmd_registry_show(args: argparse.Namespace) -> int:
-    from skyedge import registry
+    from skyedge.release import registry
 
     try:
         state = registry.show(_open_store(args))
@@ -313,7 +313,7 @@ def cmd_registry_show(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from skyedge import registry
+    from skyedge.release import registry
 
     try:
         store = _open_store(args)

@@ -15,7 +15,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from skyedge.store import ENDPOINT_ENV_VAR
+from skyedge.core.s3 import ENDPOINT_ENV_VAR
 
 REMOTE = "skyedge"
 

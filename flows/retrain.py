@@ -22,7 +22,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (
+    create_link_artifact,
+    create_markdown_artifact,
+    create_table_artifact,
+)
 from prefect.context import get_run_context
 from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
@@ -30,10 +34,12 @@ from prefect.input import RunInput
 from prefect.tasks import exponential_backoff
 
 from flows import dvc_remote
-from skyedge import evaluation, gate, registry, runtime, signing
-from skyedge.config import Params, load_params
-from skyedge.dataset import inputs_for_model, load_ingested
-from skyedge.store import open_store
+from skyedge.core import inference
+from skyedge.core.config import Params, load_params
+from skyedge.data.dataset import inputs_for_model, load_ingested
+from skyedge.evaluation import gate, scores
+from skyedge.release import registry, signing
+from skyedge.release.store import open_store
 
 STAGES = ("ingest", "embed", "distill", "prune", "quantize", "evaluate", "package")
 # Failures worth retrying: another process holds DVC's lock, or the OS killed the stage (OOM).
@@ -111,9 +117,9 @@ def score_production(production_dir: Path, workspace: Path, params: Params) -> d
     data = load_ingested(workspace / "data" / "ingest")
     test = data.split("test")
     inputs = inputs_for_model(data, test, document["preprocessing"])
-    outputs = runtime.predict(runtime.session(production_dir / "model.onnx", params.common.threads), inputs)
+    outputs = inference.predict(inference.session(production_dir / "model.onnx", params.common.threads), inputs)
     samples = data.samples.iloc[test].reset_index(drop=True)
-    return evaluation.score(outputs, samples, document["climatology"], params.evaluate.bootstrap, params.common.seed)
+    return scores.score(outputs, samples, document["climatology"], params.evaluate.bootstrap, params.common.seed)
 
 
 @task

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from skyedge.config import load_params
+from skyedge.core.config import load_params
 
 DEPLOYMENT = "scheduled"
 

@@ -16,7 +16,7 @@ On a LocalCluster each configuration's torch gets cores / workers threads (`comm
 no stage's DVC params track): two configurations at 2 threads each on 2 cores oversubscribe the
 CPU, and OpenMP's spinning threads then slow training far more than 2x.
 
-Writes sweep.json, sweep.csv and pareto.png (skyedge.plots.pareto) into the output directory.
+Writes sweep.json, sweep.csv and pareto.png (skyedge.evaluation.plots.pareto) into the output directory.
 Orchestration only: imports no torch.
 """
 
@@ -34,8 +34,8 @@ import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
-from flows.retrain import StageFailed, TRANSIENT, set_profile, workspace_lock
-from skyedge.config import load_params
+from flows.retrain import TRANSIENT, StageFailed, set_profile, workspace_lock
+from skyedge.core.config import load_params
 
 QUANT_MODES = ("per_channel", "per_tensor")  # quantize.per_channel true | false
 DEFAULT_STUDENTS = ("tinycnn", "mobilenet_v3_small")
@@ -148,7 +148,7 @@ def _cell(value) -> str:
 
 
 def write_results(rows: list[dict], out_dir: Path) -> dict[str, Path]:
-    from skyedge import plots
+    from skyedge.evaluation import plots
 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / "sweep.json", "csv": out_dir / "sweep.csv", "pareto": out_dir / "pareto.png"}

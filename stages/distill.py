@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from skyedge import io, models
-from skyedge.config import Common, Data, Distill, load_params
-from skyedge.dataset import load_ingested
-from skyedge.features import N_FEATURES
-from skyedge.training import FitConfig, TeacherTargets, fit
+from skyedge.core import files
+from skyedge.core.config import Common, Data, Distill, load_params
+from skyedge.core.features import N_FEATURES
+from skyedge.data.dataset import load_ingested
+from skyedge.train import checkpoints, models
+from skyedge.train.training import FitConfig, TeacherTargets, fit
 
 
 def run(params: Distill, data_params: Data, common: Common, ingest_dir: Path, embed_dir: Path, out_dir: Path) -> dict:
@@ -42,13 +43,13 @@ def run(params: Distill, data_params: Data, common: Common, ingest_dir: Path, em
         torch.manual_seed(common.seed)  # both start from the same weights
         student = models.build_student(params.student, params.width, data_params.window_hours, N_FEATURES, sensors["mean"][0], sensors["std"][0])
         history = fit(student, data, config, name, kd=targets)
-        io.save_module(student, out_dir / f"{name}.pt")
+        checkpoints.save_module(student, out_dir / f"{name}.pt")
         models.export_onnx(student, out_dir / f"{name}.onnx", data_params.image_size, data_params.window_hours, N_FEATURES)
         curves += [{"model": name, **row} for row in history]
         metrics[name] = history[-1]
     metrics["kd_gain_val_sky_accuracy"] = metrics["student"]["val_sky_accuracy"] - metrics["student_alone"]["val_sky_accuracy"]
-    io.write_rows(out_dir / "history.csv", curves)
-    io.write_json(out_dir / "metrics.json", metrics)
+    files.write_rows(out_dir / "history.csv", curves)
+    files.write_json(out_dir / "metrics.json", metrics)
     return metrics
 
 

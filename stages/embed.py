@@ -16,11 +16,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from skyedge import io, models
-from skyedge.config import Common, Data, Embed, load_params
-from skyedge.dataset import load_ingested
-from skyedge.features import N_FEATURES
-from skyedge.training import FitConfig, backbone_features, fit, view_averaged_targets
+from skyedge.core import files
+from skyedge.core.config import Common, Data, Embed, load_params
+from skyedge.core.features import N_FEATURES
+from skyedge.data.dataset import load_ingested
+from skyedge.train import checkpoints, models
+from skyedge.train.training import (
+    FitConfig,
+    backbone_features,
+    fit,
+    view_averaged_targets,
+)
 
 
 def run(params: Embed, data_params: Data, common: Common, ingest_dir: Path, out_dir: Path) -> dict:
@@ -44,13 +50,13 @@ def run(params: Embed, data_params: Data, common: Common, ingest_dir: Path, out_
         parameter.requires_grad_(True)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    io.save_module(teacher, out_dir / "teacher.pt")
+    checkpoints.save_module(teacher, out_dir / "teacher.pt")
     models.export_onnx(teacher, out_dir / "teacher.onnx", data_params.image_size, data_params.window_hours, N_FEATURES)
     sky_logits, embeddings = view_averaged_targets(teacher, data, params.target_views)
     np.savez(out_dir / "teacher_outputs.npz", sky_logits=sky_logits.numpy(), embeddings=embeddings.numpy())
-    io.write_rows(out_dir / "history.csv", history)
+    files.write_rows(out_dir / "history.csv", history)
     metrics = {"teacher": params.teacher, "weights": params.weights, "embedding_dim": int(cache.shape[1]), **history[-1]}
-    io.write_json(out_dir / "metrics.json", metrics)
+    files.write_json(out_dir / "metrics.json", metrics)
     return metrics
 
 

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from skyedge import evaluation, io, plots, runtime
-from skyedge.config import Common, Evaluate, load_params
-from skyedge.dataset import load_ingested, model_inputs
+from skyedge.core import files, inference
+from skyedge.core.config import Common, Evaluate, load_params
+from skyedge.data.dataset import load_ingested, model_inputs
+from skyedge.evaluation import plots, scores
 
 VARIANT_COLUMNS = ["variant", "size_bytes", "latency_ms_p50", "latency_ms_p95", "sky_accuracy", "sky_macro_f1"]
 
@@ -43,10 +44,10 @@ def run(params: Evaluate, common: Common, ingest_dir: Path, paths: dict[str, Pat
     climatology = data.preprocessing["climatology"]
     rows, full = [], {}
     for name, path in paths.items():
-        outputs = runtime.predict(runtime.session(path, common.threads), inputs)
-        full[name] = evaluation.score(outputs, samples, climatology, params.bootstrap, common.seed)
-        speed = runtime.latency_ms(path, one, params.latency_runs, params.warmup_runs)
-        rows.append({"variant": name, "size_bytes": path.stat().st_size, **speed, **evaluation.summary_row(name, full[name])})
+        outputs = inference.predict(inference.session(path, common.threads), inputs)
+        full[name] = scores.score(outputs, samples, climatology, params.bootstrap, common.seed)
+        speed = inference.latency_ms(path, one, params.latency_runs, params.warmup_runs)
+        rows.append({"variant": name, "size_bytes": path.stat().st_size, **speed, **scores.summary_row(name, full[name])})
         if name == "shipped":
             shipped_outputs = outputs
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -58,9 +59,9 @@ def run(params: Evaluate, common: Common, ingest_dir: Path, paths: dict[str, Pat
     stations = samples["has_sensors"].to_numpy() == 1
     plots.reliability(shipped_outputs["rain_prob"][stations], data.rain[test][stations], out_dir / "reliability.png")
     plots.skill_bars(shipped["horizons"], shipped["ci"], out_dir / "skill.png")
-    io.write_rows(out_dir / "variants.csv", rows)
+    files.write_rows(out_dir / "variants.csv", rows)
     metrics = {**shipped, "variants": {row["variant"]: {k: v for k, v in row.items() if k != "variant"} for row in rows}}
-    io.write_json(out_dir / "metrics.json", metrics)
+    files.write_json(out_dir / "metrics.json", metrics)
     (out_dir / "report.md").write_text(markdown_report(rows, shipped))
     return metrics
 
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params(args.params)
     paths = variant_paths(args.embed, args.distill, args.prune, args.quantize)
     run(params.evaluate, params.common, args.ingest, paths, args.out)
-    print(variant_table(io.read_rows(args.out / "variants.csv")))
+    print(variant_table(files.read_rows(args.out / "variants.csv")))
 
 
 if __name__ == "__main__":

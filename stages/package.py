@@ -19,10 +19,18 @@ import numpy as np
 import onnx
 import yaml
 
-from skyedge import __version__, manifest, runtime, signing
-from skyedge.config import Package, Params, load_params
-from skyedge.contract import HORIZONS, INPUT_IMAGE, INPUT_IMAGE_PRESENT, INPUT_SENSORS, SKY_CLASSES
-from skyedge.dataset import load_ingested, model_inputs
+from skyedge import __version__
+from skyedge.core import inference
+from skyedge.core.config import Package, Params, load_params
+from skyedge.core.contract import (
+    HORIZONS,
+    INPUT_IMAGE,
+    INPUT_IMAGE_PRESENT,
+    INPUT_SENSORS,
+    SKY_CLASSES,
+)
+from skyedge.data.dataset import load_ingested, model_inputs
+from skyedge.release import manifest, signing
 
 CANARY_FILE = "canary.npz"
 
@@ -80,7 +88,7 @@ def run(params: Params, ingest_dir: Path, quantize_dir: Path, evaluate_dir: Path
 
     inputs = canary_inputs(data, config.canaries)
     np.savez(out_dir / CANARY_FILE, **inputs)
-    expected = runtime.predict(runtime.session(model_path), inputs)
+    expected = inference.predict(inference.session(model_path), inputs)
     signature_in, signature_out = io_signature(model_path)
     quantize_report = json.loads((quantize_dir / "report.json").read_text())
     evaluated = json.loads((evaluate_dir / "metrics.json").read_text())

@@ -22,11 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from skyedge import io, models, runtime
-from skyedge.config import Common, Data, Distill, Prune, load_params
-from skyedge.dataset import load_ingested, model_inputs
-from skyedge.features import N_FEATURES
-from skyedge.pruning import (
+from skyedge.compress.pruning import (
     apply_magnitude_masks,
     count_macs_params,
     gzip_bytes,
@@ -35,14 +31,19 @@ from skyedge.pruning import (
     structured_prune,
     weight_sparsity,
 )
-from skyedge.training import Batches, FitConfig, TeacherTargets, fit, quick_scores
+from skyedge.core import files, inference
+from skyedge.core.config import Common, Data, Distill, Prune, load_params
+from skyedge.core.features import N_FEATURES
+from skyedge.data.dataset import load_ingested, model_inputs
+from skyedge.train import checkpoints, models
+from skyedge.train.training import Batches, FitConfig, TeacherTargets, fit, quick_scores
 
 
 def describe(model: torch.nn.Module, onnx_path: Path, data, inputs, latency_runs: int = 100) -> dict:
     macs, params = count_macs_params(model, inputs)
     scores = quick_scores(model, Batches(data, data.split("val")), data.split("val"))
     one = model_inputs(data, data.split("val")[:1])
-    latency = runtime.latency_ms(onnx_path, one, latency_runs)
+    latency = inference.latency_ms(onnx_path, one, latency_runs)
     return {
         "macs": macs,
         "params": params,
@@ -58,7 +59,7 @@ def describe(model: torch.nn.Module, onnx_path: Path, data, inputs, latency_runs
 def run(params: Prune, distill: Distill, data_params: Data, common: Common, ingest_dir: Path, embed_dir: Path, distill_dir: Path, out_dir: Path) -> dict:
     torch.set_num_threads(common.threads)
     data = load_ingested(ingest_dir)
-    student = io.load_module(distill_dir / "student.pt")
+    student = checkpoints.load_module(distill_dir / "student.pt")
     inputs = models.example_inputs(data_params.image_size, data_params.window_hours, N_FEATURES)
     before = describe(student, distill_dir / "student.onnx", data, inputs, params.latency_runs)
     teacher_outputs = np.load(embed_dir / "teacher_outputs.npz")
@@ -76,7 +77,7 @@ def run(params: Prune, distill: Distill, data_params: Data, common: Common, inge
         return save(model, name), history
 
     def save(model: torch.nn.Module, name: str) -> dict:
-        io.save_module(model, out_dir / f"{name}.pt")
+        checkpoints.save_module(model, out_dir / f"{name}.pt")
         models.export_onnx(model, out_dir / f"{name}.onnx", data_params.image_size, data_params.window_hours, N_FEATURES)
         return describe(model, out_dir / f"{name}.onnx", data, inputs, params.latency_runs)
 
@@ -96,7 +97,7 @@ def run(params: Prune, distill: Distill, data_params: Data, common: Common, inge
     curves = [{"model": name, **row} for name, rows in (("pruned", history), ("pruned_sparse", sparse_history), ("pruned_lowrank", lowrank_history)) for row in rows]
     if not curves:
         curves = [{"model": "pruned", "epoch": 0, "train_loss": float("nan"), **{k: after[k] for k in after if k.startswith("val_")}}]
-    io.write_rows(out_dir / "history.csv", curves)
+    files.write_rows(out_dir / "history.csv", curves)
     metrics = {
         "ratio": params.ratio,
         "before": before,
@@ -117,7 +118,7 @@ def run(params: Prune, distill: Distill, data_params: Data, common: Common, inge
             "params_reduction": 1 - lowrank_after["params"] / after["params"],
         },
     }
-    io.write_json(out_dir / "metrics.json", metrics)
+    files.write_json(out_dir / "metrics.json", metrics)
     return metrics
 
 

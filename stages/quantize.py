@@ -23,21 +23,29 @@ from pathlib import Path
 
 import numpy as np
 
-from skyedge import io, metrics, runtime
-from skyedge.config import Common, Data, Quantize, load_params
-from skyedge.dataset import load_ingested, model_inputs
-from skyedge.quantization import INT8_CANDIDATES, dynamic_int8, float16, static_int8, static_settings, stratified_rows
+from skyedge.compress.quantization import (
+    INT8_CANDIDATES,
+    dynamic_int8,
+    float16,
+    static_int8,
+    static_settings,
+    stratified_rows,
+)
+from skyedge.core import files, inference
+from skyedge.core.config import Common, Data, Quantize, load_params
+from skyedge.data.dataset import load_ingested, model_inputs
+from skyedge.evaluation import metrics
 
 
 def val_sky_accuracy(path: Path, data, rows: np.ndarray) -> float:
-    outputs = runtime.predict(runtime.session(path), model_inputs(data, rows))
+    outputs = inference.predict(inference.session(path), model_inputs(data, rows))
     labels = data.samples["sky_label"].to_numpy()[rows]
     return metrics.accuracy(labels, outputs["sky_logits"].argmax(1))
 
 
 def val_scores(path: Path, data, rows: np.ndarray) -> dict[str, float]:
     """Val sky accuracy (photos), mean rain Brier and temperature RMSE (station samples)."""
-    outputs = runtime.predict(runtime.session(path), model_inputs(data, rows))
+    outputs = inference.predict(inference.session(path), model_inputs(data, rows))
     labels = data.samples["sky_label"].to_numpy()[rows]
     photos = labels >= 0
     scores: dict[str, float | None] = {"val_sky_accuracy": metrics.accuracy(labels[photos], outputs["sky_logits"][photos].argmax(1)) if photos.any() else None}
@@ -98,10 +106,10 @@ def build_qat(params: Quantize, data_params: Data, common: Common, data, prune_d
     """Fake-quant fine-tuning of the pruned module, exported as QDQ; returns its training record."""
     import torch
 
-    from skyedge import io as torch_io
-    from skyedge import qat
-    from skyedge.features import N_FEATURES
-    from skyedge.training import FitConfig, fit
+    from skyedge.compress import qat
+    from skyedge.core.features import N_FEATURES
+    from skyedge.train import checkpoints as torch_io
+    from skyedge.train.training import FitConfig, fit
 
     torch.set_num_threads(common.threads)
     model, layers = qat.prepare_qat(torch_io.load_module(prune_dir / "pruned.pt"))
@@ -151,7 +159,7 @@ def run(params: Quantize, data_params: Data, common: Common, ingest_dir: Path, p
         try:
             path, details = build(name, params, data_params, common, data, fp32, calibration, out_dir)
             # A candidate ORT cannot load (e.g. an op without a kernel for its type) is reported, not fatal.
-            runtime.session(path)
+            inference.session(path)
         except Exception as error:  # noqa: BLE001 - one broken candidate must not hide the others
             if name == "fp32":
                 raise
@@ -166,7 +174,7 @@ def run(params: Quantize, data_params: Data, common: Common, ingest_dir: Path, p
                 "size_bytes": path.stat().st_size,
                 "build_s": time.perf_counter() - started,
                 **val_scores(path, data, val),
-                **runtime.latency_ms(path, one, params.latency_runs),
+                **inference.latency_ms(path, one, params.latency_runs),
                 **({"details": details} if details else {}),
                 **({"val_sky_accuracy_after_qat_training": history[-1]["val_sky_accuracy"]} if history else {}),
             }
@@ -186,7 +194,7 @@ def run(params: Quantize, data_params: Data, common: Common, ingest_dir: Path, p
         "calibration_classes": {str(k): int(v) for k, v in zip(*np.unique(data.samples["sky_label"].to_numpy()[calibration_rows], return_counts=True))},
         "config": params.model_dump(mode="json"),
     }
-    io.write_json(out_dir / "report.json", report)
+    files.write_json(out_dir / "report.json", report)
     return report
 
 

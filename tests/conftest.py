@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from skyedge.config import Params, load_params
+from skyedge.core.config import Params, load_params
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = REPO.parent / "shared" / "datasets"

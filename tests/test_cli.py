@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from skyedge import signing
+from skyedge.release import signing
 
 REPO = Path(__file__).resolve().parents[1]
 

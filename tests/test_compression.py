@@ -7,20 +7,21 @@ import onnx
 import pytest
 import torch
 
-from skyedge import io, runtime
-from skyedge.config import ConfigError, load_params, resolve
-from skyedge.contract import OUTPUT_RAIN_PROB, OUTPUT_SKY_LOGITS, OUTPUT_TEMP_C
-from skyedge.dataset import load_ingested, model_inputs
+from skyedge.core import inference
+from skyedge.core.config import ConfigError, load_params, resolve
+from skyedge.core.contract import OUTPUT_RAIN_PROB, OUTPUT_SKY_LOGITS, OUTPUT_TEMP_C
+from skyedge.data.dataset import load_ingested, model_inputs
+from skyedge.train import checkpoints
 from stages.quantize import choose
 from tests.conftest import REPO
 
 
 def test_qat_exports_one_qdq_pair_per_input_and_weight_and_stores_int8_weights(pipeline):
-    from skyedge import qat
+    from skyedge.compress import qat
 
     report = json.loads((pipeline.quantize / "report.json").read_text())
     details = next(c for c in report["candidates"] if c["name"] == "qat")["details"]
-    module = io.load_module(pipeline.quantize / "candidates" / "qat.pt")
+    module = checkpoints.load_module(pipeline.quantize / "candidates" / "qat.pt")
     layers = sum(isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) for m in module.modules())
     assert details["quantized_layers"] == layers > 5
     assert details["qdq_pairs"] == qat.qdq_pairs(module) == 2 * layers
@@ -45,12 +46,12 @@ def test_qat_onnx_runtime_matches_the_fake_quant_pytorch_model(pipeline):
     """Tolerance: ORT runs integer kernels where PyTorch simulates them in float, so an
     activation can land one quantization step apart: sky logits within 0.05 on average and 0.5 at
     worst, rain within 0.01 / 0.05, temperature within 0.05 / 0.5 degC, same sky class on >= 98%."""
-    module = io.load_module(pipeline.quantize / "candidates" / "qat.pt")
+    module = checkpoints.load_module(pipeline.quantize / "candidates" / "qat.pt")
     data = load_ingested(pipeline.ingest)
     inputs = model_inputs(data, data.split("test")[:128])
     with torch.no_grad():
         expected = [t.numpy() for t in module(*(torch.from_numpy(inputs[k]) for k in ("image", "image_present", "sensors")))]
-    got = runtime.predict(runtime.session(pipeline.quantize / "candidates" / "qat.onnx"), inputs)
+    got = inference.predict(inference.session(pipeline.quantize / "candidates" / "qat.onnx"), inputs)
     for name, reference, (mean_tol, max_tol) in zip(
         (OUTPUT_SKY_LOGITS, OUTPUT_RAIN_PROB, OUTPUT_TEMP_C), expected, ((0.05, 0.5), (0.01, 0.05), (0.05, 0.5))
     ):
@@ -114,7 +115,7 @@ def test_unstructured_pruning_reaches_its_sparsity_and_compresses_smaller(pipeli
     assert metrics["after"]["weight_sparsity"] >= target - 0.01
     assert metrics["before"]["weight_sparsity"] < 0.01
     assert metrics["after"]["gzip_bytes"] < 0.85 * metrics["before"]["gzip_bytes"]
-    module = io.load_module(pipeline.prune / "pruned_sparse.pt")  # masks removed: plain weights with zeros
+    module = checkpoints.load_module(pipeline.prune / "pruned_sparse.pt")  # masks removed: plain weights with zeros
     assert not any(name.endswith("_orig") for name, _ in module.named_parameters())
     zeros = [float((m.weight == 0).float().mean()) for m in module.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
     assert np.mean(zeros) > 0.2
@@ -131,7 +132,7 @@ def test_low_rank_factorizes_only_where_it_saves_parameters(pipeline):
 
 
 def test_energy_rank_and_svd_factorization_are_exact_at_full_energy():
-    from skyedge.pruning import energy_rank, low_rank
+    from skyedge.compress.pruning import energy_rank, low_rank
 
     assert energy_rank(torch.tensor([3.0, 0.0, 0.0]), 0.99) == 1
     assert energy_rank(torch.tensor([1.0, 1.0, 1.0, 1.0]), 0.5) == 2
@@ -147,7 +148,7 @@ def test_energy_rank_and_svd_factorization_are_exact_at_full_energy():
 
 
 def test_bench_times_every_variant_side_by_side_and_reports_each_target(pipeline, tmp_path):
-    from skyedge import bench
+    from skyedge.evaluation import bench
 
     result = bench.run(pipeline.root, tmp_path / "bench.json", runs=10, warmup=2)
     rows = {row["variant"]: row for row in result["variants"]}
@@ -163,13 +164,13 @@ def test_bench_times_every_variant_side_by_side_and_reports_each_target(pipeline
 
 
 def test_interleaved_timing_gives_every_model_its_runs_and_ordered_percentiles(pipeline):
-    from skyedge import runtime
-    from skyedge.dataset import load_ingested, model_inputs
+    from skyedge.core import inference
+    from skyedge.data.dataset import load_ingested, model_inputs
 
     data = load_ingested(pipeline.ingest)
     one = model_inputs(data, data.split("test")[:1])
     paths = {"teacher": pipeline.embed / "teacher.onnx", "pruned": pipeline.prune / "pruned.onnx"}
-    speeds = runtime.interleaved_latency_ms(paths, one, runs=30, warmup=2, block=10)
+    speeds = inference.interleaved_latency_ms(paths, one, runs=30, warmup=2, block=10)
     assert set(speeds) == set(paths)
     for speed in speeds.values():
         assert 0 < speed["latency_ms_p50"] <= speed["latency_ms_p95"] <= speed["latency_ms_p99"]

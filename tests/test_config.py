@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from skyedge.config import ConfigError, Params, load_params, resolve
+from skyedge.core.config import ConfigError, Params, load_params, resolve
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,7 +1,7 @@
 """The device agent (issue 8) against moto's S3 server over HTTP on 127.0.0.1: updates, staged
 rollout, status, prediction, and every attack and fault of ARCHITECTURE §7.
 
-Each test publishes tiny torch-free packages (skyedge.device.sample) with TUF keys to a fresh
+Each test publishes tiny torch-free packages (tests.sample_package) with TUF keys to a fresh
 public-read bucket, then runs the agent reading the bucket over plain HTTP (TUF makes the
 transport untrusted), directly or through a fault-injecting proxy.
 """
@@ -24,11 +24,12 @@ import pytest
 import urllib3
 
 from cli.main import main as cli_main
-from skyedge import registry
 from skyedge.device import agent as ag
-from skyedge.device import predict, sample, trust
-from skyedge.signing import load_or_create_private_key
-from skyedge.store import open_store
+from skyedge.device import predict
+from skyedge.release import registry, tuf
+from skyedge.release.signing import load_or_create_private_key
+from skyedge.release.store import open_store
+from tests import sample_package
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def keys_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("tuf") / "keys"
-    trust.init_keys(path, threshold=2)
+    tuf.init_keys(path, threshold=2)
     return path
 
 
@@ -75,7 +76,7 @@ class Repo:
         self.tmp, self.keys, self.sign_key = tmp, keys, sign_key
 
     def package(self, version: int, **kw) -> Path:
-        return sample.build_package(self.tmp / f"pkg-{version}-{uuid.uuid4().hex[:6]}", version, self.sign_key, **kw)
+        return sample_package.build_package(self.tmp / f"pkg-{version}-{uuid.uuid4().hex[:6]}", version, self.sign_key, **kw)
 
     def publish(self, version: int, force: bool = False, rollout=None, **kw) -> dict:
         return registry.publish(self.store, self.package(version, **kw), public_key=self.sign_key.public_key(), keys=self.keys, force=force, rollout=rollout)
@@ -270,7 +271,7 @@ def test_rollback_repointed_channel_is_refused(repo):
 
 def test_freeze_expired_timestamp_is_refused(repo, on_v1):
     repo.publish(2)
-    trust.refresh_timestamp(repo.store, repo.keys, expiry="-60")
+    tuf.refresh_timestamp(repo.store, repo.keys, expiry="-60")
     assert_refused(repo, on_v1.pull(), "freeze", 1)
 
 
@@ -313,14 +314,14 @@ def test_arbitrary_software_unsigned_or_missigned_metadata_is_refused(repo, on_v
 def test_arbitrary_software_targets_signed_by_another_repository_are_refused(repo, on_v1, tmp_path, sign_key):
     """An attacker with their own complete key set (a root the device does not trust)."""
     other = tmp_path / "attacker-keys"
-    trust.init_keys(other)
+    tuf.init_keys(other)
     repo.publish(2)
     for key in repo.store.list("tuf/metadata/"):
         if not key.endswith("root.json"):
             repo.store.delete(key)
-    attacker = sample.build_package(tmp_path / "evil", 3, sign_key, bias=-50.0)
+    attacker = sample_package.build_package(tmp_path / "evil", 3, sign_key, bias=-50.0)
     registry.publish(repo.store, attacker, public_key=sign_key.public_key())
-    trust.sign_targets(repo.store, other, {}, {"production": repo.store.get_bytes("channels/production.json")})
+    tuf.sign_targets(repo.store, other, {}, {"production": repo.store.get_bytes("channels/production.json")})
     assert_refused(repo, on_v1.pull(), "arbitrary-software", 1)
 
 
@@ -460,7 +461,7 @@ def test_cli_keys_publish_pull_predict_fleet(aws_env, moto_endpoint, tmp_path, s
     repo = Repo(moto_endpoint, tmp_path, keys, sign_key)
     pkg = repo.package(1)
     public = tmp_path / "pub.pem"
-    from skyedge.signing import public_key_pem
+    from skyedge.release.signing import public_key_pem
 
     public.write_bytes(public_key_pem(sign_key))
     assert cli_main(["publish", str(pkg), "--store", repo.url, "--public-key", str(public), "--keys", str(keys)]) == 0
@@ -477,6 +478,6 @@ def test_cli_keys_publish_pull_predict_fleet(aws_env, moto_endpoint, tmp_path, s
 
 
 def test_device_modules_import_nothing_heavy():
-    code = "import sys, skyedge.device.agent, skyedge.device.predict, skyedge.device.trust; print([m for m in ('torch', 'prefect', 'dvc', 'pandas', 'onnx') if m in sys.modules])"
+    code = "import sys, skyedge.device.agent, skyedge.device.predict, skyedge.release.tuf; print([m for m in ('torch', 'prefect', 'dvc', 'pandas', 'onnx') if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "[]"

@@ -12,9 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from skyedge import evaluation, manifest, scoring
-from skyedge.contract import HORIZONS, SKY_CLASSES
-from skyedge.dataset import load_ingested
+from skyedge.core.contract import HORIZONS, SKY_CLASSES
+from skyedge.data.dataset import load_ingested
+from skyedge.evaluation import packaged, scores
+from skyedge.release import manifest
 from tests.conftest import shared_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,7 +67,7 @@ def _station_csv(synthetic: Path, tmp_path: Path, rows: int | None = None, drop:
 
 def test_scoring_and_the_runtime_child_import_no_torch():
     heavy = ("torch", "torchvision", "prefect", "dvc", "matplotlib")
-    code = f"import sys, skyedge.scoring, skyedge.benchmark_runtime; print([m for m in {heavy!r} if m in sys.modules])"
+    code = f"import sys, skyedge.evaluation.packaged, skyedge.evaluation.runtime; print([m for m in {heavy!r} if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -125,7 +126,7 @@ def test_runtime_is_measured_in_a_child_and_sane(evaluated):
     run = evaluated[0]["runtime"]
     for key in ("batch1_threads1", "batch1_threads_all"):
         latency = run["latency_ms"][key]
-        assert 0 < latency["p50"] <= latency["p95"] <= latency["p99"]
+        assert 0 < latency["latency_ms_p50"] <= latency["latency_ms_p95"] <= latency["latency_ms_p99"]
     assert run["throughput_batch"] == 32 and run["throughput_samples_per_s"] > 0
     assert run["load_ms"] > 0 and run["threads_all"] >= 1
     # The child's own peak: above its pre-load baseline, far below this test process's data.
@@ -143,7 +144,7 @@ def test_no_runtime_leaves_the_section_out(pipeline, synthetic, tmp_path):
 
 def test_inputs_equal_the_ingest_stage_for_the_same_records(pipeline, synthetic):
     """Same manifest normalisation, windows, photos and labels as training: outputs match exactly."""
-    result = scoring.evaluate(pipeline.package, [synthetic], [synthetic], n_boot=5, measure=False)
+    result = packaged.evaluate(pipeline.package, [synthetic], [synthetic], n_boot=5, measure=False)
     ingested = load_ingested(pipeline.ingest)
     rows = np.flatnonzero(ingested.samples["has_sensors"].to_numpy() == 1)
     mine = result.dataset.samples
@@ -156,18 +157,18 @@ def test_inputs_equal_the_ingest_stage_for_the_same_records(pipeline, synthetic)
 
 
 def test_sensor_normalisation_comes_from_the_manifest(package, synthetic, pipeline):
-    base = scoring.evaluate(pipeline.package, [synthetic], [], n_boot=5, measure=False).dataset.windows
+    base = packaged.evaluate(pipeline.package, [synthetic], [], n_boot=5, measure=False).dataset.windows
     document = json.loads((package / "manifest.json").read_text())
     sensors = document["preprocessing"]["sensors"]
     sensors["mean"][0] += 10.0
     (package / "manifest.json").write_text(json.dumps(document))
-    shifted = scoring.evaluate(package, [synthetic], [], n_boot=5, measure=False).dataset.windows
+    shifted = packaged.evaluate(package, [synthetic], [], n_boot=5, measure=False).dataset.windows
     present = base[..., 7] == 0  # temperature not missing
     np.testing.assert_allclose(base[..., 0][present] - shifted[..., 0][present], 10.0 / sensors["std"][0], rtol=1e-4)
 
 
 def test_photos_only_score_the_sky_and_no_horizon(pipeline, synthetic):
-    metrics = scoring.evaluate_model(pipeline.package, [], [synthetic], n_boot=10, measure=False)
+    metrics = packaged.evaluate_model(pipeline.package, [], [synthetic], n_boot=10, measure=False)
     assert metrics["sky"]["n"] == metrics["data"]["photo_only_samples"] > 0
     assert metrics["horizons"] == []
 
@@ -195,8 +196,8 @@ def test_manifest_window_that_does_not_match_the_graph_names_both(package, synth
     document = json.loads((package / "manifest.json").read_text())
     document["preprocessing"]["sensors"]["window_hours"] = 8
     (package / "manifest.json").write_text(json.dumps(document))
-    with pytest.raises(scoring.SignatureMismatchError, match=r"sensors has shape \[.*6, 16\] but manifest preprocessing.sensors.window_hours is 8"):
-        scoring.evaluate(package, [synthetic], [], measure=False)
+    with pytest.raises(packaged.SignatureMismatchError, match=r"sensors has shape \[.*6, 16\] but manifest preprocessing.sensors.window_hours is 8"):
+        packaged.evaluate(package, [synthetic], [], measure=False)
 
 
 def test_photos_too_small_to_resize_name_both_sides(pipeline, tmp_path):
@@ -205,23 +206,23 @@ def test_photos_too_small_to_resize_name_both_sides(pipeline, tmp_path):
     (tmp_path / "photos").mkdir()
     Image.new("RGB", (8, 8), (90, 120, 200)).save(tmp_path / "photos" / "a.png")
     (tmp_path / "photos" / "index.csv").write_text("path,label\na.png,clear_sky\n")
-    with pytest.raises(scoring.SignatureMismatchError, match=r"image \[B, 3, 32, 32\].*8x8"):
-        scoring.evaluate(pipeline.package, [], [tmp_path / "photos"], measure=False)
+    with pytest.raises(packaged.SignatureMismatchError, match=r"image \[B, 3, 32, 32\].*8x8"):
+        packaged.evaluate(pipeline.package, [], [tmp_path / "photos"], measure=False)
 
 
 def test_empty_dataset_is_an_error_not_nan(pipeline, synthetic, tmp_path):
     csv = _station_csv(synthetic, tmp_path, rows=0)
     result = skyedge("evaluate", pipeline.package, "--stations", csv, "--out", tmp_path / "m.json", "--no-runtime")
     assert result.returncode == 2 and "nothing to evaluate" in result.stderr
-    with pytest.raises(evaluation.EmptyDatasetError, match="pass --stations and/or --images"):
-        scoring.evaluate(pipeline.package, [], [], measure=False)
+    with pytest.raises(scores.EmptyDatasetError, match="pass --stations and/or --images"):
+        packaged.evaluate(pipeline.package, [], [], measure=False)
 
 
 def test_all_skipped_dataset_is_an_error(pipeline, synthetic, tmp_path):
     # Two hourly records: no sample has a record 1..4 hours ahead AND a half-full window.
     csv = _station_csv(synthetic, tmp_path, rows=2)
-    with pytest.raises(evaluation.EmptyDatasetError, match="nothing to score"):
-        scoring.evaluate(pipeline.package, [csv], [], measure=False)
+    with pytest.raises(scores.EmptyDatasetError, match="nothing to score"):
+        packaged.evaluate(pipeline.package, [csv], [], measure=False)
 
 
 def test_quarantined_rows_are_counted_not_scored(pipeline, synthetic, tmp_path):
@@ -230,7 +231,7 @@ def test_quarantined_rows_are_counted_not_scored(pipeline, synthetic, tmp_path):
     frame.loc[10, "humidity_pct"] = "140"  # humidity_pct_in_range
     frame.loc[11, "timestamp"] = "2024-03-01 11:00"  # timestamp_has_offset
     frame.to_csv(csv, index=False)
-    metrics = scoring.evaluate_model(pipeline.package, [csv], [], n_boot=10, measure=False)
+    metrics = packaged.evaluate_model(pipeline.package, [csv], [], n_boot=10, measure=False)
     assert metrics["skipped"]["quarantined_input"] == 2
     assert metrics["data"]["quarantined_by_rule"] == {"humidity_pct_in_range": 1, "timestamp_has_offset": 1}
     assert metrics["data"]["station_samples"] == 46
@@ -241,7 +242,7 @@ def test_quarantined_rows_are_counted_not_scored(pipeline, synthetic, tmp_path):
 
 def test_beijing_station_file(pipeline):
     beijing = shared_dataset("beijing")
-    metrics = scoring.evaluate_model(pipeline.package, [beijing / "beijing-dongsi.csv"], [], n_boot=20, measure=False)
+    metrics = packaged.evaluate_model(pipeline.package, [beijing / "beijing-dongsi.csv"], [], n_boot=20, measure=False)
     assert "sky" not in metrics
     assert [entry["h"] for entry in metrics["horizons"]] == list(HORIZONS)
     assert metrics["horizons"][0]["n"] > 20000
@@ -251,7 +252,7 @@ def test_beijing_station_file(pipeline):
 
 def test_swimcat_photos(pipeline):
     swimcat = shared_dataset("swimcat")
-    metrics = scoring.evaluate_model(pipeline.package, [], [swimcat], n_boot=20, measure=False)
+    metrics = packaged.evaluate_model(pipeline.package, [], [swimcat], n_boot=20, measure=False)
     assert metrics["sky"]["n"] + metrics["skipped"]["quarantined_input"] == 642
     assert metrics["horizons"] == []
     low, high = metrics["ci"]["sky_accuracy"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,8 +21,6 @@ import threading
 import time
 import uuid
 from pathlib import Path
-
-import re
 
 import pytest
 import yaml
@@ -92,8 +91,8 @@ def set_gate(root: Path, **values) -> None:
 
 
 def production(store_url: str) -> int | None:
-    from skyedge import registry
-    from skyedge.store import open_store
+    from skyedge.release import registry
+    from skyedge.release.store import open_store
 
     pointer = registry.read_channel(open_store(store_url), "production")
     return pointer["version"] if pointer else None
@@ -117,7 +116,11 @@ def run_in_background(**kwargs) -> tuple[threading.Thread, dict]:
 
 def wait_for_paused_run(thread: threading.Thread, outcome: dict, timeout_s: float = 600):
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
     from prefect.client.schemas.objects import StateType
 
     deadline = time.monotonic() + timeout_s
@@ -169,8 +172,8 @@ def test_approving_publishes_and_moves_production(workspace):
     result = decide(workspace, approve=True)
     assert result["published"] is True
     assert production(workspace["store"]) == result["version"]
-    from skyedge import registry
-    from skyedge.store import open_store
+    from skyedge.release import registry
+    from skyedge.release.store import open_store
 
     stored = registry.show(open_store(workspace["store"]))
     version = next(v for v in stored["versions"] if v["version"] == result["version"])
@@ -210,7 +213,7 @@ def test_the_deployment_is_served_on_its_cron_and_a_triggered_run_completes(work
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL
 
-    from skyedge.config import load_params
+    from skyedge.core.config import load_params
 
     root = workspace["root"]
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
@@ -271,9 +274,9 @@ def test_a_candidate_worse_than_production_is_refused(workspace, tmp_path):
     import json
 
     from flows.retrain import GateRefused, retrain
-    from skyedge import registry, signing
-    from skyedge.config import load_params
-    from skyedge.store import open_store
+    from skyedge.core.config import load_params
+    from skyedge.release import registry, signing
+    from skyedge.release.store import open_store
     from stages import package
 
     root = workspace["root"]

@@ -91,7 +91,11 @@ def prefect_server(tmp_path_factory):
 
 def wait_for_paused_run(api_url: str, retrain: subprocess.Popen, log: Path, timeout_s: float = 900):
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
     from prefect.client.schemas.objects import StateType
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -113,8 +117,8 @@ def test_an_operator_approves_in_the_prefect_ui_and_production_moves(prefect_ser
     import boto3
     from playwright.sync_api import expect, sync_playwright
 
-    from skyedge import registry
-    from skyedge.store import open_store
+    from skyedge.release import registry
+    from skyedge.release.store import open_store
 
     root, signing_key = reproduced_tiny_workspace(tmp_path_factory, tmp_path / "skyedge")
     set_gate(root, **PERMISSIVE, approval="required")

@@ -7,10 +7,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from skyedge import features
-from skyedge.config import Data, FolderSource, Ingest
-from skyedge.contract import STATION_COLUMNS
-from skyedge.splits import station_split
+from skyedge.core import features
+from skyedge.core.config import Data, FolderSource, Ingest
+from skyedge.core.contract import STATION_COLUMNS
+from skyedge.data.samples import content_hash
+from skyedge.data.splits import station_split
 from stages import ingest
 
 NOW = pd.Timestamp("2025-01-01T00:00:00Z")
@@ -331,7 +332,7 @@ def test_photos_take_their_capture_day_from_metadata_csv_and_no_day_or_md5_spans
     assert not samples["day"].str.startswith("unknown").any()
     assert samples.groupby("day")["split"].nunique().max() == 1
     images = np.load(tmp_path / "out" / "images.npy")
-    digests = samples.assign(md5=[ingest.ingest.content_hash(images[i]) for i in samples["image_idx"]])
+    digests = samples.assign(md5=[content_hash(images[i]) for i in samples["image_idx"]])
     assert digests.groupby("md5")["split"].nunique().max() == 1
     assert len(samples) == 40 and report["split_checks"]["photo_duplicates_dropped"] == 1
     assert set(samples["split"]) == {"train", "val", "test"}

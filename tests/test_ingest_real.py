@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import shared_dataset
-from skyedge.config import Data, FolderSource, Ingest
+
+from skyedge.core.config import Data, FolderSource, Ingest
+from skyedge.data.samples import content_hash
 from stages import ingest
 
 DATA = Data(image_size=32, window_hours=6)
@@ -43,14 +44,14 @@ def test_real_swimcat_and_a_beijing_subset(tmp_path):
     photos = samples[samples["station_id"].isna()]
     assert len(photos) == 642 - report["split_checks"]["photo_duplicates_dropped"]
     assert not photos["day"].str.startswith("unknown").any()  # capture days from metadata.csv
-    # Split per class (stages/ingest.py image_only_samples): every split has every class; a
+    # Split per class (skyedge/data/ingest.py split_photos): every split has every class; a
     # class with >= 4 capture days is split by day, the others by capture (frame).
     assert photos.groupby("split")["sky_label"].nunique().to_dict() == {"train": 5, "val": 5, "test": 5}
     for _, rows in photos.groupby("sky_label"):
         if rows["day"].nunique() >= 4:
             assert rows.groupby("day")["split"].nunique().max() == 1
     images = np.load(tmp_path / "out" / "images.npy")
-    digests = [ingest.ingest.content_hash(images[i]) for i in photos["image_idx"]]
+    digests = [content_hash(images[i]) for i in photos["image_idx"]]
     assert photos.assign(md5=digests).groupby("md5")["split"].nunique().max() == 1
     assert report["split_checks"]["stations_with_overlap"] == 0
     stations = samples[samples["station_id"].notna()]

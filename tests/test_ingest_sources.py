@@ -13,12 +13,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-
-from skyedge import sources
-from skyedge.config import Data, FolderSource, Ingest, S3Source
-from skyedge.contract import STATION_COLUMNS
-from stages import ingest
 from test_ingest import NOW, quarantine, station_rows, write_csv
+
+from skyedge.core.config import Data, FolderSource, Ingest, S3Source
+from skyedge.core.contract import STATION_COLUMNS
+from skyedge.core import s3
+from skyedge.data import sources
+from stages import ingest
 
 DATA = Data(image_size=32, window_hours=3)
 
@@ -44,7 +45,7 @@ def mixed_folder(root: Path) -> Path:
 
 
 def test_an_s3_prefix_is_ingested_like_the_same_folder(aws_env, tmp_path):
-    client = sources.make_client(endpoint_url=aws_env["AWS_ENDPOINT_URL"])
+    client = s3.make_client(endpoint_url=aws_env["AWS_ENDPOINT_URL"])
     upload_folder(client, "sky", "stations/v1", mixed_folder(tmp_path / "src"))
     params = Ingest(sources=[S3Source(url="s3://sky/stations/v1")], great_expectations=False, max_quarantine_fraction=1.0)
     report = ingest.run(params, DATA, tmp_path / "out", now=NOW)
@@ -55,14 +56,14 @@ def test_an_s3_prefix_is_ingested_like_the_same_folder(aws_env, tmp_path):
 
 def test_a_missing_bucket_is_a_clear_error_and_a_nonzero_exit(aws_env, tmp_path):
     params = Ingest(sources=[S3Source(url="s3://no-such-bucket/x", endpoint_url=aws_env["AWS_ENDPOINT_URL"])], great_expectations=False)
-    with pytest.raises(sources.S3SourceError, match=r"s3://no-such-bucket/x: bucket not found; check the bucket name"):
+    with pytest.raises(sources.S3SourceError, match=r"s3://no-such-bucket/x: bucket 'no-such-bucket' does not exist.*check the bucket name"):
         ingest.run(params, DATA, tmp_path / "out", now=NOW)
     result = subprocess.run(
         [sys.executable, "-m", "cli.main", "ingest", "s3://no-such-bucket/x", "--out", str(tmp_path / "cli")],
         capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],
     )
     assert result.returncode != 0
-    assert "s3://no-such-bucket/x: bucket not found" in result.stderr
+    assert "s3://no-such-bucket/x: bucket 'no-such-bucket' does not exist" in result.stderr
 
 
 class FlakyClient:
@@ -84,10 +85,10 @@ class FlakyClient:
 
 
 def test_an_object_failing_mid_download_is_retried_then_quarantined(aws_env, tmp_path, monkeypatch):
-    real = sources.make_client(endpoint_url=aws_env["AWS_ENDPOINT_URL"])
+    real = s3.make_client(endpoint_url=aws_env["AWS_ENDPOINT_URL"])
     upload_folder(real, "flaky", "p", mixed_folder(tmp_path / "src"))
     flaky = FlakyClient(real, {"p/img/0.png": 1, "p/img/1.png": 99, "p/img/sky.png": 99})
-    monkeypatch.setattr(sources, "make_client", lambda *args, **kwargs: flaky)
+    monkeypatch.setattr(sources, "client_for", lambda source: flaky)
     params = Ingest(sources=[S3Source(url="s3://flaky/p", attempts=3, backoff_seconds=0.01)], great_expectations=False, max_quarantine_fraction=1.0)
     report = ingest.run(params, DATA, tmp_path / "out", now=NOW)
     assert flaky.calls["p/img/0.png"] == 2  # failed once, retried, arrived

@@ -1,4 +1,4 @@
-"""skyedge.metrics against hand-computed values, baselines, undefined cases and properties."""
+"""skyedge.evaluation.metrics against hand-computed values, baselines, undefined cases and properties."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from skyedge import metrics
+from skyedge.evaluation import metrics
 
 # A six-row horizon, scored by hand below.
 RAIN_PROB = [0.9, 0.2, 0.6, 0.1, 0.4, 0.7]

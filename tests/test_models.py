@@ -4,9 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from skyedge import evaluation, models, runtime
-from skyedge.dataset import load_ingested, model_inputs
-from skyedge.features import N_FEATURES
+from skyedge.core import inference
+from skyedge.core.features import N_FEATURES
+from skyedge.data.dataset import load_ingested, model_inputs
+from skyedge.evaluation import scores
+from skyedge.train import models
 
 
 def test_a_mismatched_weights_file_names_the_file_and_the_first_mismatched_keys(tmp_path):
@@ -37,8 +39,8 @@ def test_a_correct_state_dict_file_loads_into_a_torchvision_teacher(tmp_path):
 
 @pytest.mark.parametrize("student", ["tinycnn", pytest.param("squeezenet1_1", marks=pytest.mark.slow), pytest.param("mobilenet_v3_small", marks=pytest.mark.slow)])
 def test_every_student_trains_exports_and_prunes(pipeline, student, tmp_path):
-    from skyedge.pruning import count_macs_params, structured_prune
-    from skyedge.training import FitConfig, fit
+    from skyedge.compress.pruning import count_macs_params, structured_prune
+    from skyedge.train.training import FitConfig, fit
 
     p = pipeline.params
     data = load_ingested(pipeline.ingest)
@@ -53,7 +55,7 @@ def test_every_student_trains_exports_and_prunes(pipeline, student, tmp_path):
     assert macs_after < macs_before and params_after < params_before
     path = models.export_onnx(model, tmp_path / f"{student}.onnx", p.data.image_size, p.data.window_hours, N_FEATURES)
     feed = model_inputs(data, data.split("test")[:8])
-    got = runtime.predict(runtime.session(path), feed)
+    got = inference.predict(inference.session(path), feed)
     with torch.no_grad():
         expected = model(*(torch.from_numpy(feed[k]) for k in ("image", "image_present", "sensors")))
     np.testing.assert_allclose(got["sky_logits"], expected[0].numpy(), atol=1e-4)
@@ -66,9 +68,9 @@ def camera_down_scores(onnx_path, ingest_dir) -> dict:
     stations = test[data.samples["has_sensors"].to_numpy()[test] == 1]
     inputs = model_inputs(data, stations, drop_images=True)
     assert not inputs["image_present"].any()
-    outputs = runtime.predict(runtime.session(onnx_path), inputs)
+    outputs = inference.predict(inference.session(onnx_path), inputs)
     assert all(np.isfinite(v).all() for v in outputs.values())
-    return evaluation.score(outputs, data.samples.iloc[stations].reset_index(drop=True), data.preprocessing["climatology"], n_boot=50)
+    return scores.score(outputs, data.samples.iloc[stations].reset_index(drop=True), data.preprocessing["climatology"], n_boot=50)
 
 
 @pytest.mark.parametrize("variant", ["student", "shipped"])
@@ -82,9 +84,9 @@ def test_camera_down_still_beats_persistence_on_the_default_synthetic_profile(tm
     """The tiny profile's one-epoch student is too weak to score; the default profile's student,
     with image_present = 0 everywhere: rain Brier skill and temperature skill against
     persistence above 0 at every horizon on the synthetic test split."""
+    from skyedge.core.config import load_params
     from stages import distill, embed, ingest
     from tests.conftest import REPO
-    from skyedge.config import load_params
 
     p = load_params(REPO / "params.yaml", profile="default")
     ingest.run(p.ingest, p.data, tmp_path / "ingest")

@@ -20,9 +20,16 @@ import pytest
 from onnx import TensorProto, helper
 
 from cli.main import main as cli_main
-from skyedge import contract
-from skyedge.manifest import MANIFEST_FILE, MANIFEST_SCHEMA_VERSION, SIGNATURE_FILE, file_entry, sign_package, write_manifest
-from skyedge.registry import (
+from skyedge.core import contract
+from skyedge.release.manifest import (
+    MANIFEST_FILE,
+    MANIFEST_SCHEMA_VERSION,
+    SIGNATURE_FILE,
+    file_entry,
+    sign_package,
+    write_manifest,
+)
+from skyedge.release.registry import (
     DECISION_FILE,
     RegistryError,
     fetch_version,
@@ -33,8 +40,8 @@ from skyedge.registry import (
     show,
     verify_version,
 )
-from skyedge.signing import load_or_create_private_key, public_key_pem
-from skyedge.store import LocalStore, NotFound, S3Store, StoreError, open_store
+from skyedge.release.signing import load_or_create_private_key, public_key_pem
+from skyedge.release.store import LocalStore, NotFound, S3Store, StoreError, open_store
 
 REPO = Path(__file__).resolve().parents[1]
 DECISION = {"approve": True, "reviewer": "ops@example.org", "comment": "beats production", "decided_at": "2024-05-01T12:00:00+00:00"}
@@ -311,8 +318,8 @@ def test_a_failure_at_each_publish_step_leaves_the_registry_valid_and_a_retry_co
 KILL_SCRIPT = """
 import json, os, signal, sys
 from pathlib import Path
-from skyedge import registry
-from skyedge.store import open_store
+from skyedge.release import registry
+from skyedge.release.store import open_store
 
 store = open_store(sys.argv[1])
 kill_after, puts = int(sys.argv[3]), []
@@ -468,7 +475,7 @@ def test_cli_reports_a_missing_bucket(aws_env, capsys):
 def test_store_and_registry_import_nothing_heavy():
     """The device agent reuses both: no torch/pandas/prefect, and boto3 only when S3 is used."""
     heavy = ("torch", "torchvision", "prefect", "dvc", "pandas", "boto3", "botocore")
-    code = f"import sys, skyedge.store, skyedge.registry; print([m for m in {heavy!r} if m in sys.modules])"
+    code = f"import sys, skyedge.release.store, skyedge.release.registry; print([m for m in {heavy!r} if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "[]"
 

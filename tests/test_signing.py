@@ -11,8 +11,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from skyedge import contract
-from skyedge.manifest import (
+from skyedge.core import contract
+from skyedge.release.manifest import (
     MANIFEST_FILE,
     MANIFEST_SCHEMA_VERSION,
     REQUIRED_KEYS,
@@ -24,7 +24,7 @@ from skyedge.manifest import (
     verify_package,
     write_manifest,
 )
-from skyedge.signing import (
+from skyedge.release.signing import (
     DEFAULT_KEY_PATH,
     SigningError,
     key_id,

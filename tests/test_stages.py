@@ -10,10 +10,17 @@ import pandas as pd
 import pytest
 import torch
 
-from skyedge import io, runtime
-from skyedge.contract import HORIZONS, OUTPUT_RAIN_PROB, OUTPUT_SKY_LOGITS, OUTPUT_TEMP_C, SKY_CLASSES
-from skyedge.dataset import load_ingested, model_inputs
-from skyedge.features import N_FEATURES
+from skyedge.core import inference
+from skyedge.core.contract import (
+    HORIZONS,
+    OUTPUT_RAIN_PROB,
+    OUTPUT_SKY_LOGITS,
+    OUTPUT_TEMP_C,
+    SKY_CLASSES,
+)
+from skyedge.core.features import N_FEATURES
+from skyedge.data.dataset import load_ingested, model_inputs
+from skyedge.train import checkpoints
 
 
 def test_ingest_accounts_for_every_item_and_splits_by_time(pipeline):
@@ -29,7 +36,7 @@ def test_ingest_accounts_for_every_item_and_splits_by_time(pipeline):
 
 
 def test_embed_writes_a_whole_teacher_module_its_onnx_and_per_photo_targets(pipeline):
-    teacher = io.load_module(pipeline.embed / "teacher.pt")
+    teacher = checkpoints.load_module(pipeline.embed / "teacher.pt")
     outputs = np.load(pipeline.embed / "teacher_outputs.npz")
     n_photos = len(np.load(pipeline.ingest / "images.npy", mmap_mode="r"))
     assert outputs["sky_logits"].shape == (n_photos, len(SKY_CLASSES))
@@ -41,8 +48,8 @@ def test_embed_writes_a_whole_teacher_module_its_onnx_and_per_photo_targets(pipe
 def test_distill_trains_the_student_with_and_without_the_teacher(pipeline):
     metrics = json.loads((pipeline.distill / "metrics.json").read_text())
     assert set(metrics) >= {"student", "student_alone", "kd_gain_val_sky_accuracy"}
-    student = io.load_module(pipeline.distill / "student.pt")
-    alone = io.load_module(pipeline.distill / "student_alone.pt")
+    student = checkpoints.load_module(pipeline.distill / "student.pt")
+    alone = checkpoints.load_module(pipeline.distill / "student_alone.pt")
     assert not torch.equal(next(student.backbone.parameters()), next(alone.backbone.parameters()))
     teacher_bytes = (pipeline.embed / "teacher.onnx").stat().st_size
     assert (pipeline.distill / "student.onnx").stat().st_size * 20 < teacher_bytes
@@ -59,8 +66,8 @@ def test_structured_pruning_really_lowers_macs_params_and_bytes(pipeline):
 @pytest.mark.parametrize("variant", ["pruned", "pruned_sparse", "pruned_lowrank"])
 def test_the_pruned_module_reloads_in_a_fresh_process(pipeline, variant):
     script = (
-        "import sys, torch; from skyedge import io, models;"
-        f"m = io.load_module(sys.argv[1]); x = models.example_inputs({pipeline.params.data.image_size}, {pipeline.params.data.window_hours}, {N_FEATURES});"
+        "import sys, torch; from skyedge.train import checkpoints, models;"
+        f"m = checkpoints.load_module(sys.argv[1]); x = models.example_inputs({pipeline.params.data.image_size}, {pipeline.params.data.window_hours}, {N_FEATURES});"
         "sky, rain, temp = m(*x); print(tuple(sky.shape), tuple(rain.shape), tuple(temp.shape))"
     )
     out = subprocess.run([sys.executable, "-c", script, str(pipeline.prune / f"{variant}.pt")], capture_output=True, text=True, check=True)
@@ -114,7 +121,7 @@ def test_evaluate_scores_every_variant_against_persistence_and_climatology(pipel
 def test_the_packaged_model_runs_in_onnx_runtime_and_matches_its_canaries(pipeline):
     manifest = json.loads((pipeline.package / "manifest.json").read_text())
     canary = dict(np.load(pipeline.package / manifest["canary"]["file"]))
-    outputs = runtime.predict(runtime.session(pipeline.package / "model.onnx"), canary)
+    outputs = inference.predict(inference.session(pipeline.package / "model.onnx"), canary)
     for name, expected in manifest["canary"]["expected"].items():
         np.testing.assert_allclose(outputs[name], np.asarray(expected), atol=manifest["canary"]["atol"])
     assert canary["image_present"][-1, 0] == 0.0  # one canary exercises the camera-down path
@@ -127,12 +134,12 @@ def test_the_packaged_model_runs_in_onnx_runtime_and_matches_its_canaries(pipeli
 def test_onnx_runtime_matches_pytorch_for_fp32_models(pipeline, variant):
     """Tolerance: 1e-4 absolute on logits, probabilities and °C (float32 reassociation only)."""
     folder = pipeline.prune if variant.startswith("pruned") else pipeline.distill
-    module = io.load_module(folder / f"{variant}.pt")
+    module = checkpoints.load_module(folder / f"{variant}.pt")
     data = load_ingested(pipeline.ingest)
     inputs = model_inputs(data, data.split("test")[:16])
     with torch.no_grad():
         expected = [t.numpy() for t in module(*(torch.from_numpy(inputs[k]) for k in ("image", "image_present", "sensors")))]
-    got = runtime.predict(runtime.session(folder / f"{variant}.onnx"), inputs)
+    got = inference.predict(inference.session(folder / f"{variant}.onnx"), inputs)
     for name, reference in zip((OUTPUT_SKY_LOGITS, OUTPUT_RAIN_PROB, OUTPUT_TEMP_C), expected):
         np.testing.assert_allclose(got[name], reference, atol=1e-4)
 
@@ -143,8 +150,8 @@ def test_int8_stays_close_to_its_fp32_model(pipeline, candidate):
     temperature within 0.3 °C on average (8-bit activations over a normalised input range)."""
     data = load_ingested(pipeline.ingest)
     inputs = model_inputs(data, data.split("test")[:64])
-    fp32 = runtime.predict(runtime.session(pipeline.prune / "pruned.onnx"), inputs)
-    int8 = runtime.predict(runtime.session(pipeline.quantize / "candidates" / f"{candidate}.onnx"), inputs)
+    fp32 = inference.predict(inference.session(pipeline.prune / "pruned.onnx"), inputs)
+    int8 = inference.predict(inference.session(pipeline.quantize / "candidates" / f"{candidate}.onnx"), inputs)
     rain_error = np.abs(fp32[OUTPUT_RAIN_PROB] - int8[OUTPUT_RAIN_PROB])
     assert rain_error.mean() < 0.02 and rain_error.max() < 0.15
     assert np.abs(fp32[OUTPUT_TEMP_C] - int8[OUTPUT_TEMP_C]).mean() < 0.3

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from skyedge import contract
-from skyedge.synthetic import generate
+from skyedge.core import contract
+from skyedge.data.synthetic import generate
 
 STATIONS, DAYS, IMAGE_SIZE = 3, 40, 64
 TRAIN_DAYS = int(0.7 * DAYS)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from skyedge.training import N_VIEWS, dihedral, epoch_order, view_averaged_targets
+from skyedge.train.training import N_VIEWS, dihedral, epoch_order, view_averaged_targets
 
 
 def test_an_epoch_keeps_every_row_and_repeats_photos_up_to_their_share():
@@ -39,11 +39,11 @@ def test_the_eight_dihedral_views_are_distinct_rearrangements_of_the_same_pixels
 
 
 def test_targets_averaged_over_all_eight_views_do_not_depend_on_how_a_photo_is_turned(pipeline):
-    from skyedge import io
-    from skyedge.dataset import load_ingested
+    from skyedge.data.dataset import load_ingested
+    from skyedge.train import checkpoints
 
     data = load_ingested(pipeline.ingest)
-    teacher = io.load_module(pipeline.embed / "teacher.pt")
+    teacher = checkpoints.load_module(pipeline.embed / "teacher.pt")
     logits, embeddings = view_averaged_targets(teacher, data, N_VIEWS)
     turned = dataclasses.replace(data, images=np.ascontiguousarray(np.rot90(data.images, 1, axes=(1, 2))))
     turned_logits, turned_embeddings = view_averaged_targets(teacher, turned, N_VIEWS)
@@ -53,8 +53,8 @@ def test_targets_averaged_over_all_eight_views_do_not_depend_on_how_a_photo_is_t
 
 
 def tiny_student(pipeline, momentum: float):
-    from skyedge import models
-    from skyedge.features import N_FEATURES
+    from skyedge.core.features import N_FEATURES
+    from skyedge.train import models
 
     p = pipeline.params
     model = models.build_student("tinycnn", p.distill.width, p.data.window_hours, N_FEATURES, 0.0, 1.0)
@@ -67,8 +67,8 @@ def tiny_student(pipeline, momentum: float):
 
 
 def test_batchnorm_statistics_become_the_plain_average_over_training_batches(pipeline):
-    from skyedge.dataset import load_ingested
-    from skyedge.training import Batches, FitConfig, recalibrate_batchnorm
+    from skyedge.data.dataset import load_ingested
+    from skyedge.train.training import Batches, FitConfig, recalibrate_batchnorm
 
     data = load_ingested(pipeline.ingest)
     model = tiny_student(pipeline, momentum=0.01)
@@ -82,8 +82,8 @@ def test_batchnorm_statistics_become_the_plain_average_over_training_batches(pip
 
 
 def test_a_frozen_backbone_keeps_its_statistics(pipeline):
-    from skyedge.dataset import load_ingested
-    from skyedge.training import Batches, FitConfig, recalibrate_batchnorm
+    from skyedge.data.dataset import load_ingested
+    from skyedge.train.training import Batches, FitConfig, recalibrate_batchnorm
 
     data = load_ingested(pipeline.ingest)
     model = tiny_student(pipeline, momentum=0.1)

@@ -38,16 +38,23 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from skyedge import manifest as mf
+from skyedge.core import inference
+from skyedge.core.files import atomic_write, fsync_dir
 from skyedge.device import AGENT_VERSION
-from skyedge.device.fetch import DownloadFailed, EndlessData, Fetcher, Missing, Unreachable, join
-from skyedge.device.trust import METADATA_PREFIX, object_key
-from skyedge.files import atomic_write, fsync_dir
+from skyedge.device.fetch import (
+    DownloadFailed,
+    EndlessData,
+    Fetcher,
+    Missing,
+    Unreachable,
+    join,
+)
+from skyedge.release import manifest as mf
+from skyedge.release.tuf import METADATA_PREFIX, object_key
 
 KILL_ENV_VAR = "SKYEDGE_DEVICE_TEST_KILL_AT"  # test hook: SIGKILL the agent at this step
 STEPS = ("metadata", "download-partial", "downloaded", "canary", "staged", "journal", "previous", "active", "health", "committed")
 INSTALL_FILE = "install.json"
-MAX_POINTER_BYTES = 64 * 1024
 DOWNLOAD_ATTEMPTS = 3
 TRANSIENT = frozenset({"store-unreachable", "download-interrupted", "corrupted-download", "missing-object"})
 
@@ -120,11 +127,9 @@ def in_cohort(device_id: str, pointer: dict[str, Any]) -> bool:
 
 def run_canary(package_dir: Path, document: dict[str, Any]) -> Any:
     """Load the model and check the manifest's canary outputs; returns the ORT session."""
-    from skyedge import runtime
-
     try:
-        model = runtime.session(package_dir / mf.MODEL_FILE)
-    except runtime.ModelFileError as exc:
+        model = inference.session(package_dir / mf.MODEL_FILE)
+    except inference.ModelFileError as exc:
         raise Refused("canary-mismatch", f"model does not load: {exc}", permanent=True) from exc
     canary = document.get("canary") or {}
     expected = canary.get("expected") or {}
@@ -152,13 +157,7 @@ def health_check(package_dir: Path, runs: int = 5) -> dict[str, Any]:
     document = json.loads((package_dir / mf.MANIFEST_FILE).read_text())
     model, feed = run_canary(package_dir, document)
     one = {name: value[:1] for name, value in feed.items()}
-    model.run(None, one)  # warm-up
-    timings = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        model.run(None, one)
-        timings.append((time.perf_counter() - start) * 1000)
-    latency = float(np.median(timings))
+    latency = inference.latency_summary(inference.timed_runs(model, one, runs, warmup=1))["latency_ms_p50"]
     budget = document.get("latency_budget_ms")
     if budget is not None and latency > float(budget):
         raise Refused("health-check-failed", f"latency {latency:.3f} ms exceeds the manifest's budget of {budget} ms", permanent=True)

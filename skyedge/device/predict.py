@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from skyedge import contract, features
-from skyedge import manifest as mf
+from skyedge.core import contract, features, inference, inputs
+from skyedge.release import manifest as mf
 
 
 class PredictError(ValueError):
@@ -79,26 +79,16 @@ def read_station(csv_path: Path, station: str | None = None) -> tuple[str, np.nd
     return station, hours, columns
 
 
-def load_image(path: Path, spec: dict[str, Any]) -> np.ndarray:
-    """[1, 3, S, S] float32: RGB /255, resized bilinearly, normalised with the manifest's mean/std."""
-    from PIL import Image, UnidentifiedImageError
-
-    size = int(spec["size"])
+def load_image(path: Path, size: int) -> np.ndarray:
+    """The photo as size x size x 3 uint8 RGB, or a PredictError naming the file."""
     try:
-        with Image.open(path) as image:
-            rgb = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
-    except (OSError, UnidentifiedImageError) as exc:
+        return inputs.read_photo(path, size)
+    except (OSError, ValueError) as exc:  # Pillow: not an image, truncated, unreadable
         raise PredictError(f"{path}: not a readable image ({exc})") from exc
-    pixels = np.asarray(rgb, dtype=np.float32)[None] / 255.0
-    mean = np.asarray(spec["mean"], np.float32)
-    std = np.asarray(spec["std"], np.float32)
-    return np.ascontiguousarray(((pixels - mean) / std).transpose(0, 3, 1, 2), dtype=np.float32)
 
 
 def forecast(state_dir: Path, sensors_csv: Path, image: Path | None = None, station: str | None = None, session: Any = None) -> dict[str, Any]:
     """The forecast at the time of the station's latest record, from the active model."""
-    from skyedge import runtime
-
     slot = active_slot(state_dir)
     document = json.loads((slot / mf.MANIFEST_FILE).read_text())
     prep = document["preprocessing"]
@@ -106,18 +96,13 @@ def forecast(state_dir: Path, sensors_csv: Path, image: Path | None = None, stat
     station_id, hours, columns = read_station(Path(sensors_csv), station)
     windows, missing_hours = features.build_windows(hours, features.raw_features(columns), prep["sensors"], window)
     spec = prep["image"]
-    size = int(spec["size"])
     if image is not None:
-        pixels, present = load_image(Path(image), spec), 1.0
+        photos, image_idx = load_image(Path(image), int(spec["size"]))[None], np.array([0])
     else:
-        pixels, present = np.zeros((1, 3, size, size), np.float32), 0.0
-    inputs = {
-        contract.INPUT_IMAGE: pixels,
-        contract.INPUT_IMAGE_PRESENT: np.array([[present]], np.float32),
-        contract.INPUT_SENSORS: windows[-1:],
-    }
-    model = session or runtime.session(slot / mf.MODEL_FILE)
-    out = runtime.predict(model, inputs)
+        photos, image_idx = np.zeros((0, 1, 1, 3), np.uint8), np.array([-1])
+    feed = inputs.model_inputs(photos, image_idx, windows[-1:], spec)
+    model = session or inference.session(slot / mf.MODEL_FILE)
+    out = inference.predict(model, feed)
     logits = out[contract.OUTPUT_SKY_LOGITS][0].astype(np.float64)
     probs = np.exp(logits - logits.max())
     probs /= probs.sum()

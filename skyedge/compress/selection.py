@@ -1,0 +1,74 @@
+"""Which compressed variant ships: the selection policy, apart from how variants are built.
+
+A measured candidate is a dict: name, method, val_sky_accuracy, val_rain_brier, val_temp_rmse
+(None where val has no such label) and latency_ms_p50 (timed interleaved with the others,
+skyedge.core.inference). The reference is fp32, the model every other is a compression of.
+
+- within budget: val sky accuracy at most `max_accuracy_drop` below the reference's, val rain
+  Brier and temperature RMSE at most `max_error_increase` (a fraction) above its. Every head
+  counts, not only the sky.
+- shipped: the fastest candidate within budget, but a candidate other than fp32 only when it is
+  at least `min_speedup` times faster than fp32. Timings of the same file differ by a few percent
+  from run to run; shipping a quantized model for a 3 % "gain" that is noise costs accuracy for
+  nothing.
+- int8 (evaluate's `quantized` row): the fastest int8 candidate within budget, else the most
+  accurate one.
+"""
+
+from __future__ import annotations
+
+INT8_METHODS = frozenset({"static", "dynamic", "qat"})
+REFERENCE = "fp32"
+
+
+def _accuracy(candidate: dict) -> float:
+    value = candidate.get("val_sky_accuracy")
+    return -1.0 if value is None else value
+
+
+def within_budget(candidate: dict, reference: dict, max_accuracy_drop: float, max_error_increase: float) -> bool:
+    """Accuracy and both error scores within budget of the reference (a head without val labels is not checked)."""
+    if _accuracy(candidate) < _accuracy(reference) - max_accuracy_drop:
+        return False
+    errors = [key for key in ("val_rain_brier", "val_temp_rmse") if reference.get(key) is not None and candidate.get(key) is not None]
+    return all(candidate[key] <= reference[key] * (1 + max_error_increase) for key in errors)
+
+
+def _measured(candidates: list[dict]) -> tuple[list[dict], dict]:
+    measured = [c for c in candidates if "error" not in c]
+    reference = next((c for c in measured if c["method"] == REFERENCE), None)
+    if reference is None:
+        raise ValueError("no fp32 candidate was measured: it is the reference every candidate is compared with")
+    return measured, reference
+
+
+def choose(candidates: list[dict], max_accuracy_drop: float, max_error_increase: float, min_speedup: float) -> tuple[dict, str]:
+    """The candidate that ships, and why (see the module doc)."""
+    measured, reference = _measured(candidates)
+    fast_enough = [
+        c for c in measured
+        if c is reference or (within_budget(c, reference, max_accuracy_drop, max_error_increase) and reference["latency_ms_p50"] / c["latency_ms_p50"] >= min_speedup)
+    ]
+    best = min(fast_enough, key=lambda c: c["latency_ms_p50"])
+    if best is not reference:
+        speedup = reference["latency_ms_p50"] / best["latency_ms_p50"]
+        return best, f"{best['name']} ships: {speedup:.2f}x faster than fp32 at val sky accuracy {_accuracy(best):.3f} (fp32 {_accuracy(reference):.3f})"
+    others = ", ".join(f"{c['name']} {c['latency_ms_p50']:.3f} ms acc {_accuracy(c):.3f}" for c in measured if c is not reference)
+    reason = f"fp32 ships ({reference['latency_ms_p50']:.3f} ms): no candidate within the accuracy budget is at least {min_speedup:g}x faster ({others})"
+    slower = [c["name"] for c in measured if c["method"] in INT8_METHODS and c["latency_ms_p50"] >= reference["latency_ms_p50"]]
+    if slower:
+        reason += (
+            f"; int8 ({', '.join(slower)}) is slower than fp32 here: at this model size the quantize/dequantize "
+            "of activations and per-op overhead cost more than the integer kernels save"
+        )
+    return reference, reason
+
+
+def best_int8(candidates: list[dict], max_accuracy_drop: float, max_error_increase: float) -> dict:
+    """The int8 candidate evaluate reports as `quantized`: fastest within budget, else most accurate."""
+    measured, reference = _measured(candidates)
+    int8 = [c for c in measured if c["method"] in INT8_METHODS]
+    if not int8:
+        raise RuntimeError("no int8 candidate could be built: " + "; ".join(f"{c['name']}: {c['error']}" for c in candidates if "error" in c))
+    allowed = [c for c in int8 if within_budget(c, reference, max_accuracy_drop, max_error_increase)]
+    return min(allowed, key=lambda c: c["latency_ms_p50"]) if allowed else max(int8, key=_accuracy)

@@ -1,0 +1,60 @@
+"""The ingest stage's outputs, loaded as arrays (numpy only: evaluation uses it without torch)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from skyedge.core import inputs, paths
+from skyedge.core.contract import HORIZONS
+
+
+@dataclass(frozen=True)
+class Ingested:
+    samples: pd.DataFrame  # one row per sample (split, labels, image_idx, sky_label, ...)
+    windows: np.ndarray  # [N, W, F] float32 sensor windows
+    images: np.ndarray  # [M, S, S, 3] uint8 photos; samples point at them with image_idx
+    preprocessing: dict  # normalisation.json: sensors, image, climatology
+
+    @property
+    def rain(self) -> np.ndarray:
+        return self.samples[[f"rain_h{h}" for h in HORIZONS]].to_numpy(np.float32)
+
+    @property
+    def temp(self) -> np.ndarray:
+        return self.samples[[f"temp_h{h}" for h in HORIZONS]].to_numpy(np.float32)
+
+    def split(self, name: str) -> np.ndarray:
+        """Row indices of one split (train, val or test)."""
+        return np.flatnonzero(self.samples["split"].to_numpy() == name)
+
+
+def load_ingested(directory: Path) -> Ingested:
+    files = paths.Ingest(directory)
+    samples = pd.read_csv(files.samples, keep_default_na=True, dtype={"station_id": str, "image_file": str})
+    samples["station_id"] = samples["station_id"].fillna("")
+    return Ingested(
+        samples=samples,
+        windows=np.load(files.windows),
+        images=np.load(files.images),
+        preprocessing=json.loads(files.normalisation.read_text()),
+    )
+
+
+def model_inputs(data: Ingested, rows: np.ndarray, drop_images: bool = False) -> dict[str, np.ndarray]:
+    """The ONNX model's three inputs for some samples, preprocessed as the manifest records."""
+    image_idx = data.samples["image_idx"].to_numpy()[rows]
+    if drop_images:
+        image_idx = np.full_like(image_idx, -1)
+    return inputs.model_inputs(data.images, image_idx, data.windows[rows], data.preprocessing["image"])
+
+
+def inputs_for_model(data: Ingested, rows: np.ndarray, preprocessing: dict) -> dict[str, np.ndarray]:
+    """Model inputs for another model's recorded preprocessing (e.g. production's manifest):
+    windows re-normalised with its statistics, photos resized to its input size."""
+    windows = inputs.renormalise_windows(data.windows[rows], data.preprocessing["sensors"], preprocessing["sensors"])
+    return inputs.model_inputs(data.images, data.samples["image_idx"].to_numpy()[rows], windows, preprocessing["image"])
