@@ -10,9 +10,17 @@ from pathlib import Path
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from skyedge.core.config import load_params
     from skyedge.data import synthetic
 
-    summary = synthetic.generate(args.out, args.stations, args.days, args.seed, args.image_size, progress=True)
+    # What is not given comes from params.yaml's synthetic source: defaults have one home.
+    source = next((s for s in load_params(args.params).ingest.sources if s.type == "synthetic"), None)
+    settings = {key: getattr(args, key) if getattr(args, key) is not None else getattr(source, key, None) for key in ("stations", "days", "seed", "image_size")}
+    missing = [f"--{key.replace('_', '-')}" for key, value in settings.items() if value is None]
+    if missing:
+        print(f"generate: {args.params} has no synthetic source: pass {', '.join(missing)}", file=sys.stderr)
+        return 2
+    summary = synthetic.generate(args.out, settings["stations"], settings["days"], settings["seed"], settings["image_size"], progress=True)
     print(f"wrote {summary['records']} records and {summary['images']} images for {summary['stations']} stations to {args.out}")
     print(f"rain in {summary['rain_fraction']:.1%} of hours; sky classes: {summary['class_counts']}")
     return 0
@@ -36,7 +44,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         else:
             sources.append({"type": "folder", "path": source})
     try:
-        config = base.ingest.model_copy(update={"sources": base.ingest.model_validate({"sources": sources}).sources})
+        config = base.ingest.model_validate({**base.ingest.model_dump(), "sources": sources})
     except Exception as error:  # pydantic's message names the bad source
         raise ConfigError(f"skyedge ingest: invalid source: {error}") from None
     try:
@@ -44,12 +52,13 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     except (FileNotFoundError, s3.S3SourceError, ValueError) as error:
         print(f"skyedge ingest: {error}", file=sys.stderr)
         return 1
-    ingest.print_report(report)
+    print(ingest.format_report(report))
     return 0
 
 
 def cmd_repro(args: argparse.Namespace) -> int:
     """`dvc repro` on params.yaml as it is, or an experiment with another profile."""
+    _venv_on_path()
     if args.profile == "default":
         command = ["dvc", "repro", *args.stages]
     else:
@@ -59,10 +68,10 @@ def cmd_repro(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from skyedge.core import files
+    from skyedge.core import files, paths
     from stages.evaluate import variant_table
 
-    table = args.evaluate / "variants.csv"
+    table = paths.Evaluate(args.evaluate).variants
     if not table.exists():
         print(f"{table} not found: run `dvc repro` (or `make run`) first", file=sys.stderr)
         return 1
@@ -148,11 +157,9 @@ def _size(n: int | None) -> str:
 
 
 def _table(headers: list[str], rows: list[list[object]]) -> str:
-    cells = [[str(c) for c in headers], *[["-" if c is None else str(c) for c in row] for row in rows]]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    from skyedge.core.tables import Column, text_table
+
+    return text_table([dict(zip(headers, row)) for row in rows], [Column(h, align="left", format=str, missing="-") for h in headers], rule=True)
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
@@ -261,10 +268,12 @@ def cmd_device_predict(args: argparse.Namespace) -> int:
 def cmd_fleet(args: argparse.Namespace) -> int:
     import json
 
+    from skyedge.release import registry
+
     try:
         store = _open_store(args)
         rows = []
-        for key in store.list("devices/"):
+        for key in store.list(f"{registry.DEVICES}/"):
             if not key.endswith("/status.json"):
                 continue
             s = json.loads(store.get_bytes(key, max_bytes=64 * 1024))
@@ -335,7 +344,8 @@ def _venv_on_path() -> None:
 def cmd_retrain(args: argparse.Namespace) -> int:
     """The retrain flow once: stages, gate, approval, publish, dvc push. Exit 1 when refused."""
     _venv_on_path()
-    from flows.retrain import GateRefused, StageFailed, retrain
+    from flows.dvc import StageFailed
+    from flows.retrain import GateRefused, retrain
 
     if args.approval == "auto":
         print("approval: auto: the gate decides and no operator is asked", flush=True)
@@ -394,10 +404,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     generate = commands.add_parser("generate", help="write synthetic station records with a sky photo per hour")
     generate.add_argument("--out", type=Path, required=True)
-    generate.add_argument("--stations", type=int, default=3)
-    generate.add_argument("--days", type=int, default=30)
-    generate.add_argument("--seed", type=int, default=0)
-    generate.add_argument("--image-size", type=int, default=64)
+    generate.add_argument("--stations", type=int, help="default: params.yaml's synthetic source")
+    generate.add_argument("--days", type=int, help="default: params.yaml's synthetic source")
+    generate.add_argument("--seed", type=int, help="default: params.yaml's synthetic source")
+    generate.add_argument("--image-size", type=int, help="default: params.yaml's synthetic source")
+    generate.add_argument("--params", type=Path, default=Path("params.yaml"))
     generate.set_defaults(func=cmd_generate)
 
     ingest = commands.add_parser("ingest", help="validate folders of station CSVs / labelled photos into a dataset")

@@ -34,8 +34,10 @@ import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
-from flows.retrain import TRANSIENT, StageFailed, set_profile, workspace_lock
-from skyedge.core.config import load_params
+from flows import dvc
+from skyedge.core import paths
+from skyedge.core.config import PROFILES_DIR, load_params
+from skyedge.core.tables import Column, text_table
 
 QUANT_MODES = ("per_channel", "per_tensor")  # quantize.per_channel true | false
 DEFAULT_STUDENTS = ("tinycnn", "mobilenet_v3_small")
@@ -59,34 +61,41 @@ def grid(students: list[str], ratios: list[float], quants: list[str]) -> list[di
 
 def apply_config(params_file: Path, config: dict, threads: int | None = None) -> None:
     """Write one configuration (and the torch thread count, when given) into a (copied)
-    params.yaml, in the base section and in the active profile's overlay where that overlay sets
-    the same key (it would win otherwise)."""
+    params.yaml, and into the active profile's overlay (profiles/<name>.yaml) where that overlay
+    sets the same key (it would win otherwise)."""
     raw = yaml.safe_load(params_file.read_text())
-    values = {("distill", "student"): config["student"], ("prune", "ratio"): config["prune_ratio"], ("quantize", "per_channel"): config["quant"] == "per_channel"}
+    values = {("distill", "student"): config["student"], ("prune", "structured", "ratio"): config["prune_ratio"], ("quantize", "per_channel"): config["quant"] == "per_channel"}
     if threads:
         values["common", "threads"] = threads
-    overlay = (raw.get("profiles") or {}).get((raw.get("common") or {}).get("profile", "default"), {})
-    for (section, key), value in values.items():
-        raw.setdefault(section, {})[key] = value
-        if key in (overlay.get(section) or {}):
-            overlay[section][key] = value
+    profile_file = params_file.parent / PROFILES_DIR / f"{raw['common']['profile']}.yaml"
+    overlay = yaml.safe_load(profile_file.read_text()) or {}
+    for keys, value in values.items():
+        _set(raw, keys, value)
+        if _has(overlay, keys):
+            _set(overlay, keys, value)
     params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+    profile_file.write_text(yaml.safe_dump(overlay, sort_keys=False))
     load_params(params_file)  # fail here, naming the key, on a value the params reject
 
 
-def _repro(workspace: Path, *targets: str) -> str:
-    with workspace_lock(workspace):
-        result = subprocess.run(["dvc", "repro", *targets], cwd=workspace, capture_output=True, text=True)
-    output = result.stdout + result.stderr
-    if result.returncode != 0:
-        raise StageFailed(" ".join(targets) or "(all)", output, transient=bool(TRANSIENT.search(output)) or result.returncode < 0)
-    return output
+def _set(tree: dict, keys: tuple[str, ...], value) -> None:
+    for key in keys[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[keys[-1]] = value
+
+
+def _has(tree: dict, keys: tuple[str, ...]) -> bool:
+    for key in keys:
+        if not isinstance(tree, dict) or key not in tree:
+            return False
+        tree = tree[key]
+    return True
 
 
 @task(task_run_name="shared upstream: dvc repro embed")
 def prepare_base(workspace: Path) -> None:
     """Ingest and the teacher once, in the base workspace, before the copies are made."""
-    _repro(workspace, "embed")
+    dvc.repro(workspace, "embed")
 
 
 def copy_workspace(base: Path, dest: Path, skip: tuple[Path, ...] = ()) -> Path:
@@ -115,15 +124,16 @@ def run_config(base: Path, runs_dir: Path, config: dict, threads: int | None = N
     dest = copy_workspace(base, runs_dir / config["name"], skip=(runs_dir, base / ".dvc" / "cache"))
     use_cache_of(dest, base)
     apply_config(dest / "params.yaml", config, threads)
-    _repro(dest)
+    dvc.repro(dest)
     return result_row(dest, config)
 
 
 def result_row(workspace: Path, config: dict) -> dict:
     """The shipped model of one configuration: size, latency, sky accuracy, skill per horizon."""
-    metrics = json.loads((workspace / "data" / "evaluate" / "metrics.json").read_text())
+    stages = paths.Workspace(workspace)
+    metrics = json.loads(stages.evaluate.metrics.read_text())
     shipped = metrics["variants"]["shipped"]
-    report = json.loads((workspace / "data" / "quantize" / "report.json").read_text())
+    report = json.loads(stages.quantize.report.read_text())
     row = {"variant": config["name"], "student": config["student"], "prune_ratio": config["prune_ratio"], "quant": config["quant"], "shipped": report.get("shipped")}
     row.update({k: v for k, v in shipped.items() if not isinstance(v, (dict, list))})
     row["workspace"] = str(workspace)
@@ -133,33 +143,22 @@ def result_row(workspace: Path, config: dict) -> dict:
 def table(rows: list[dict]) -> str:
     """Aligned text: one row per configuration, skills per horizon after the fixed columns."""
     skills = sorted({k for row in rows for k in row if k.startswith(("rain_bss_persistence_h", "temp_skill_persistence_h"))})
-    header = [*COLUMNS, *skills]
-    cells = [header] + [[_cell(row.get(column)) for column in header] for row in rows]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(header))]
-    return "\n".join("  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in cells)
-
-
-def _cell(value) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:.3f}" if abs(value) < 1000 else f"{value:.0f}"
-    return str(value)
+    return text_table(rows, [*(Column(c, align="left") if c in ("variant", "student", "quant", "shipped") else c for c in COLUMNS), *skills])
 
 
 def write_results(rows: list[dict], out_dir: Path) -> dict[str, Path]:
     from skyedge.evaluation import plots
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out_dir / "sweep.json", "csv": out_dir / "sweep.csv", "pareto": out_dir / "pareto.png"}
-    paths["json"].write_text(json.dumps(rows, indent=2) + "\n")
+    outputs = {"json": out_dir / "sweep.json", "csv": out_dir / "sweep.csv", "pareto": out_dir / "pareto.png"}
+    outputs["json"].write_text(json.dumps(rows, indent=2) + "\n")
     columns = list(dict.fromkeys(key for row in rows for key in row))
-    with paths["csv"].open("w", newline="") as handle:
+    with outputs["csv"].open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    plots.pareto([row for row in rows if row.get("size_bytes") is not None], paths["pareto"])
-    return paths
+    plots.pareto([row for row in rows if row.get("size_bytes") is not None], outputs["pareto"])
+    return outputs
 
 
 def local_cluster_runner(n_workers: int = 2):
@@ -179,7 +178,7 @@ def sweep(
     `threads`: torch threads per configuration (default: params.yaml's `common.threads`)."""
     base = Path(workspace).resolve()
     if profile:
-        set_profile(base, profile)
+        dvc.set_profile(base, profile)
     configs = configs or grid(list(DEFAULT_STUDENTS), list(DEFAULT_RATIOS), list(QUANT_MODES))
     out_dir = Path(out).resolve() if out else base / "reports" / "sweep"
     runs = Path(runs_dir).resolve() if runs_dir else out_dir / "runs"
@@ -194,10 +193,10 @@ def sweep(
         except Exception as error:  # one broken configuration must not hide the others' results
             get_run_logger().error("%s failed: %s", config["name"], error)
             rows.append({"variant": config["name"], "student": config["student"], "prune_ratio": config["prune_ratio"], "quant": config["quant"], "error": str(error)[-500:]})
-    paths = write_results(rows, out_dir)
+    outputs = write_results(rows, out_dir)
     create_table_artifact([{k: v for k, v in row.items() if k != "workspace"} for row in rows], key="sweep-results", description="Compression sweep: shipped model per configuration")
     print(table(rows))
-    print(f"wrote {paths['json']}, {paths['csv']} and {paths['pareto']}")
+    print(f"wrote {outputs['json']}, {outputs['csv']} and {outputs['pareto']}")
     failed = [row["variant"] for row in rows if "error" in row]
     if failed:
         raise RuntimeError(f"{len(failed)} of {len(rows)} configurations failed: {', '.join(failed)}")

@@ -16,17 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from skyedge.core import files
+from skyedge.core import files, paths
 from skyedge.core.config import Common, Data, Embed, load_params
 from skyedge.core.features import N_FEATURES
 from skyedge.data.dataset import load_ingested
 from skyedge.train import checkpoints, models
-from skyedge.train.training import (
-    FitConfig,
-    backbone_features,
-    fit,
-    view_averaged_targets,
-)
+from skyedge.train.training import FitConfig, backbone_features, fit, resolve_device, view_averaged_targets
 
 
 def run(params: Embed, data_params: Data, common: Common, ingest_dir: Path, out_dir: Path) -> dict:
@@ -37,7 +32,8 @@ def run(params: Embed, data_params: Data, common: Common, ingest_dir: Path, out_
         params.teacher, params.weights, data_params.window_hours, N_FEATURES, sensors["mean"][0], sensors["std"][0]
     )
     config = FitConfig(
-        params.finetune_epochs, params.batch_size, params.lr, common.seed, params.image_dropout, data_params.photo_share, data_params.augment
+        params.finetune_epochs, params.batch_size, params.lr, common.seed, params.image_dropout, data_params.photo_share, data_params.augment,
+        device=resolve_device(common.device),
     )
     history = fit(teacher, data, config, "teacher fine-tune") if params.finetune_epochs else []
 
@@ -50,20 +46,21 @@ def run(params: Embed, data_params: Data, common: Common, ingest_dir: Path, out_
         parameter.requires_grad_(True)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    checkpoints.save_module(teacher, out_dir / "teacher.pt")
-    models.export_onnx(teacher, out_dir / "teacher.onnx", data_params.image_size, data_params.window_hours, N_FEATURES)
+    out = paths.Embed(out_dir)
+    checkpoints.save_module(teacher, out.teacher_module)
+    models.export_onnx(teacher, out.teacher_onnx, data_params.image_size, data_params.window_hours, N_FEATURES)
     sky_logits, embeddings = view_averaged_targets(teacher, data, params.target_views)
-    np.savez(out_dir / "teacher_outputs.npz", sky_logits=sky_logits.numpy(), embeddings=embeddings.numpy())
-    files.write_rows(out_dir / "history.csv", history)
+    np.savez(out.teacher_outputs, sky_logits=sky_logits.numpy(), embeddings=embeddings.numpy())
+    files.write_rows(out.history, history)
     metrics = {"teacher": params.teacher, "weights": params.weights, "embedding_dim": int(cache.shape[1]), **history[-1]}
-    files.write_json(out_dir / "metrics.json", metrics)
+    files.write_json(out.metrics, metrics)
     return metrics
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ingest", type=Path, default=Path("data/ingest"))
-    parser.add_argument("--out", type=Path, default=Path("data/embed"))
+    parser.add_argument("--ingest", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args(argv)
     params = load_params(args.params)

@@ -20,19 +20,11 @@ import onnx
 import yaml
 
 from skyedge import __version__
-from skyedge.core import inference
+from skyedge.core import inference, paths
 from skyedge.core.config import Package, Params, load_params
-from skyedge.core.contract import (
-    HORIZONS,
-    INPUT_IMAGE,
-    INPUT_IMAGE_PRESENT,
-    INPUT_SENSORS,
-    SKY_CLASSES,
-)
+from skyedge.core.contract import INPUT_IMAGE, INPUT_IMAGE_PRESENT
 from skyedge.data.dataset import load_ingested, model_inputs
 from skyedge.release import manifest, signing
-
-CANARY_FILE = "canary.npz"
 
 
 def io_signature(model_path: Path) -> tuple[list[dict], list[dict]]:
@@ -83,48 +75,46 @@ def run(params: Params, ingest_dir: Path, quantize_dir: Path, evaluate_dir: Path
     if out_dir.exists():
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
-    model_path = out_dir / manifest.MODEL_FILE
-    shutil.copyfile(quantize_dir / "shipped.onnx", model_path)
+    out = paths.Package(out_dir)
+    quantized = paths.Quantize(quantize_dir)
+    shutil.copyfile(quantized.shipped, out.model)
 
     inputs = canary_inputs(data, config.canaries)
-    np.savez(out_dir / CANARY_FILE, **inputs)
-    expected = inference.predict(inference.session(model_path), inputs)
-    signature_in, signature_out = io_signature(model_path)
-    quantize_report = json.loads((quantize_dir / "report.json").read_text())
-    evaluated = json.loads((evaluate_dir / "metrics.json").read_text())
+    np.savez(out.canary, **inputs)
+    expected = inference.predict(inference.session(out.model), inputs)
+    signature_in, signature_out = io_signature(out.model)
+    quantize_report = json.loads(quantized.report.read_text())
+    evaluated = json.loads(paths.Evaluate(evaluate_dir).metrics.read_text())
     now = datetime.now(timezone.utc)
     version = int(now.strftime("%Y%m%d%H%M%S"))  # monotonic across builds; the registry may renumber
-    document = {
-        "schema_version": manifest.MANIFEST_SCHEMA_VERSION,
-        "name": config.name,
-        "version": version,
-        "version_label": f"{__version__}+{version}",
-        "created_at": now.isoformat(timespec="seconds"),
-        "files": [manifest.file_entry(model_path, out_dir), manifest.file_entry(out_dir / CANARY_FILE, out_dir)],
-        "inputs": signature_in,
-        "outputs": signature_out,
-        "preprocessing": {"image": data.preprocessing["image"], "sensors": data.preprocessing["sensors"], "input_names": [INPUT_IMAGE, INPUT_IMAGE_PRESENT, INPUT_SENSORS]},
-        "climatology": data.preprocessing["climatology"],
-        "horizons": list(HORIZONS),
-        "classes": list(SKY_CLASSES),
-        "metrics": {key: evaluated[key] for key in ("sky", "horizons", "ci", "skipped", "variants") if key in evaluated},
-        "quantization": {"shipped": quantize_report["shipped"], "reason": quantize_report["reason"]},
-        "lineage": lineage(params),
-        "canary": {"file": CANARY_FILE, "atol": config.canary_atol, "expected": {k: v.tolist() for k, v in expected.items()}},
-        "latency_budget_ms": config.latency_budget_ms,
-        "min_agent_version": config.min_agent_version,
-    }
+    document = manifest.build_manifest(
+        out_dir,
+        name=config.name,
+        version=version,
+        version_label=f"{__version__}+{version}",
+        created_at=now.isoformat(timespec="seconds"),
+        inputs=signature_in,
+        outputs=signature_out,
+        preprocessing={"image": data.preprocessing["image"], "sensors": data.preprocessing["sensors"]},
+        climatology=data.preprocessing["climatology"],
+        metrics={key: evaluated[key] for key in ("sky", "horizons", "ci", "skipped", "variants") if key in evaluated},
+        lineage=lineage(params),
+        canary_expected={k: v.tolist() for k, v in expected.items()},
+        canary_atol=config.canary_atol,
+        latency_budget_ms=config.latency_budget_ms,
+        min_agent_version=config.min_agent_version,
+        quantization={"shipped": quantize_report["shipped"], "reason": quantize_report["reason"]},
+    )
     manifest.write_manifest(out_dir, document)
     manifest.sign_package(out_dir, signing.load_or_create_private_key(key_path))
     manifest.verify_package(out_dir, signing.load_private_key(key_path).public_key())
-    return {"version": version, "model_bytes": model_path.stat().st_size, "shipped": quantize_report["shipped"]}
+    return {"version": version, "model_bytes": out.model.stat().st_size, "shipped": quantize_report["shipped"]}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for name in ("ingest", "quantize", "evaluate"):
-        parser.add_argument(f"--{name}", type=Path, default=Path(f"data/{name}"))
-    parser.add_argument("--out", type=Path, default=Path("data/package"))
+    for name in ("ingest", "quantize", "evaluate", "out"):
+        parser.add_argument(f"--{name}", type=Path, required=True)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args(argv)
     params = load_params(args.params)

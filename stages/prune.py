@@ -6,127 +6,115 @@
    (gzip) bytes; dense ONNX Runtime kernels do not skip zeros, so no latency gain is claimed;
 3. low-rank SVD factorization of the Linear and 1x1 conv layers of `pruned` -> pruned_lowrank.
 
-Every step reports params, MACs, ONNX bytes, gzip bytes, weight sparsity, batch-1 latency (ORT,
-1 thread) and val scores before and after. Writes under data/prune/: pruned, pruned_sparse and
-pruned_lowrank as .pt (whole modules: pruned shapes no longer fit the class defaults) and .onnx,
-history.csv and metrics.json.
+Each is `skyedge.compress.pruning.prune(model, method, ...)` with its typed config from params
+`prune`, then fine-tuning. Every result reports params, MACs, ONNX bytes, gzip bytes, weight
+sparsity, batch-1 latency (ORT, 1 thread) and val scores before and after. Writes under
+data/prune/ (skyedge.core.paths.Prune): each variant as .pt (whole module: pruned shapes no longer
+fit the class defaults) and .onnx, history.csv and metrics.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from skyedge.compress.pruning import (
-    apply_magnitude_masks,
-    count_macs_params,
-    gzip_bytes,
-    low_rank,
-    remove_masks,
-    structured_prune,
-    weight_sparsity,
-)
-from skyedge.core import files, inference
+from skyedge.compress.pruning import Pruned, count_macs_params, gzip_bytes, prune, weight_sparsity
+from skyedge.core import files, inference, paths
 from skyedge.core.config import Common, Data, Distill, Prune, load_params
 from skyedge.core.features import N_FEATURES
-from skyedge.data.dataset import load_ingested, model_inputs
+from skyedge.data.dataset import Ingested, load_ingested, model_inputs
 from skyedge.train import checkpoints, models
-from skyedge.train.training import Batches, FitConfig, TeacherTargets, fit, quick_scores
+from skyedge.train.training import Batches, FitConfig, TeacherTargets, fit, quick_scores, resolve_device
 
 
-def describe(model: torch.nn.Module, onnx_path: Path, data, inputs, latency_runs: int = 100) -> dict:
+def describe(model: torch.nn.Module, onnx_path: Path, data: Ingested, inputs: tuple[torch.Tensor, ...], latency_runs: int) -> dict:
+    """Size, MACs, sparsity, batch-1 latency and val scores of one variant."""
     macs, params = count_macs_params(model, inputs)
-    scores = quick_scores(model, Batches(data, data.split("val")), data.split("val"))
-    one = model_inputs(data, data.split("val")[:1])
-    latency = inference.latency_ms(onnx_path, one, latency_runs)
+    val = data.split("val")
+    latency = inference.latency_ms(onnx_path, model_inputs(data, val[:1]), latency_runs)
     return {
         "macs": macs,
         "params": params,
-        "onnx_bytes": os.path.getsize(onnx_path),
+        "onnx_bytes": onnx_path.stat().st_size,
         "gzip_bytes": gzip_bytes(onnx_path),
         "weight_sparsity": weight_sparsity(model),
         "latency_ms_p50": latency["latency_ms_p50"],
         "latency_ms_p95": latency["latency_ms_p95"],
-        **scores,
+        **quick_scores(model, Batches(data, val), val),
     }
 
 
 def run(params: Prune, distill: Distill, data_params: Data, common: Common, ingest_dir: Path, embed_dir: Path, distill_dir: Path, out_dir: Path) -> dict:
     torch.set_num_threads(common.threads)
     data = load_ingested(ingest_dir)
-    student = checkpoints.load_module(distill_dir / "student.pt")
+    out = paths.Prune(out_dir)
+    student_files = paths.Distill(distill_dir)
+    student = checkpoints.load_module(student_files.module("student"))
     inputs = models.example_inputs(data_params.image_size, data_params.window_hours, N_FEATURES)
-    before = describe(student, distill_dir / "student.onnx", data, inputs, params.latency_runs)
-    teacher_outputs = np.load(embed_dir / "teacher_outputs.npz")
+    before = describe(student, student_files.onnx("student"), data, inputs, params.latency_runs)
+    teacher_outputs = np.load(paths.Embed(embed_dir).teacher_outputs)
     kd = TeacherTargets(
         torch.from_numpy(teacher_outputs["sky_logits"]), torch.from_numpy(teacher_outputs["embeddings"]),
         distill.kd_temperature, distill.kd_alpha, distill.embed_weight,
     )
     config = FitConfig(
-        params.finetune_epochs, distill.batch_size, params.lr, common.seed, distill.image_dropout, data_params.photo_share, data_params.augment
+        params.finetune_epochs, distill.batch_size, params.lr, common.seed, distill.image_dropout, data_params.photo_share, data_params.augment,
+        device=resolve_device(common.device),
     )
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    def finish(model: torch.nn.Module, name: str) -> tuple[dict, list[dict]]:
-        history = fit(model, data, config, f"{name} fine-tune", kd=kd) if params.finetune_epochs else []
-        return save(model, name), history
+    def finish(result: Pruned, name: str) -> tuple[dict, list[dict]]:
+        """Fine-tune (masks, if any, keep their zeros), make masks permanent, save, describe."""
+        changed = result.report["macs_after"] != result.report["macs_before"] or result.masked or any(layer["replaced"] for layer in result.report.get("layers", []))
+        history = fit(result.model, data, config, f"{name} fine-tune", kd=kd) if params.finetune_epochs and changed else []
+        model = result.finish()
+        checkpoints.save_module(model, out.module(name))
+        models.export_onnx(model, out.onnx(name), data_params.image_size, data_params.window_hours, N_FEATURES)
+        return describe(model, out.onnx(name), data, inputs, params.latency_runs), history
 
-    def save(model: torch.nn.Module, name: str) -> dict:
-        checkpoints.save_module(model, out_dir / f"{name}.pt")
-        models.export_onnx(model, out_dir / f"{name}.onnx", data_params.image_size, data_params.window_hours, N_FEATURES)
-        return describe(model, out_dir / f"{name}.onnx", data, inputs, params.latency_runs)
-
-    structured_prune(student, inputs, params.ratio)
-    after, history = finish(student, "pruned")
-
-    sparse = copy.deepcopy(student)
-    masked = apply_magnitude_masks(sparse, params.unstructured_sparsity) if params.unstructured_sparsity > 0 else []
-    sparse_history = fit(sparse, data, config, "pruned_sparse fine-tune", kd=kd) if params.finetune_epochs and masked else []
-    remove_masks(masked)
-    sparse_after = save(sparse, "pruned_sparse")
-
-    factored = copy.deepcopy(student)
-    layers = low_rank(factored, params.lowrank_energy)
-    lowrank_after, lowrank_history = finish(factored, "pruned_lowrank") if any(r["replaced"] for r in layers) else (save(factored, "pruned_lowrank"), [])
+    structured = prune(student, params.structured, inputs)
+    after, history = finish(structured, "pruned")
+    sparse = prune(copy.deepcopy(student), params.unstructured, inputs)
+    sparse_after, sparse_history = finish(sparse, "pruned_sparse")
+    factored = prune(copy.deepcopy(student), params.lowrank, inputs)
+    lowrank_after, lowrank_history = finish(factored, "pruned_lowrank")
 
     curves = [{"model": name, **row} for name, rows in (("pruned", history), ("pruned_sparse", sparse_history), ("pruned_lowrank", lowrank_history)) for row in rows]
     if not curves:
         curves = [{"model": "pruned", "epoch": 0, "train_loss": float("nan"), **{k: after[k] for k in after if k.startswith("val_")}}]
-    files.write_rows(out_dir / "history.csv", curves)
+    files.write_rows(out.history, curves)
     metrics = {
-        "ratio": params.ratio,
+        "ratio": params.structured.ratio,
         "before": before,
         "after": after,
         "macs_reduction": 1 - after["macs"] / before["macs"],
         "unstructured": {
-            "target_sparsity": params.unstructured_sparsity,
+            "target_sparsity": params.unstructured.sparsity,
             "before": after,
             "after": sparse_after,
             "gzip_reduction": 1 - sparse_after["gzip_bytes"] / after["gzip_bytes"],
             "latency_note": "no latency claim: ONNX Runtime's dense kernels multiply the zeros too",
         },
         "lowrank": {
-            "energy": params.lowrank_energy,
+            "energy": params.lowrank.energy,
             "before": after,
             "after": lowrank_after,
-            "layers": layers,
+            "layers": factored.report["layers"],
             "params_reduction": 1 - lowrank_after["params"] / after["params"],
         },
     }
-    files.write_json(out_dir / "metrics.json", metrics)
+    files.write_json(out.metrics, metrics)
     return metrics
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for name in ("ingest", "embed", "distill"):
-        parser.add_argument(f"--{name}", type=Path, default=Path(f"data/{name}"))
-    parser.add_argument("--out", type=Path, default=Path("data/prune"))
+    for name in ("ingest", "embed", "distill", "out"):
+        parser.add_argument(f"--{name}", type=Path, required=True)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args(argv)
     params = load_params(args.params)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from skyedge.core.config import Params, load_params
+from skyedge.core.config import Data, Ingest, Params, load_params
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = REPO.parent / "shared" / "datasets"
@@ -16,6 +16,25 @@ SHARED_DATASETS = REPO.parent / "shared" / "datasets"
 @pytest.fixture(scope="session")
 def tiny() -> Params:
     return load_params(REPO / "params.yaml", profile="tiny")
+
+
+def ingest_params(sources: list[dict], **overrides) -> Ingest:
+    """The tiny profile's ingest section (params.yaml is the one home of every value), with these
+    sources and overrides."""
+    base = load_params(REPO / "params.yaml", profile="tiny").ingest
+    return Ingest.model_validate({**base.model_dump(), "sources": sources, **overrides})
+
+
+def data_params(**overrides) -> Data:
+    return Data.model_validate({**load_params(REPO / "params.yaml", profile="tiny").data.model_dump(), **overrides})
+
+
+def folder_source(path: Path) -> dict:
+    return {"type": "folder", "path": str(path)}
+
+
+def s3_source(url: str, **connection) -> dict:
+    return {"type": "s3", "url": url, **connection}
 
 
 @dataclass(frozen=True)

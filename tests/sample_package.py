@@ -1,5 +1,5 @@
 """A tiny, torch-free model package with the shipped model's inputs and outputs, for the device
-tests and the footprint bench (`make bench-device` when no `data/package` was built).
+and registry tests.
 
 The graph (onnx.helper) averages the sensor window and the image per channel, then maps them
 linearly to `sky_logits` [B, 5], `rain_prob` [B, 4] (sigmoid) and `temp_c` [B, 4]. `bias` shifts
@@ -14,12 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from skyedge.core import contract
+from skyedge.core import contract, inputs
 from skyedge.core.features import N_FEATURES, RAW_FEATURES
 from skyedge.release import manifest
 
-IMAGE_MEAN = [0.485, 0.456, 0.406]
-IMAGE_STD = [0.229, 0.224, 0.225]
 SENSOR_MEAN = [12.0, 1010.0, 60.0, 3.0, 0.0, 0.0, 0.1]
 SENSOR_STD = [8.0, 10.0, 20.0, 2.0, 0.7, 0.7, 0.3]
 
@@ -101,31 +99,29 @@ def build_package(
         contract.INPUT_SENSORS: rng.normal(size=(2, window, N_FEATURES)).astype(np.float32),
     }
     canary[contract.INPUT_IMAGE][1] = 0.0
-    np.savez(out_dir / "canary.npz", **canary)
+    np.savez(out_dir / manifest.CANARY_FILE, **canary)
     expected = inference.predict(inference.session(model_path), canary)
     signature = lambda names, shapes: [{"name": n, "dtype": "float32", "shape": s} for n, s in zip(names, shapes)]  # noqa: E731
-    document = {
-        "schema_version": manifest.MANIFEST_SCHEMA_VERSION,
-        "name": "skyedge-tiny",
-        "version": version,
-        "version_label": f"0.1.0+{version}",
-        "created_at": "2024-05-01T00:00:00+00:00",
-        "files": [manifest.file_entry(model_path, out_dir), manifest.file_entry(out_dir / "canary.npz", out_dir)],
-        "inputs": signature([contract.INPUT_IMAGE, contract.INPUT_IMAGE_PRESENT, contract.INPUT_SENSORS], [[None, 3, image_size, image_size], [None, 1], [None, window, N_FEATURES]]),
-        "outputs": signature([contract.OUTPUT_SKY_LOGITS, contract.OUTPUT_RAIN_PROB, contract.OUTPUT_TEMP_C], [[None, 5], [None, 4], [None, 4]]),
-        "preprocessing": {
-            "image": {"size": image_size, "mean": IMAGE_MEAN, "std": IMAGE_STD, "resize": "bilinear", "layout": "NCHW RGB /255"},
+    document = manifest.build_manifest(
+        out_dir,
+        name="skyedge-tiny",
+        version=version,
+        version_label=f"0.1.0+{version}",
+        created_at="2024-05-01T00:00:00+00:00",
+        inputs=signature(manifest.INPUT_NAMES, [[None, 3, image_size, image_size], [None, 1], [None, window, N_FEATURES]]),
+        outputs=signature([contract.OUTPUT_SKY_LOGITS, contract.OUTPUT_RAIN_PROB, contract.OUTPUT_TEMP_C], [[None, 5], [None, 4], [None, 4]]),
+        preprocessing={
+            "image": inputs.image_spec(image_size),
             "sensors": {"features": list(RAW_FEATURES), "mean": SENSOR_MEAN, "std": SENSOR_STD, "window_hours": window, "n_features": N_FEATURES},
-            "input_names": [contract.INPUT_IMAGE, contract.INPUT_IMAGE_PRESENT, contract.INPUT_SENSORS],
         },
-        "horizons": list(contract.HORIZONS),
-        "classes": list(contract.SKY_CLASSES),
-        "metrics": {},
-        "lineage": {"git_commit": None, "dvc_stages": {}, "params": {}},
-        "canary": {"file": "canary.npz", "atol": 1e-4, "expected": {k: (v + canary_offset).tolist() for k, v in expected.items()}},
-        "latency_budget_ms": latency_budget_ms,
-        "min_agent_version": min_agent_version,
-    }
+        climatology=None,
+        metrics={},
+        lineage={"git_commit": None, "dvc_stages": {}, "params": {}},
+        canary_expected={k: (v + canary_offset).tolist() for k, v in expected.items()},
+        canary_atol=1e-4,
+        latency_budget_ms=latency_budget_ms,
+        min_agent_version=min_agent_version,
+    )
     manifest.write_manifest(out_dir, document)
     manifest.sign_package(out_dir, private_key)
     return out_dir

@@ -78,9 +78,10 @@ def test_verify_without_a_trusted_key_says_what_to_pass(signed_package, tmp_path
 
 
 def test_a_bad_params_file_is_reported_with_the_key_path(tmp_path):
-    params = (REPO / "params.yaml").read_text().replace("weight_type: int8", "weight_type: int7")
+    params = (REPO / "params.yaml").read_text().replace("static: {method: static, activations: uint8, weights: int8,", "static: {method: static, activations: uint8, weights: int7,")
     (tmp_path / "params.yaml").write_text(params)
+    shutil.copytree(REPO / "profiles", tmp_path / "profiles")
     (tmp_path / "src").mkdir()
     result = skyedge("ingest", str(tmp_path / "src"), "--out", str(tmp_path / "out"), "--params", str(tmp_path / "params.yaml"))
     assert result.returncode == 2
-    assert "quantize.weight_type" in result.stderr and "'int8' or 'uint8'" in result.stderr
+    assert "quantize.candidates.static.static.weights" in result.stderr and "'int8' or 'uint8'" in result.stderr

@@ -1,4 +1,4 @@
-"""The device agent (issue 8) against moto's S3 server over HTTP on 127.0.0.1: updates, staged
+"""The device agent against moto's S3 server over HTTP on 127.0.0.1: updates, staged
 rollout, status, prediction, and every attack and fault of ARCHITECTURE §7.
 
 Each test publishes tiny torch-free packages (tests.sample_package) with TUF keys to a fresh

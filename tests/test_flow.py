@@ -62,7 +62,7 @@ def reproduced_tiny_workspace(tmp_path_factory, dest: Path) -> tuple[Path, Path]
 
     Copies this module's workspace when its flow has reproduced the stages in this session (the
     marker file says so); otherwise reproduces a template once (`dvc repro`, tiny profile)."""
-    from flows.retrain import set_profile
+    from flows.dvc import set_profile
     from flows.sweep import copy_workspace
 
     marker = tmp_path_factory.getbasetemp() / REPRODUCED
@@ -116,11 +116,7 @@ def run_in_background(**kwargs) -> tuple[threading.Thread, dict]:
 
 def wait_for_paused_run(thread: threading.Thread, outcome: dict, timeout_s: float = 600):
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (
-        FlowRunFilter,
-        FlowRunFilterState,
-        FlowRunFilterStateType,
-    )
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
     from prefect.client.schemas.objects import StateType
 
     deadline = time.monotonic() + timeout_s
@@ -308,7 +304,7 @@ def test_a_sweep_of_two_configs_on_a_two_worker_local_cluster(workspace, tmp_pat
         assert copied.parent == tmp_path / "sweep" / "runs" and copied != workspace["root"]
     # each copy ran its own params: the pruned models differ; the base workspace kept its own
     assert sha256(Path(rows[0]["workspace"]) / "data/prune/pruned.onnx") != sha256(Path(rows[1]["workspace"]) / "data/prune/pruned.onnx")
-    assert yaml.safe_load((workspace["root"] / "params.yaml").read_text())["prune"]["ratio"] == 0.5
+    assert yaml.safe_load((workspace["root"] / "params.yaml").read_text())["prune"]["structured"]["ratio"] == 0.5
     # the copies keep no cache of their own: they use the base's, run cache included
     assert not (Path(rows[0]["workspace"]) / ".dvc" / "cache").exists()
     assert str(workspace["root"] / ".dvc" / "cache") in (Path(rows[0]["workspace"]) / ".dvc" / "config.local").read_text()

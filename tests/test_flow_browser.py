@@ -91,11 +91,7 @@ def prefect_server(tmp_path_factory):
 
 def wait_for_paused_run(api_url: str, retrain: subprocess.Popen, log: Path, timeout_s: float = 900):
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (
-        FlowRunFilter,
-        FlowRunFilterState,
-        FlowRunFilterStateType,
-    )
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
     from prefect.client.schemas.objects import StateType
     from prefect.settings import PREFECT_API_URL, temporary_settings
 

@@ -8,11 +8,11 @@ import pytest
 from PIL import Image
 
 from skyedge.core import features
-from skyedge.core.config import Data, FolderSource, Ingest
 from skyedge.core.contract import STATION_COLUMNS
 from skyedge.data.samples import content_hash
 from skyedge.data.splits import station_split
 from stages import ingest
+from tests.conftest import data_params, folder_source, ingest_params
 
 NOW = pd.Timestamp("2025-01-01T00:00:00Z")
 GOOD = {"temperature_c": "10.0", "pressure_hpa": "1010.0", "humidity_pct": "50", "wind_speed_ms": "3", "wind_dir_deg": "90", "precip_mm": "0.0", "image": ""}
@@ -32,8 +32,8 @@ def write_csv(path: Path, rows: list[dict], columns=STATION_COLUMNS) -> Path:
 def run_ingest(folder: Path, out: Path, **overrides):
     # The GE suites themselves run in test_ingest_sources.py; the quarantine uses their masks either way.
     overrides.setdefault("great_expectations", False)
-    params = Ingest(sources=[FolderSource(path=str(folder))], max_quarantine_fraction=1.0, **overrides)
-    return ingest.run(params, Data(image_size=32, window_hours=3), out, now=NOW)
+    params = ingest_params([folder_source(folder)], max_quarantine_fraction=1.0, **overrides)
+    return ingest.run(params, data_params(image_size=32, window_hours=3), out, now=NOW)
 
 
 def quarantine(out: Path) -> pd.DataFrame:
@@ -160,15 +160,15 @@ def test_too_many_quarantined_items_fail_with_the_threshold_named(tmp_path):
     for row in rows[:5]:
         row["temperature_c"] = "999"
     write_csv(tmp_path / "src" / "st.csv", rows)
-    params = Ingest(sources=[FolderSource(path=str(tmp_path / "src"))], max_quarantine_fraction=0.2)
+    params = ingest_params([folder_source(tmp_path / "src")], max_quarantine_fraction=0.2)
     with pytest.raises(ValueError, match=r"5 of 10 items quarantined.*max_quarantine_fraction=0\.2"):
-        ingest.run(params, Data(image_size=32, window_hours=3), tmp_path / "out", now=NOW)
+        ingest.run(params, data_params(image_size=32, window_hours=3), tmp_path / "out", now=NOW)
 
 
 def test_a_missing_source_folder_is_a_clear_error(tmp_path):
-    params = Ingest(sources=[FolderSource(path=str(tmp_path / "nowhere"))])
+    params = ingest_params([folder_source(tmp_path / "nowhere")])
     with pytest.raises(FileNotFoundError, match=r"nowhere.*folder not found; check ingest\.sources"):
-        ingest.run(params, Data(), tmp_path / "out", now=NOW)
+        ingest.run(params, data_params(), tmp_path / "out", now=NOW)
 
 
 # --- parse-level rules: one bad line is quarantined, the rest of the file is kept -----------------

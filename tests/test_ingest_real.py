@@ -10,15 +10,15 @@ import pandas as pd
 import pytest
 from conftest import shared_dataset
 
-from skyedge.core.config import Data, FolderSource, Ingest
 from skyedge.data.samples import content_hash
 from stages import ingest
+from tests.conftest import data_params, folder_source, ingest_params
 
-DATA = Data(image_size=32, window_hours=6)
+DATA = data_params(image_size=32, window_hours=6)
 
 
 def run(folders: list[Path], out: Path, **overrides) -> dict:
-    params = Ingest(sources=[FolderSource(path=str(f)) for f in folders], **overrides)
+    params = ingest_params([folder_source(f) for f in folders], **overrides)
     return ingest.run(params, DATA, out)
 
 

@@ -15,13 +15,13 @@ from hypothesis import strategies as st
 from PIL import Image
 from test_ingest import NOW, quarantine, station_rows, write_csv
 
-from skyedge.core.config import Data, FolderSource, Ingest, S3Source
-from skyedge.core.contract import STATION_COLUMNS
 from skyedge.core import s3
+from skyedge.core.contract import STATION_COLUMNS
 from skyedge.data import sources
 from stages import ingest
+from tests.conftest import data_params, folder_source, ingest_params, s3_source
 
-DATA = Data(image_size=32, window_hours=3)
+DATA = data_params(image_size=32, window_hours=3)
 
 
 def upload_folder(client, bucket: str, prefix: str, folder: Path) -> None:
@@ -47,7 +47,7 @@ def mixed_folder(root: Path) -> Path:
 def test_an_s3_prefix_is_ingested_like_the_same_folder(aws_env, tmp_path):
     client = s3.make_client(endpoint_url=aws_env["AWS_ENDPOINT_URL"])
     upload_folder(client, "sky", "stations/v1", mixed_folder(tmp_path / "src"))
-    params = Ingest(sources=[S3Source(url="s3://sky/stations/v1")], great_expectations=False, max_quarantine_fraction=1.0)
+    params = ingest_params([s3_source("s3://sky/stations/v1")], great_expectations=False, max_quarantine_fraction=1.0)
     report = ingest.run(params, DATA, tmp_path / "out", now=NOW)
     entry = report["sources"]["s3://sky/stations/v1"]
     assert entry == {"received": 10, "accepted": 10, "quarantined": 0, "by_rule": {}}
@@ -55,7 +55,7 @@ def test_an_s3_prefix_is_ingested_like_the_same_folder(aws_env, tmp_path):
 
 
 def test_a_missing_bucket_is_a_clear_error_and_a_nonzero_exit(aws_env, tmp_path):
-    params = Ingest(sources=[S3Source(url="s3://no-such-bucket/x", endpoint_url=aws_env["AWS_ENDPOINT_URL"])], great_expectations=False)
+    params = ingest_params([s3_source("s3://no-such-bucket/x", endpoint_url=aws_env["AWS_ENDPOINT_URL"])], great_expectations=False)
     with pytest.raises(sources.S3SourceError, match=r"s3://no-such-bucket/x: bucket 'no-such-bucket' does not exist.*check the bucket name"):
         ingest.run(params, DATA, tmp_path / "out", now=NOW)
     result = subprocess.run(
@@ -89,7 +89,7 @@ def test_an_object_failing_mid_download_is_retried_then_quarantined(aws_env, tmp
     upload_folder(real, "flaky", "p", mixed_folder(tmp_path / "src"))
     flaky = FlakyClient(real, {"p/img/0.png": 1, "p/img/1.png": 99, "p/img/sky.png": 99})
     monkeypatch.setattr(sources, "client_for", lambda source: flaky)
-    params = Ingest(sources=[S3Source(url="s3://flaky/p", attempts=3, backoff_seconds=0.01)], great_expectations=False, max_quarantine_fraction=1.0)
+    params = ingest_params([s3_source("s3://flaky/p")], s3_attempts=3, s3_backoff_seconds=0.01, great_expectations=False, max_quarantine_fraction=1.0)
     report = ingest.run(params, DATA, tmp_path / "out", now=NOW)
     assert flaky.calls["p/img/0.png"] == 2  # failed once, retried, arrived
     assert flaky.calls["p/img/1.png"] == 3  # every attempt failed
@@ -116,7 +116,7 @@ def test_the_ge_suites_count_what_the_quarantine_masks_count_and_data_docs_are_l
     write_csv(tmp_path / "src" / "st.csv", rows)
     Image.new("RGB", (8, 8)).save(tmp_path / "src" / "tiny.png")
     pd.DataFrame([{"path": "tiny.png", "label": "clear_sky"}]).to_csv(tmp_path / "src" / "index.csv", index=False)
-    params = Ingest(sources=[FolderSource(path=str(tmp_path / "src"))], max_quarantine_fraction=1.0)
+    params = ingest_params([folder_source(tmp_path / "src")], max_quarantine_fraction=1.0)
     report = ingest.run(params, DATA, tmp_path / "out", now=NOW)
     checked = report["validation"]
     assert all(not suite["drift"] for suite in checked["suites"].values()), checked
@@ -151,7 +151,7 @@ def test_random_garbage_rows_never_crash_and_every_item_is_accounted_for(tmp_pat
     lines += [",".join(fields).encode("utf-8", errors="surrogatepass") for fields in garbage] + [raw_bytes.replace(b"\n", b" ")]
     (root / "src").mkdir()
     (root / "src" / "st.csv").write_bytes(b"\n".join(lines) + b"\n")
-    params = Ingest(sources=[FolderSource(path=str(root / "src"))], great_expectations=False, max_quarantine_fraction=1.0)
+    params = ingest_params([folder_source(root / "src")], great_expectations=False, max_quarantine_fraction=1.0)
     report = ingest.run(params, DATA, root / "out", now=NOW)
     total = report["total"]
     assert total["received"] == total["accepted"] + total["quarantined"]

@@ -21,25 +21,8 @@ from onnx import TensorProto, helper
 
 from cli.main import main as cli_main
 from skyedge.core import contract
-from skyedge.release.manifest import (
-    MANIFEST_FILE,
-    MANIFEST_SCHEMA_VERSION,
-    SIGNATURE_FILE,
-    file_entry,
-    sign_package,
-    write_manifest,
-)
-from skyedge.release.registry import (
-    DECISION_FILE,
-    RegistryError,
-    fetch_version,
-    model_key,
-    publish,
-    read_channel,
-    rollback,
-    show,
-    verify_version,
-)
+from skyedge.release.manifest import MANIFEST_FILE, MANIFEST_SCHEMA_VERSION, SIGNATURE_FILE, file_entry, sign_package, write_manifest
+from skyedge.release.registry import DECISION_FILE, RegistryError, fetch_version, model_key, publish, read_channel, rollback, show, verify_version
 from skyedge.release.signing import load_or_create_private_key, public_key_pem
 from skyedge.release.store import LocalStore, NotFound, S3Store, StoreError, open_store
 

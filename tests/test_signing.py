@@ -24,17 +24,7 @@ from skyedge.release.manifest import (
     verify_package,
     write_manifest,
 )
-from skyedge.release.signing import (
-    DEFAULT_KEY_PATH,
-    SigningError,
-    key_id,
-    key_path_from_env,
-    load_or_create_private_key,
-    load_public_key,
-    public_key_pem,
-    sign,
-    verify_signature,
-)
+from skyedge.release.signing import DEFAULT_KEY_PATH, SigningError, key_id, key_path_from_env, load_or_create_private_key, load_public_key, public_key_pem, sign, verify_signature
 
 
 def _tiny_model(path: Path) -> None:

@@ -11,13 +11,7 @@ import pytest
 import torch
 
 from skyedge.core import inference
-from skyedge.core.contract import (
-    HORIZONS,
-    OUTPUT_RAIN_PROB,
-    OUTPUT_SKY_LOGITS,
-    OUTPUT_TEMP_C,
-    SKY_CLASSES,
-)
+from skyedge.core.contract import HORIZONS, OUTPUT_RAIN_PROB, OUTPUT_SKY_LOGITS, OUTPUT_TEMP_C, SKY_CLASSES
 from skyedge.core.features import N_FEATURES
 from skyedge.data.dataset import load_ingested, model_inputs
 from skyedge.train import checkpoints
@@ -77,7 +71,7 @@ def test_the_pruned_module_reloads_in_a_fresh_process(pipeline, variant):
 def test_quantize_measures_every_candidate_and_ships_the_fastest_within_budget(pipeline):
     report = json.loads((pipeline.quantize / "report.json").read_text())
     names = {c["name"]: c for c in report["candidates"]}
-    assert list(names) == pipeline.params.quantize.candidates
+    assert list(names) == list(pipeline.params.quantize.candidates)
     failed = {name: c["error"] for name, c in names.items() if "error" in c}
     assert not failed, failed
     for c in names.values():
@@ -89,7 +83,9 @@ def test_quantize_measures_every_candidate_and_ships_the_fastest_within_budget(p
         and c["val_rain_brier"] <= fp32["val_rain_brier"] * (1 + budget.max_error_increase)
         and c["val_temp_rmse"] <= fp32["val_temp_rmse"] * (1 + budget.max_error_increase)
     ]
-    assert report["shipped"] == min(allowed, key=lambda c: c["latency_ms_p50"])["name"]
+    # anything but fp32 ships only when min_speedup faster: a few percent is timing noise
+    fast_enough = [c for c in allowed if c is fp32 or fp32["latency_ms_p50"] / c["latency_ms_p50"] >= budget.min_speedup]
+    assert report["shipped"] == min(fast_enough, key=lambda c: c["latency_ms_p50"])["name"]
     assert report["reason"].startswith(report["shipped"])
     if report["shipped"] == "fp32" and any(names[n]["latency_ms_p50"] >= names["fp32"]["latency_ms_p50"] for n in ("static", "qat")):
         assert "slower than fp32" in report["reason"]  # says why int8 did not ship

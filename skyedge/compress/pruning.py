@@ -1,4 +1,6 @@
-"""Three ways to make the student smaller, each a function on a NowcastNet (the stage fine-tunes):
+"""Three ways to make the student smaller: `prune(model, method, example_inputs)` applies the
+method a typed config names (skyedge.core.config: StructuredPruning, UnstructuredPruning, LowRank)
+and returns its before/after report; the prune stage fine-tunes after it.
 
 - structured channel pruning with Torch-Pruning (DepGraph): fewer channels, really fewer MACs and
   lower latency. Only the image backbone is pruned, and never its last conv: the embedding width
@@ -12,10 +14,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 import torch_pruning as tp
 from torch import nn
 
+from skyedge.core.config import LowRank, StructuredPruning, UnstructuredPruning
 from skyedge.train.models import NowcastNet
 
 
@@ -160,3 +165,36 @@ def low_rank(model: nn.Module, energy: float, skip: tuple[nn.Module, ...] = ()) 
             record["replaced"] = record["rank"] is not None
             records.append(record)
     return records
+
+
+@dataclass
+class Pruned:
+    """What `prune` did to a model (in place): its before/after report and, for unstructured
+    pruning, the layers that still carry masks until `finish()` (fine-tuning keeps the zeros)."""
+
+    model: nn.Module
+    report: dict
+    masked: list[nn.Module] = field(default_factory=list)
+
+    def finish(self) -> nn.Module:
+        """Make masks permanent (plain weights with zeros) and record the final sparsity."""
+        remove_masks(self.masked)
+        self.masked = []
+        self.report["weight_sparsity_after"] = weight_sparsity(self.model)
+        return self.model
+
+
+def prune(model: NowcastNet, method: StructuredPruning | UnstructuredPruning | LowRank, example_inputs: tuple[torch.Tensor, ...]) -> Pruned:
+    """Apply one pruning method (a typed config from params `prune`) to model, in place."""
+    macs, params = count_macs_params(model, example_inputs)
+    report: dict = {"method": method.method, "config": method.model_dump(), "macs_before": macs, "params_before": params, "weight_sparsity_before": weight_sparsity(model)}
+    masked: list[nn.Module] = []
+    if method.method == "structured":
+        structured_prune(model, example_inputs, method.ratio)
+    elif method.method == "unstructured":
+        masked = apply_magnitude_masks(model, method.sparsity) if method.sparsity > 0 else []
+    else:
+        report["layers"] = low_rank(model, method.energy)
+    report["macs_after"], report["params_after"] = count_macs_params(model, example_inputs)
+    report["weight_sparsity_after"] = weight_sparsity(model)
+    return Pruned(model, report, masked)

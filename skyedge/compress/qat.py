@@ -18,7 +18,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.ao.quantization import FakeQuantize, MovingAverageMinMaxObserver
 
+from skyedge.compress.quantization import Calibration
+from skyedge.core.config import QuantizationAware
+from skyedge.core.features import N_FEATURES
+from skyedge.train import checkpoints
 from skyedge.train.models import NowcastNet, export_onnx
+from skyedge.train.training import FitConfig, fit
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
@@ -150,3 +155,21 @@ def export_qdq(model: NowcastNet, path: Path, image_size: int, window_hours: int
         options.log_severity_level = 3
         ort.InferenceSession(str(raw), options, providers=["CPUExecutionProvider"])
     return path
+
+
+def train_and_export(module_path: Path, candidate: QuantizationAware, calibration: Calibration, out_path: Path) -> dict:
+    """Fake-quant fine-tuning of the float module, exported as QDQ to out_path (the fine-tuned
+    fake-quant module is saved beside it as .pt); returns the training record."""
+    torch.set_num_threads(calibration.threads)
+    model, layers = prepare_qat(checkpoints.load_module(module_path))
+    history = []
+    if candidate.epochs:
+        config = FitConfig(candidate.epochs, candidate.batch_size, candidate.lr, calibration.seed, photo_share=calibration.photo_share, augment=calibration.augment)
+        history = fit(model, calibration.data, config, "qat")
+    size, window = calibration.data.preprocessing["image"]["size"], calibration.data.windows.shape[1]
+    export_qdq(model, out_path, size, window, N_FEATURES)
+    checkpoints.save_module(model, out_path.with_suffix(".pt"))
+    record = {"quantized_layers": layers, "qdq_pairs": qdq_pairs(model), "epochs": candidate.epochs}
+    if history:
+        record["val_sky_accuracy_after_qat_training"] = history[-1]["val_sky_accuracy"]
+    return record

@@ -1,54 +1,56 @@
-"""ONNX candidates for the quantize stage: static int8 (ORT PTQ, calibrated on training samples),
-dynamic int8 and fp16 (quantization-aware training lives in skyedge.compress.qat: it needs torch).
+"""Quantization: `quantize(model, candidate, calibration, out_path)` builds one candidate.
+
+What a candidate is comes from its typed config (skyedge.core.config: Fp32, StaticInt8,
+DynamicInt8, Float16, QuantizationAware), named in params `quantize.candidates`; how it is built
+is here. ONNX Runtime does the post-training methods on the fp32 ONNX graph; quantization-aware
+training fine-tunes the torch module with fake quantization (skyedge.compress.qat) and exports
+QDQ. Which candidate ships is skyedge.compress.selection's decision, not this module's.
 
 Only Conv, MatMul and Gemm are quantized: they hold the compute, while the residual temperature
 path (latest reading + predicted change) stays in float so quantization cannot add a fixed error
 to every forecast.
-
-Candidate names (params `quantize.candidates`): `fp32`, `dynamic`, `fp16`, `qat`, `static` (the
-weight_type / activation_type / format / calibration_method keys of params), and the presets
-`static_<u8s8|s8s8>_<qdq|qoperator>[_<minmax|entropy|percentile>]` (activations, weights; ONNX
-format; calibration, default `quantize.calibration_method`).
 """
 
 from __future__ import annotations
 
+import shutil
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from onnxruntime.quantization import (
-    CalibrationDataReader,
-    CalibrationMethod,
-    QuantFormat,
-    QuantType,
-    quantize_dynamic,
-    quantize_static,
-)
+from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from skyedge.core.config import QUANTIZE_CANDIDATES, STATIC_PRESETS
+from skyedge.core.config import DynamicInt8, Float16, Fp32, QuantizationAware, QuantizeCandidate, StaticInt8
+from skyedge.data.dataset import Ingested
 
 QUANT_TYPES = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
 FORMATS = {"QDQ": QuantFormat.QDQ, "QOperator": QuantFormat.QOperator}
 METHODS = {"MinMax": CalibrationMethod.MinMax, "Entropy": CalibrationMethod.Entropy, "Percentile": CalibrationMethod.Percentile}
 OP_TYPES = ["Conv", "MatMul", "Gemm"]
-_PRESET_TYPES = {"u8s8": ("uint8", "int8"), "s8s8": ("int8", "int8")}
-_PRESET_FORMATS = {"qdq": "QDQ", "qoperator": "QOperator"}
-_PRESET_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
-INT8_CANDIDATES = frozenset(c for c in QUANTIZE_CANDIDATES if c.startswith("static") or c in ("dynamic", "qat"))
 
 
-def static_settings(name: str, weight_type: str, activation_type: str, quant_format: str, method: str) -> dict[str, str]:
-    """activation_type, weight_type, quant_format and method of a static candidate name."""
-    if name == "static":
-        return {"activation_type": activation_type, "weight_type": weight_type, "quant_format": quant_format, "method": method}
-    parts = name.split("_")
-    if len(parts) not in (3, 4) or parts[0] != "static" or parts[1] not in _PRESET_TYPES or parts[2] not in _PRESET_FORMATS:
-        raise ValueError(f"not a static candidate: {name!r}; allowed: static, {', '.join(STATIC_PRESETS)}")
-    activations, weights = _PRESET_TYPES[parts[1]]
-    chosen = _PRESET_METHODS[parts[3]] if len(parts) == 4 else method
-    return {"activation_type": activations, "weight_type": weights, "quant_format": _PRESET_FORMATS[parts[2]], "method": chosen}
+@dataclass(frozen=True)
+class FloatModel:
+    """The model to quantize, as ONNX (what ORT quantizes) and as a torch module (what QAT trains)."""
+
+    onnx: Path
+    module: Path
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What the quantizers may look at: calibration feeds (one sample each, training split,
+    stratified by sky class) and, for QAT, the training data and how to sample it."""
+
+    feeds: list[dict[str, np.ndarray]]
+    data: Ingested
+    seed: int
+    photo_share: float
+    augment: bool
+    threads: int
 
 
 class _Reader(CalibrationDataReader):
@@ -71,18 +73,35 @@ def stratified_rows(labels: np.ndarray, rows: np.ndarray, count: int, seed: int)
     return np.array(sorted(picked[:count]), dtype=np.int64)
 
 
-def static_int8(
-    fp32_path: Path,
-    out_path: Path,
-    calibration: list[dict[str, np.ndarray]],
-    weight_type: str,
-    activation_type: str,
-    quant_format: str,
-    method: str,
-    per_channel: bool,
-    reduce_range: bool = False,
-) -> Path:
-    """Quantize fp32_path into out_path with calibration batches (dicts of model inputs)."""
+def quantize(model: FloatModel, candidate: QuantizeCandidate, calibration: Calibration, out_path: Path, per_channel: bool, reduce_range: bool) -> dict:
+    """Write `candidate` of model to out_path; returns its report (bytes before/after, build time, settings)."""
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    details: dict = candidate.model_dump()
+    if isinstance(candidate, Fp32):
+        shutil.copyfile(model.onnx, out_path)
+    elif isinstance(candidate, StaticInt8):
+        static_int8(model.onnx, out_path, calibration.feeds, candidate, per_channel, reduce_range)
+        details.update(per_channel=per_channel, reduce_range=reduce_range, calibration_samples=len(calibration.feeds))
+    elif isinstance(candidate, DynamicInt8):
+        dynamic_int8(model.onnx, out_path, per_channel, reduce_range)
+        details.update(per_channel=per_channel, reduce_range=reduce_range)
+    elif isinstance(candidate, Float16):
+        float16(model.onnx, out_path)
+        details.update(keep_io_types=True)
+    elif isinstance(candidate, QuantizationAware):
+        from skyedge.compress import qat
+
+        details.update(qat.train_and_export(model.module, candidate, calibration, out_path))
+    report: dict = {"method": candidate.method, "details": details}
+    report["size_bytes_before"] = model.onnx.stat().st_size
+    report["size_bytes"] = out_path.stat().st_size
+    report["build_s"] = time.perf_counter() - started
+    return report
+
+
+def static_int8(fp32_path: Path, out_path: Path, calibration: list[dict[str, np.ndarray]], candidate: StaticInt8, per_channel: bool, reduce_range: bool) -> Path:
+    """ORT static quantization of fp32_path, activation ranges from the calibration feeds."""
     with tempfile.TemporaryDirectory() as scratch:
         prepared = Path(scratch) / "prepared.onnx"
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
@@ -90,19 +109,19 @@ def static_int8(
             str(prepared),
             str(out_path),
             _Reader(calibration),
-            quant_format=FORMATS[quant_format],
+            quant_format=FORMATS[candidate.format],
             op_types_to_quantize=OP_TYPES,
             per_channel=per_channel,
             reduce_range=reduce_range,
-            weight_type=QUANT_TYPES[weight_type],
-            activation_type=QUANT_TYPES[activation_type],
-            calibrate_method=METHODS[method],
-            extra_options={"CalibTensorRangeSymmetric": activation_type == "int8"},
+            weight_type=QUANT_TYPES[candidate.weights],
+            activation_type=QUANT_TYPES[candidate.activations],
+            calibrate_method=METHODS[candidate.calibration],
+            extra_options={"CalibTensorRangeSymmetric": candidate.activations == "int8"},
         )
     return out_path
 
 
-def dynamic_int8(fp32_path: Path, out_path: Path, per_channel: bool, reduce_range: bool = False) -> Path:
+def dynamic_int8(fp32_path: Path, out_path: Path, per_channel: bool, reduce_range: bool) -> Path:
     """Weights int8 ahead of time, activation ranges computed per batch at run time (no calibration)."""
     with tempfile.TemporaryDirectory() as scratch:
         prepared = Path(scratch) / "prepared.onnx"

@@ -17,7 +17,14 @@ skyedge.core.inference). The reference is fp32, the model every other is a compr
 
 from __future__ import annotations
 
-INT8_METHODS = frozenset({"static", "dynamic", "qat"})
+from pathlib import Path
+
+import numpy as np
+
+from skyedge.core import inference
+from skyedge.core.config import INT8_METHODS
+from skyedge.data.dataset import Ingested, model_inputs
+
 REFERENCE = "fp32"
 
 
@@ -72,3 +79,19 @@ def best_int8(candidates: list[dict], max_accuracy_drop: float, max_error_increa
         raise RuntimeError("no int8 candidate could be built: " + "; ".join(f"{c['name']}: {c['error']}" for c in candidates if "error" in c))
     allowed = [c for c in int8 if within_budget(c, reference, max_accuracy_drop, max_error_increase)]
     return min(allowed, key=lambda c: c["latency_ms_p50"]) if allowed else max(int8, key=_accuracy)
+
+
+def val_scores(path: Path, data: Ingested, rows: np.ndarray) -> dict[str, float | None]:
+    """What the policy reads of a candidate ONNX file: val sky accuracy (photos), mean rain Brier
+    and temperature RMSE (station samples); None where val has no such label."""
+    outputs = inference.predict(inference.session(path), model_inputs(data, rows))
+    labels = data.samples["sky_label"].to_numpy()[rows]
+    photos = labels >= 0
+    hits = outputs["sky_logits"][photos].argmax(1) == labels[photos]
+    scores: dict[str, float | None] = {"val_sky_accuracy": float(hits.mean()) if photos.any() else None}
+    rain, temp = data.rain[rows], data.temp[rows]
+    known = ~np.isnan(rain)
+    scores["val_rain_brier"] = float(((outputs["rain_prob"] - rain)[known] ** 2).mean()) if known.any() else None
+    known = ~np.isnan(temp)
+    scores["val_temp_rmse"] = float(np.sqrt(((outputs["temp_c"] - temp)[known] ** 2).mean())) if known.any() else None
+    return scores

@@ -30,7 +30,6 @@ RAW_FEATURES: tuple[str, ...] = (
 )
 N_RAW = len(RAW_FEATURES)
 N_FEATURES = 2 * N_RAW + 2
-HOUR_SECONDS = 3600
 
 
 def raw_features(columns: dict[str, np.ndarray]) -> np.ndarray:

@@ -18,12 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from skyedge.core.contract import (
-    INPUT_IMAGE_PRESENT,
-    OUTPUT_RAIN_PROB,
-    OUTPUT_SKY_LOGITS,
-    OUTPUT_TEMP_C,
-)
+from skyedge.core.contract import INPUT_IMAGE_PRESENT, OUTPUT_RAIN_PROB, OUTPUT_SKY_LOGITS, OUTPUT_TEMP_C
 
 LATENCY_KEYS = ("latency_ms_p50", "latency_ms_p95", "latency_ms_p99")
 

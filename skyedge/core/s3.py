@@ -62,12 +62,7 @@ class S3Failure:
 
 def classify(error: Exception, bucket: str, endpoint: str | None = None) -> S3Failure:
     """Map a botocore exception to a kind and advice. Unknown exceptions are kind `other`."""
-    from botocore.exceptions import (
-        BotoCoreError,
-        ClientError,
-        EndpointConnectionError,
-        NoCredentialsError,
-    )
+    from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
 
     where = f" at {endpoint}" if endpoint else ""
     if isinstance(error, ClientError):

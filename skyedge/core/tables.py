@@ -26,6 +26,7 @@ class Column:
     format: str | Callable[[object], str] = ".3f"
     scale: float = 1.0
     align: str = "right"
+    missing: str = MISSING
 
     @property
     def title(self) -> str:
@@ -33,7 +34,7 @@ class Column:
 
     def text(self, value: object) -> str:
         if value is None or (isinstance(value, float) and math.isnan(value)):
-            return MISSING
+            return self.missing
         if callable(self.format):
             return self.format(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):

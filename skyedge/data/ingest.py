@@ -31,7 +31,7 @@ def read_sources(params: Ingest, data: Data, out_dir: Path, now: pd.Timestamp, r
             synthetic.generate(folder, source.stations, source.days, source.seed, source.image_size, progress=True)
             outcomes.append(read.read_folder(folder, f"synthetic-{number}", data.image_size, now, runner))
         elif source.type == "s3":
-            outcomes.append(read_s3(source, number, data, out_dir, now, runner))
+            outcomes.append(read_s3(source, number, params, data, out_dir, now, runner))
         else:
             folder = Path(source.path)
             if not folder.is_dir():
@@ -40,10 +40,10 @@ def read_sources(params: Ingest, data: Data, out_dir: Path, now: pd.Timestamp, r
     return outcomes
 
 
-def read_s3(source: S3Source, number: int, data: Data, out_dir: Path, now: pd.Timestamp, runner: validation.SuiteRunner | None = None) -> read.Outcome:
+def read_s3(source: S3Source, number: int, params: Ingest, data: Data, out_dir: Path, now: pd.Timestamp, runner: validation.SuiteRunner | None = None) -> read.Outcome:
     """Download the prefix into out_dir/s3-cache/<n>/, read it as a folder; failed objects quarantined."""
     cache = out_dir / "s3-cache" / f"{number}"
-    download = sources.download(sources.client_for(source), source.url, cache, source.attempts, source.backoff_seconds)
+    download = sources.download(sources.client_for(source), source.url, cache, params.s3_attempts, params.s3_backoff_seconds)
     outcome = read.read_folder(cache, source.url, data.image_size, now, runner)
     failed = {str(sources.cached_path(cache, source.url, url).resolve()): (url, reason) for url, reason in download.failed}
     # A photo that never arrived was already counted (image_exists) by the row or index that names

@@ -19,14 +19,7 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from skyedge.core.contract import (
-    IMAGE,
-    REQUIRED_COLUMNS,
-    SENSOR_RANGES,
-    SKY_CLASSES,
-    STATION_ID,
-    TIMESTAMP,
-)
+from skyedge.core.contract import IMAGE, REQUIRED_COLUMNS, SENSOR_RANGES, SKY_CLASSES, STATION_ID, TIMESTAMP
 from skyedge.data import validation
 
 QUARANTINE_COLUMNS = ["source", "file", "row", "rule", "value"]

@@ -41,14 +41,7 @@ import numpy as np
 from skyedge.core import inference
 from skyedge.core.files import atomic_write, fsync_dir
 from skyedge.device import AGENT_VERSION
-from skyedge.device.fetch import (
-    DownloadFailed,
-    EndlessData,
-    Fetcher,
-    Missing,
-    Unreachable,
-    join,
-)
+from skyedge.device.fetch import DownloadFailed, EndlessData, Fetcher, Missing, Unreachable, join
 from skyedge.release import manifest as mf
 from skyedge.release.tuf import METADATA_PREFIX, object_key
 

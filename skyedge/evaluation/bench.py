@@ -1,4 +1,4 @@
-"""`make bench`: every model variant of the last pipeline run, side by side, and the issue's targets.
+"""`make bench`: every model variant of the last pipeline run, side by side, and the product's targets.
 
 One row per variant: teacher_fp32, student_alone_fp32 (no KD), student_fp32, the pruning variants,
 every quantization candidate and shipped. Size, MACs and batch-1 latency (ONNX Runtime, 1 intra-op
@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from skyedge.core import inference
+from skyedge.core import inference, paths
 from skyedge.core.contract import HORIZONS
+from skyedge.core.tables import Column, text_table
 from skyedge.data.dataset import load_ingested, model_inputs
 from skyedge.evaluation import scores
 
@@ -28,25 +29,24 @@ COLUMNS = ["variant", "size_bytes", "macs", "latency_ms_p50", "latency_ms_p95", 
 
 def variants(data: Path) -> dict[str, dict]:
     """name -> {onnx, module (for MACs), evaluate (the evaluate stage's row name, if any)}."""
+    embed, distill, prune, quantize = paths.Embed(data / "embed"), paths.Distill(data / "distill"), paths.Prune(data / "prune"), paths.Quantize(data / "quantize")
+    pruned_module = prune.module("pruned")  # MACs of the float graph the quantized candidates come from
     found = {
-        "teacher_fp32": {"onnx": data / "embed/teacher.onnx", "module": data / "embed/teacher.pt", "evaluate": "teacher"},
-        "student_alone_fp32": {"onnx": data / "distill/student_alone.onnx", "module": data / "distill/student_alone.pt", "evaluate": "student_alone"},
-        "student_fp32": {"onnx": data / "distill/student.onnx", "module": data / "distill/student.pt", "evaluate": "student"},
-        "pruned_fp32": {"onnx": data / "prune/pruned.onnx", "module": data / "prune/pruned.pt", "evaluate": "pruned"},
-        "pruned_sparse_fp32": {"onnx": data / "prune/pruned_sparse.onnx", "module": data / "prune/pruned_sparse.pt"},
-        "pruned_lowrank_fp32": {"onnx": data / "prune/pruned_lowrank.onnx", "module": data / "prune/pruned_lowrank.pt"},
+        "teacher_fp32": {"onnx": embed.teacher_onnx, "module": embed.teacher_module, "evaluate": "teacher"},
+        "student_alone_fp32": {"onnx": distill.onnx("student_alone"), "module": distill.module("student_alone"), "evaluate": "student_alone"},
+        "student_fp32": {"onnx": distill.onnx("student"), "module": distill.module("student"), "evaluate": "student"},
+        **{f"{name}_fp32": {"onnx": prune.onnx(name), "module": prune.module(name)} for name in paths.Prune.VARIANTS},
     }
-    report_path = data / "quantize/report.json"
-    report = json.loads(report_path.read_text()) if report_path.exists() else {"candidates": []}
+    found["pruned_fp32"]["evaluate"] = "pruned"
+    report = json.loads(quantize.report.read_text()) if quantize.report.exists() else {"candidates": []}
     for candidate in report["candidates"]:
-        if candidate["name"] == "fp32" or "error" in candidate:
+        if candidate["method"] == "fp32" or "error" in candidate:
             continue
-        path = data / "quantize/candidates" / f"{candidate['name']}.onnx"
-        entry = {"onnx": path, "module": data / "prune/pruned.pt"}  # MACs of the float graph it quantizes
+        entry = {"onnx": quantize.candidate(candidate["name"]), "module": pruned_module}
         if candidate["name"] == report.get("int8"):
             entry["evaluate"] = "quantized"
         found[f"pruned_{candidate['name']}"] = entry
-    found["shipped"] = {"onnx": data / "quantize/shipped.onnx", "module": data / "prune/pruned.pt", "evaluate": "shipped"}
+    found["shipped"] = {"onnx": quantize.shipped, "module": pruned_module, "evaluate": "shipped"}
     return {name: entry for name, entry in found.items() if entry["onnx"].exists()}
 
 
@@ -61,11 +61,11 @@ def macs_of(module_path: Path, image_size: int, window: int) -> int | None:
 
 
 def measure(data_dir: Path, runs: int, warmup: int) -> list[dict]:
-    data = load_ingested(data_dir / "ingest")
+    data = load_ingested(paths.Ingest(data_dir / "ingest").dir)
     test = data.split("test")
     samples = data.samples.iloc[test].reset_index(drop=True)
     one = model_inputs(data, test[:1])
-    evaluate_path = data_dir / "evaluate/metrics.json"
+    evaluate_path = paths.Evaluate(data_dir / "evaluate").metrics
     evaluated = json.loads(evaluate_path.read_text())["variants"] if evaluate_path.exists() else {}
     size, window = data.preprocessing["image"]["size"], data.windows.shape[1]
     inputs = None
@@ -95,7 +95,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def targets(rows: list[dict]) -> list[dict]:
-    """The issue's targets, each with its number and met / not met (None: not measurable)."""
+    """The product's targets (README), each with its number and met / not met (None: not measurable)."""
     by = {row["variant"]: row for row in rows}
     teacher, shipped, student, alone = (by.get(n, {}) for n in ("teacher_fp32", "shipped", "student_fp32", "student_alone_fp32"))
     out = []
@@ -125,15 +125,21 @@ def targets(rows: list[dict]) -> list[dict]:
     return out
 
 
+TABLE_COLUMNS = [
+    Column("variant", align="left"),
+    Column("size_bytes", "size_kB", ".1f", scale=1e-3),
+    Column("macs", "MMACs", ".2f", scale=1e-6),
+    Column("latency_ms_p50", "p50_ms"),
+    Column("latency_ms_p95", "p95_ms"),
+    Column("sky_accuracy", "sky_acc"),
+    Column("sky_macro_f1", "sky_F1"),
+    *(Column(f"rain_bss_persistence_h{h}", f"rBSS{h}") for h in HORIZONS),
+    *(Column(f"temp_skill_persistence_h{h}", f"tSk{h}") for h in HORIZONS),
+]
+
+
 def table(rows: list[dict]) -> str:
-    header = ["variant", "size_kB", "MMACs", "p50_ms", "p95_ms", "sky_acc", "sky_F1"] + [f"rBSS{h}" for h in HORIZONS] + [f"tSk{h}" for h in HORIZONS]
-    lines = [header]
-    for row in rows:
-        cells = [row["variant"], f"{row['size_bytes'] / 1000:.1f}", "n/a" if row["macs"] is None else f"{row['macs'] / 1e6:.2f}", f"{row['latency_ms_p50']:.3f}", f"{row['latency_ms_p95']:.3f}"]
-        cells += ["n/a" if row.get(k) is None else f"{row[k]:.3f}" for k in SCORE_KEYS]
-        lines.append(cells)
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    return "\n".join("  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in lines)
+    return text_table(rows, TABLE_COLUMNS)
 
 
 def target_lines(status: list[dict]) -> str:
@@ -158,7 +164,7 @@ def run(data_dir: Path, out: Path, runs: int = 1000, warmup: int = 20) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Re-time and score every model variant of the last run; the issue's targets")
+    parser = argparse.ArgumentParser(description="Re-time and score every model variant of the last run; the product's targets")
     parser.add_argument("--data", type=Path, default=Path("data"), help="the data/ directory of the last pipeline run")
     parser.add_argument("--out", type=Path, default=Path("reports/bench.json"))
     parser.add_argument("--runs", type=int, default=1000)

@@ -1,13 +1,22 @@
 """Promotion gate: absolute thresholds, then champion/challenger against production.
 
-Pure functions over metrics.json documents (the schema of skyedge.evaluation.scores), so the gate is
-testable without Prefect and the flow only orders the steps. A criterion is refused with its
-name, the measured value and the limit; nothing is silently skipped: a missing metric fails.
+`judge` re-scores the production package on the candidate's own test split (with production's
+recorded preprocessing) and applies every criterion; the criteria themselves are pure functions
+over metrics.json documents (skyedge.evaluation.scores), testable without Prefect. The flow only
+fetches production and orders the steps. A criterion is refused with its name, the measured value
+and the limit; nothing is silently skipped: a missing metric fails.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from skyedge.core import inference, paths
+from skyedge.core.config import Gate
+from skyedge.data.dataset import inputs_for_model, load_ingested
+from skyedge.evaluation import scores
 
 
 @dataclass(frozen=True)
@@ -88,3 +97,37 @@ def diff_table(candidate: dict, production: dict | None) -> str:
 
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
+
+
+def score_package(package_dir: Path, ingest_dir: Path, split: str, threads: int, n_boot: int, seed: int) -> dict:
+    """A package's scores on one split of ingested data, with the package's own preprocessing and
+    climatology (windows re-normalised, photos resized to its input size)."""
+    package = paths.Package(package_dir)
+    document = json.loads(package.manifest.read_text())
+    data = load_ingested(ingest_dir)
+    rows = data.split(split)
+    outputs = inference.predict(inference.session(package.model, threads), inputs_for_model(data, rows, document["preprocessing"]))
+    return scores.score(outputs, data.samples.iloc[rows].reset_index(drop=True), document["climatology"], n_boot, seed)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    criteria: list[Criterion]
+    candidate: dict  # the candidate's metrics.json (evaluate stage)
+    production: dict | None  # production re-scored on the candidate's test split; None: first model
+
+    @property
+    def failed(self) -> list[Criterion]:
+        return [c for c in self.criteria if not c.passed]
+
+
+def judge(workspace: paths.Workspace, gate: Gate, production_dir: Path | None, threads: int, n_boot: int, seed: int) -> Verdict:
+    """Every criterion for the candidate in the workspace, against production when there is one."""
+    candidate = json.loads(workspace.evaluate.metrics.read_text())
+    shipped = candidate["variants"]["shipped"]
+    criteria = thresholds(candidate, workspace.package.model.stat().st_size, shipped["latency_ms_p95"], gate)
+    production = None
+    if production_dir is not None:
+        production = score_package(production_dir, workspace.ingest.dir, "test", threads, n_boot, seed)
+        criteria += champion_challenger(candidate, production)
+    return Verdict(criteria, candidate, production)

@@ -24,14 +24,7 @@ import onnxruntime as ort
 import pandas as pd
 
 from skyedge.core import features, inference, inputs
-from skyedge.core.contract import (
-    HORIZONS,
-    INPUT_IMAGE,
-    INPUT_IMAGE_PRESENT,
-    INPUT_SENSORS,
-    SENSOR_COLUMNS,
-    SKY_CLASSES,
-)
+from skyedge.core.contract import HORIZONS, INPUT_IMAGE, INPUT_IMAGE_PRESENT, INPUT_SENSORS, SENSOR_COLUMNS, SKY_CLASSES
 from skyedge.core.tables import Column, text_table
 from skyedge.data import read, samples
 from skyedge.evaluation import scores

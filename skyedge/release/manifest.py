@@ -13,18 +13,19 @@ import json
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-    Ed25519PrivateKey,
-    Ed25519PublicKey,
-)
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from skyedge.core import paths
+from skyedge.core.contract import HORIZONS, INPUT_IMAGE, INPUT_IMAGE_PRESENT, INPUT_SENSORS, SKY_CLASSES
 from skyedge.core.files import atomic_write
 from skyedge.release.signing import SigningError, sign, verify_signature
 
 MANIFEST_SCHEMA_VERSION = 1
-MODEL_FILE = "model.onnx"
-MANIFEST_FILE = "manifest.json"
-SIGNATURE_FILE = "manifest.sig.json"
+MODEL_FILE = paths.Package.model
+MANIFEST_FILE = paths.Package.manifest
+SIGNATURE_FILE = paths.Package.signature
+CANARY_FILE = paths.Package.canary
+INPUT_NAMES = [INPUT_IMAGE, INPUT_IMAGE_PRESENT, INPUT_SENSORS]
 REQUIRED_KEYS: tuple[str, ...] = (
     "name",
     "version",
@@ -64,6 +65,55 @@ def file_entry(path: Path, root: Path) -> dict[str, Any]:
     path, root = Path(path), Path(root)
     rel = path.resolve().relative_to(root.resolve()).as_posix()
     return {"path": rel, "sha256": sha256_file(path), "size_bytes": path.stat().st_size}
+
+
+def build_manifest(
+    package_dir: Path,
+    *,
+    name: str,
+    version: int,
+    version_label: str,
+    created_at: str,
+    inputs: list[dict],
+    outputs: list[dict],
+    preprocessing: dict,
+    climatology: dict | None,
+    metrics: dict,
+    lineage: dict,
+    canary_expected: dict[str, list],
+    canary_atol: float,
+    latency_budget_ms: float,
+    min_agent_version: str,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The manifest document of the package in package_dir (model.onnx and canary.npz written).
+
+    The one place the document's shape is written: the package stage and the device tests' sample
+    packages both build it here. `extra` adds sections (e.g. the quantization choice).
+    """
+    package_dir = Path(package_dir)
+    document = {
+        "schema_version": MANIFEST_SCHEMA_VERSION,
+        "name": name,
+        "version": version,
+        "version_label": version_label,
+        "created_at": created_at,
+        "files": [file_entry(package_dir / MODEL_FILE, package_dir), file_entry(package_dir / CANARY_FILE, package_dir)],
+        "inputs": inputs,
+        "outputs": outputs,
+        "preprocessing": {**preprocessing, "input_names": INPUT_NAMES},
+        "horizons": list(HORIZONS),
+        "classes": list(SKY_CLASSES),
+        "metrics": metrics,
+        "lineage": lineage,
+        "canary": {"file": CANARY_FILE, "atol": canary_atol, "expected": canary_expected},
+        "latency_budget_ms": latency_budget_ms,
+        "min_agent_version": min_agent_version,
+        **extra,
+    }
+    if climatology is not None:
+        document["climatology"] = climatology
+    return document
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

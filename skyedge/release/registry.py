@@ -6,7 +6,7 @@ Layout (the same in a local directory and under `s3://bucket/prefix/`):
                                  when a promotion decision was given, decision.json. Immutable.
     channels/<name>.json         pointer: {version, manifest_sha256, published_at, previous, …}
     channels/previous.json       the production pointer as it was before production last moved
-    devices/<id>/status.json     written by devices (issue 8)
+    devices/<id>/status.json     written by the device agents (skyedge.device.agent)
 
 Publishing is ordered so that a crash between any two steps leaves every channel pointing at a
 complete, verified version, and running it again finishes the job: (1) upload each object that is
@@ -58,11 +58,6 @@ def model_key(version: int, name: str) -> str:
 
 def channel_key(channel: str) -> str:
     return f"{CHANNELS}/{check_channel(channel)}.json"
-
-
-def device_status_key(device_id: str) -> str:
-    """Where device `device_id` reports its status (issue 8 writes it)."""
-    return f"{DEVICES}/{device_id}/status.json"
 
 
 def check_channel(channel: Any) -> str:
@@ -171,7 +166,7 @@ def verify_version(store: Store, version: int, expected_manifest_sha256: str | N
     """Read back every object of a published version and check it against its manifest.
 
     Returns the manifest. Raises RegistryError naming the first object that is missing, of the
-    wrong size or with the wrong sha256. Signature checks are the device's (issue 8) and
+    wrong size or with the wrong sha256. Signature checks are the device's and
     `fetch_version(public_key=…)`'s business.
     """
     _, document = _read_manifest(store, version, expected_manifest_sha256)

@@ -31,15 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from securesystemslib.signer import CryptoSigner, SSlibKey
-from tuf.api.metadata import (
-    Metadata,
-    MetaFile,
-    Root,
-    Snapshot,
-    TargetFile,
-    Targets,
-    Timestamp,
-)
+from tuf.api.metadata import Metadata, MetaFile, Root, Snapshot, TargetFile, Targets, Timestamp
 from tuf.api.serialization.json import JSONSerializer
 
 from skyedge.release import signing

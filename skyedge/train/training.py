@@ -24,7 +24,7 @@ scores chance in eval mode while its training loss is low.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -46,6 +46,20 @@ class FitConfig:
     image_dropout: float = 0.2
     photo_share: float = 0.0
     augment: bool = False
+    device: str = "cpu"  # where the model trains (resolve_device); results match the CPU within float error
+
+
+def resolve_device(choice: str) -> str:
+    """params common.device -> a torch device: auto is CUDA when this torch sees a GPU, else the CPU."""
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("common.device is cuda, but this torch sees no CUDA device: set common.device to auto or cpu")
+    return choice
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device | str) -> dict[str, torch.Tensor]:
+    return {key: value.to(device) for key, value in batch.items()}
 
 
 N_VIEWS = 8  # the dihedral group of a square image: 4 turns, each also mirrored
@@ -169,8 +183,9 @@ def recalibrate_batchnorm(
     model.train()
     if embed_cache is not None:
         model.backbone.eval()
+    device = next(model.parameters()).device
     for batch in itertools.islice(batches.epoch(batches.epoch_rows(config, rng), config, rng), max_batches):
-        forward(model, batch, embed_cache)
+        forward(model, to_device(batch, device), embed_cache)
     for norm, momentum in zip(norms, momenta):
         norm.momentum = momentum
     model.eval()
@@ -180,9 +195,10 @@ def recalibrate_batchnorm(
 def quick_scores(model: NowcastNet, batches: Batches, rows: np.ndarray, embed_cache: torch.Tensor | None = None) -> dict[str, float]:
     """Validation scores during training: sky accuracy, mean rain Brier, mean temperature RMSE."""
     model.eval()
+    device = next(model.parameters()).device
     sky_hits, sky_n, brier, brier_n, sq, sq_n = 0, 0, 0.0, 0, 0.0, 0
     for start in range(0, len(rows), 512):
-        batch = batches.batch(rows[start : start + 512])
+        batch = to_device(batches.batch(rows[start : start + 512]), device)
         out = forward(model, batch, embed_cache)
         has_sky = batch["sky"] >= 0
         sky_hits += int((out["sky_logits"].argmax(1)[has_sky] == batch["sky"][has_sky]).sum())
@@ -209,7 +225,7 @@ def forward(model: NowcastNet, batch: dict[str, torch.Tensor], embed_cache: torc
         # Same result as model.embed, but the backbone only runs on rows that have a photo:
         # most station hours have none, and zeros through a CNN are wasted compute.
         rows = torch.nonzero(present.squeeze(1) > 0).squeeze(1)
-        features = torch.zeros(len(present), model.backbone.channels)
+        features = torch.zeros(len(present), model.backbone.channels, device=present.device)
         if len(rows):
             features = features.index_copy(0, rows, model.backbone(batch["image"][rows]))
     embedding = present * features + (1 - present) * model.no_image
@@ -227,10 +243,17 @@ def fit(
     """Train on the train split, score on val after each epoch; returns the training curve."""
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
+    device = torch.device(config.device)
     train_batches = Batches(data, data.split("train"))
     val_rows = data.split("val")
     temp_std = float(model.temp_std)
     projector = nn.Linear(model.backbone.channels, kd.embeddings.shape[1]) if kd is not None else nn.Identity()
+    model.to(device)
+    projector.to(device)
+    if kd is not None:
+        kd = replace(kd, sky_logits=kd.sky_logits.to(device), embeddings=kd.embeddings.to(device))
+    if embed_cache is not None:
+        embed_cache = embed_cache.to(device)
     parameters = [p for p in [*model.parameters(), *projector.parameters()] if p.requires_grad]
     optimiser = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=1e-4)
     # An epoch's length does not depend on which photos are drawn, so any generator will do here.
@@ -246,6 +269,7 @@ def fit(
         order = train_batches.epoch_rows(config, rng)
         batches = train_batches.epoch(order, config, rng)
         for batch in tqdm(batches, desc=f"{desc} epoch {epoch}/{config.epochs}", total=-(-len(order) // config.batch_size), leave=False):
+            batch = to_device(batch, device)
             out = forward(model, batch, embed_cache)
             loss = supervised_loss(out, batch, temp_std, kd)
             if kd is not None:
@@ -260,7 +284,7 @@ def fit(
         scores = quick_scores(model, train_batches, val_rows, embed_cache)
         history.append({"epoch": epoch, "train_loss": total / max(count, 1), **scores})
         print(f"{desc} epoch {epoch}: loss {history[-1]['train_loss']:.4f} " + " ".join(f"{k} {v:.4f}" for k, v in scores.items()))
-    model.eval()
+    model.to("cpu").eval()  # checkpoints and ONNX export are CPU-side
     return history
 
 
@@ -268,11 +292,12 @@ def fit(
 def backbone_features(model: NowcastNet, data: Ingested, batch_size: int = 256, view: int = 0) -> torch.Tensor:
     """The image backbone's pooled features for every photo [M, E] (no_grad, eval mode), in one dihedral view."""
     model.eval()
+    device = next(model.parameters()).device
     spec = data.preprocessing["image"]
     chunks = []
     for start in tqdm(range(0, len(data.images), batch_size), desc=f"embedding photos (view {view})", leave=False):
         pixels = data.images[start : start + batch_size].astype(np.float32) / 255.0
-        chunks.append(model.backbone(dihedral(torch.from_numpy(inputs.normalise_image(pixels, spec)), view)))
+        chunks.append(model.backbone(dihedral(torch.from_numpy(inputs.normalise_image(pixels, spec)).to(device), view)).cpu())
     return torch.cat(chunks) if chunks else torch.zeros(0, model.backbone.channels)
 
 
