@@ -71,7 +71,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from skyedge.core import files, paths
     from stages.evaluate import variant_table
 
-    table = paths.Evaluate(args.evaluate).variants
+    table = (paths.Evaluate(args.evaluate) if args.evaluate else paths.Workspace().evaluate).variants
     if not table.exists():
         print(f"{table} not found: run `dvc repro` (or `make run`) first", file=sys.stderr)
         return 1
@@ -423,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     repro.set_defaults(func=cmd_repro)
 
     report = commands.add_parser("report", help="print the variant table of the last evaluate stage")
-    report.add_argument("--evaluate", type=Path, default=Path("data/evaluate"))
+    report.add_argument("--evaluate", type=Path, default=None, help="the evaluate stage directory (default: data/evaluate of this workspace)")
     report.set_defaults(func=cmd_report)
 
     evaluate = commands.add_parser("evaluate", help="score a packaged model on station records and/or labelled photos")

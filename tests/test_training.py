@@ -92,3 +92,37 @@ def test_a_frozen_backbone_keeps_its_statistics(pipeline):
     for norm in model.backbone.modules():
         if isinstance(norm, torch.nn.BatchNorm2d):
             assert (norm.running_mean == 5.0).all() and (norm.running_var == 9.0).all()
+
+
+def test_common_device_auto_is_cuda_only_when_this_torch_sees_a_gpu():
+    from skyedge.train.training import resolve_device
+
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu") == "cpu"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present: cuda is a valid choice here")
+def test_asking_for_cuda_without_a_gpu_says_what_to_set():
+    from skyedge.train.training import resolve_device
+
+    with pytest.raises(RuntimeError, match="common.device is cuda, but this torch sees no CUDA device: set common.device to auto or cpu"):
+        resolve_device("cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_training_on_cuda_matches_the_cpu_within_tolerance(pipeline):
+    """Same data, seed and epochs on both devices. Tolerance: kernels differ in float rounding,
+    so scores agree to 0.05 sky accuracy, 0.01 rain Brier and 0.1 degC temperature RMSE."""
+    from skyedge.data.dataset import load_ingested
+    from skyedge.train.training import FitConfig, fit
+
+    data = load_ingested(pipeline.ingest)
+    scores = {}
+    for device in ("cpu", "cuda"):
+        torch.manual_seed(0)
+        model = tiny_student(pipeline, momentum=0.1)
+        scores[device] = fit(model, data, FitConfig(1, 64, 3e-3, 0, device=device), f"student on {device}")[-1]
+        assert next(model.parameters()).device.type == "cpu"  # handed back for export
+    assert abs(scores["cpu"]["val_sky_accuracy"] - scores["cuda"]["val_sky_accuracy"]) <= 0.05
+    assert abs(scores["cpu"]["val_rain_brier"] - scores["cuda"]["val_rain_brier"]) <= 0.01
+    assert abs(scores["cpu"]["val_temp_rmse"] - scores["cuda"]["val_temp_rmse"]) <= 0.1

@@ -1,10 +1,10 @@
 """ONNX Runtime inference, and the one way SkyEdge times a model and reads its memory (no torch).
 
 Every latency the tools report (quantize's choice, evaluate, `make bench`, `skyedge evaluate`'s
-runtime section, the device's health check) comes from `timed_runs` and is summarised by
-`latency_summary` under the same keys: latency_ms_p50, latency_ms_p95, latency_ms_p99. When
-models are compared, `interleaved_latency_ms` times them in turns, so machine drift cannot favour
-whichever ran at a quiet moment.
+runtime section, the device's health check and footprint bench) comes from `time_calls` and is
+summarised by `latency_summary` under the same keys: latency_ms_p50, latency_ms_p95,
+latency_ms_p99. When models are compared, `interleaved_latency_ms` times them in turns, so machine
+drift cannot favour whichever ran at a quiet moment.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import os
 import resource
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -50,16 +51,21 @@ def predict(model: ort.InferenceSession, inputs: dict[str, np.ndarray], batch_si
     return {name: np.concatenate([c[i] for c in chunks]) for i, name in enumerate(names)}
 
 
-def timed_runs(model: ort.InferenceSession, feed: dict[str, np.ndarray], runs: int, warmup: int = 0) -> list[float]:
+def time_calls(call: Callable[[], object], runs: int, warmup: int = 0) -> list[float]:
     """Wall time of each of `runs` calls in milliseconds, after `warmup` untimed calls."""
     for _ in range(warmup):
-        model.run(None, feed)
+        call()
     timings = []
     for _ in range(runs):
         start = time.perf_counter()
-        model.run(None, feed)
+        call()
         timings.append((time.perf_counter() - start) * 1000)
     return timings
+
+
+def timed_runs(model: ort.InferenceSession, feed: dict[str, np.ndarray], runs: int, warmup: int = 0) -> list[float]:
+    """Milliseconds of each of `runs` model runs on one feed, after `warmup` untimed runs."""
+    return time_calls(lambda: model.run(None, feed), runs, warmup)
 
 
 def latency_summary(timings_ms: list[float]) -> dict[str, float]:

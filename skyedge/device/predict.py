@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from skyedge.core import contract, features, inference, inputs
+from skyedge.core.tables import Column, text_table
 from skyedge.release import manifest as mf
 
 
@@ -127,13 +128,14 @@ def forecast(state_dir: Path, sensors_csv: Path, image: Path | None = None, stat
     }
 
 
+FORECAST_COLUMNS = [Column("h", format="d"), Column("time", align="left"), Column("rain_prob", format=".2f"), Column("temp_c", format=".1f")]
+
+
 def format_forecast(result: dict[str, Any]) -> str:
     lines = [
         f"station {result['station_id']} at {result['time']} — model {result['model']['name']} v{result['model']['version']}"
         f" ({'with' if result['image_used'] else 'no'} photo, {result['window_missing_hours']} missing window hours)",
         f"sky now: {result['sky']['class']} ({result['sky']['probabilities'][result['sky']['class']]:.0%})",
-        "h  time                       rain_prob  temp_c",
+        text_table(result["forecast"], FORECAST_COLUMNS),
     ]
-    for row in result["forecast"]:
-        lines.append(f"{row['h']}  {row['time']:<25}  {row['rain_prob']:>9.2f}  {row['temp_c']:>6.1f}")
     return "\n".join(lines)

@@ -143,12 +143,9 @@ def table(rows: list[dict]) -> str:
 
 
 def target_lines(status: list[dict]) -> str:
-    def show(t: dict) -> str:
-        mark = "n/a" if t["met"] is None else ("met" if t["met"] else "NOT met")
-        value = "n/a" if t["value"] is None else f"{t['value']:.3f}"
-        return f"  [{mark:>7}] {t['target']}: {value} ({t['detail']})"
-
-    return "\n".join(show(t) for t in status)
+    """One row per target: met / NOT met / n/a (not measurable), the number and what it is."""
+    rows = [{**t, "status": "n/a" if t["met"] is None else ("met" if t["met"] else "NOT met")} for t in status]
+    return text_table(rows, [Column("status", align="left"), Column("target", align="left"), "value", Column("detail", align="left")])
 
 
 def run(data_dir: Path, out: Path, runs: int = 1000, warmup: int = 20) -> dict:
@@ -165,7 +162,7 @@ def run(data_dir: Path, out: Path, runs: int = 1000, warmup: int = 20) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Re-time and score every model variant of the last run; the product's targets")
-    parser.add_argument("--data", type=Path, default=Path("data"), help="the data/ directory of the last pipeline run")
+    parser.add_argument("--data", type=Path, default=paths.Workspace().data, help="the data/ directory of the last pipeline run")
     parser.add_argument("--out", type=Path, default=Path("reports/bench.json"))
     parser.add_argument("--runs", type=int, default=1000)
     parser.add_argument("--warmup", type=int, default=20)

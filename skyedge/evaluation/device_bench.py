@@ -33,12 +33,7 @@ def _child_predict(state: str, sensors: str, runs: int) -> dict:
     from skyedge.device import predict
 
     model = inference.session(predict.active_slot(Path(state)) / "model.onnx")
-    predict.forecast(Path(state), Path(sensors), session=model)  # warm-up
-    timings = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        predict.forecast(Path(state), Path(sensors), session=model)
-        timings.append((time.perf_counter() - start) * 1000)
+    timings = inference.time_calls(lambda: predict.forecast(Path(state), Path(sensors), session=model), runs, warmup=1)
     return {**inference.latency_summary(timings), "runs": runs, "peak_rss_bytes": inference.peak_rss_bytes()}
 
 
@@ -92,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(result))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--package", type=Path, default=Path("data/package"))
+    parser.add_argument("--package", type=Path, default=paths.Workspace().package.dir)
     parser.add_argument("--out", type=Path, default=Path("reports/bench_device.json"))
     parser.add_argument("--runs", type=int, default=200)
     args = parser.parse_args(argv)
