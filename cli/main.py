@@ -15,12 +15,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     # What is not given comes from params.yaml's synthetic source: defaults have one home.
     source = next((s for s in load_params(args.params).ingest.sources if s.type == "synthetic"), None)
-    settings = {key: getattr(args, key) if getattr(args, key) is not None else getattr(source, key, None) for key in ("stations", "days", "seed", "image_size")}
+    settings = {key: getattr(args, key) if getattr(args, key) is not None else getattr(source, key, None) for key in ("stations", "days", "seed", "image_size", "unlabelled_share")}
     missing = [f"--{key.replace('_', '-')}" for key, value in settings.items() if value is None]
     if missing:
         print(f"generate: {args.params} has no synthetic source: pass {', '.join(missing)}", file=sys.stderr)
         return 2
-    summary = synthetic.generate(args.out, settings["stations"], settings["days"], settings["seed"], settings["image_size"], progress=True)
+    summary = synthetic.generate(args.out, settings["stations"], settings["days"], settings["seed"], settings["image_size"], settings["unlabelled_share"], progress=True)
     print(f"wrote {summary['records']} records and {summary['images']} images for {summary['stations']} stations to {args.out}")
     print(f"rain in {summary['rain_fraction']:.1%} of hours; sky classes: {summary['class_counts']}")
     return 0
@@ -260,7 +260,7 @@ def cmd_device_predict(args: argparse.Namespace) -> int:
 
     from skyedge.device import predict
 
-    result = predict.forecast(args.state, args.sensors, args.image, args.station)
+    result = predict.forecast(args.state, args.sensors, args.image, args.station, latitude=args.latitude, longitude=args.longitude)
     print(json.dumps(result, indent=2) if args.json else predict.format_forecast(result))
     return 0
 
@@ -408,6 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--days", type=int, help="default: params.yaml's synthetic source")
     generate.add_argument("--seed", type=int, help="default: params.yaml's synthetic source")
     generate.add_argument("--image-size", type=int, help="default: params.yaml's synthetic source")
+    generate.add_argument("--unlabelled-share", type=float, help="share of photos left without a label in index.csv (default: params.yaml's)")
     generate.add_argument("--params", type=Path, default=Path("params.yaml"))
     generate.set_defaults(func=cmd_generate)
 
@@ -502,6 +503,8 @@ def build_parser() -> argparse.ArgumentParser:
     device_predict.add_argument("--sensors", type=Path, required=True, help="station CSV (data contract); the latest record is t")
     device_predict.add_argument("--image", type=Path, help="sky photo at t (omit when the camera gave nothing)")
     device_predict.add_argument("--station", help="station_id when the CSV holds several (default: the last row's)")
+    device_predict.add_argument("--latitude", type=float, help="the station's latitude (default: its row in stations.csv beside the CSV)")
+    device_predict.add_argument("--longitude", type=float, help="the station's longitude (default: its row in stations.csv beside the CSV)")
     device_predict.add_argument("--json", action="store_true")
     device_predict.set_defaults(func=cmd_device_predict)
 

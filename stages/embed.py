@@ -1,10 +1,10 @@
-"""embed: fine-tune the pretrained teacher and write its per-photo embeddings and sky logits.
+"""embed: fine-tune the pretrained teacher: the model whose view of each photo the student learns.
 
-The teacher is fine-tuned end to end for `finetune_epochs`, then its image features are cached
-and the heads train on them for `epochs` (cheap: the backbone runs once per photo). Writes under
-data/embed/: teacher.pt (whole module), teacher.onnx, teacher_outputs.npz (sky_logits and
-embeddings per photo, averaged over `target_views` flips and turns of it, for distillation),
-history.csv and metrics.json.
+The teacher is fine-tuned end to end for `finetune_epochs` on augmented photos (params
+`augment`), then its image features are cached and the heads train on them for `epochs` (cheap:
+the backbone runs once per photo). The distill and prune stages run it online on the very views
+they train the student on. Writes under data/embed/ (skyedge.core.paths.Embed): teacher.pt (whole
+module), teacher.onnx, history.csv and metrics.json.
 """
 
 from __future__ import annotations
@@ -13,27 +13,23 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from skyedge.core import files, paths
-from skyedge.core.config import Common, Data, Embed, load_params
+from skyedge.core.config import Augment, Common, Data, Embed, load_params
 from skyedge.core.features import N_FEATURES
 from skyedge.data.dataset import load_ingested
 from skyedge.train import checkpoints, models
-from skyedge.train.training import FitConfig, backbone_features, fit, resolve_device, view_averaged_targets
+from skyedge.train.training import Augmentation, FitConfig, backbone_features, fit, resolve_device
 
 
-def run(params: Embed, data_params: Data, common: Common, ingest_dir: Path, out_dir: Path) -> dict:
+def run(params: Embed, data_params: Data, augment: Augment, common: Common, ingest_dir: Path, out_dir: Path) -> dict:
     torch.set_num_threads(common.threads)
     data = load_ingested(ingest_dir)
-    sensors = data.preprocessing["sensors"]
-    teacher = models.build_teacher(
-        params.teacher, params.weights, data_params.window_hours, N_FEATURES, sensors["mean"][0], sensors["std"][0]
-    )
+    teacher = models.build_teacher(params.teacher, params.weights, data_params.window_hours, data.preprocessing["sensors"]["std"][0])
     config = FitConfig(
-        params.finetune_epochs, params.batch_size, params.lr, common.seed, params.image_dropout, data_params.photo_share, data_params.augment,
-        device=resolve_device(common.device),
+        params.finetune_epochs, params.batch_size, params.lr, common.seed, params.image_dropout, data_params.photo_share,
+        Augmentation(**augment.model_dump()), resolve_device(common.device),
     )
     history = fit(teacher, data, config, "teacher fine-tune") if params.finetune_epochs else []
 
@@ -49,8 +45,6 @@ def run(params: Embed, data_params: Data, common: Common, ingest_dir: Path, out_
     out = paths.Embed(out_dir)
     checkpoints.save_module(teacher, out.teacher_module)
     models.export_onnx(teacher, out.teacher_onnx, data_params.image_size, data_params.window_hours, N_FEATURES)
-    sky_logits, embeddings = view_averaged_targets(teacher, data, params.target_views)
-    np.savez(out.teacher_outputs, sky_logits=sky_logits.numpy(), embeddings=embeddings.numpy())
     files.write_rows(out.history, history)
     metrics = {"teacher": params.teacher, "weights": params.weights, "embedding_dim": int(cache.shape[1]), **history[-1]}
     files.write_json(out.metrics, metrics)
@@ -64,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args(argv)
     params = load_params(args.params)
-    print(run(params.embed, params.data, params.common, args.ingest, args.out))
+    print(run(params.embed, params.data, params.augment, params.common, args.ingest, args.out))
 
 
 if __name__ == "__main__":

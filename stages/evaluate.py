@@ -5,8 +5,13 @@ the quantize stage chose). `quantized` is the best int8 candidate of the quantiz
 fastest within its accuracy budget, else the most accurate: data/quantize/report.json "int8");
 every other candidate keeps its val scores and latency in that report, and `make bench` scores
 them all on the test split side by side. Each gets size, batch-1 latency and the §3 scores.
-Writes under data/evaluate/: metrics.json (the shipped model's full scores + one summary row per
-variant; `dvc metrics`), variants.csv (`dvc plots`), report.md and PNG plots.
+
+Scores are the field estimate: test rows from capture days training never saw (later seasons of
+every station, held-out stations, held-out photo days). Beside it, per group
+(skyedge.evaluation.scores.groups_of): photos of seen days (a class with one capture day), the
+later season of training stations, and each held-out station. Writes under data/evaluate/:
+metrics.json (the shipped model's scores with its groups + one summary row per variant; `dvc
+metrics`), variants.csv (`dvc plots`), report.md and PNG plots.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from pathlib import Path
 
 from skyedge.core import files, inference, paths
 from skyedge.core.config import Common, Evaluate, load_params
+from skyedge.core.contract import HORIZONS
 from skyedge.core.tables import Column, text_table
 from skyedge.data.dataset import load_ingested, model_inputs
 from skyedge.evaluation import plots, scores
@@ -44,7 +50,7 @@ def run(params: Evaluate, common: Common, ingest_dir: Path, variants: dict[str, 
     rows, full = [], {}
     for name, path in variants.items():
         outputs = inference.predict(inference.session(path, common.threads), inputs)
-        full[name] = scores.score(outputs, samples, climatology, params.bootstrap, common.seed)
+        full[name] = scores.grouped_score(outputs, samples, climatology, params.bootstrap, common.seed)
         speed = inference.latency_ms(path, one, params.latency_runs, params.warmup_runs)
         rows.append({"variant": name, "size_bytes": path.stat().st_size, **speed, **scores.summary_row(name, full[name])})
         if name == "shipped":
@@ -75,6 +81,7 @@ def variant_columns(rows: list[dict]) -> list[Column]:
         Column("latency_ms_p50", "p50_ms"),
         Column("latency_ms_p95", "p95_ms"),
         Column("sky_accuracy", "sky_acc"),
+        *([Column("sky_accuracy_seen_days", "sky_acc_seen_days")] if any("sky_accuracy_seen_days" in row for row in rows) else []),
         *(Column(f"rain_bss_persistence_h{h}", f"rainBSS_h{h}") for h in horizons),
         *(Column(f"temp_skill_persistence_h{h}", f"tempSkill_h{h}") for h in horizons),
     ]
@@ -85,13 +92,36 @@ def variant_table(rows: list[dict]) -> str:
     return text_table(rows, variant_columns(rows))
 
 
+GROUP_COLUMNS = [
+    Column("group", align="left"),
+    Column("n_samples", "n", format="d"),
+    Column("sky_accuracy", "sky_acc"),
+    *(Column(f"rain_bss_persistence_h{h}", f"rainBSS_h{h}") for h in HORIZONS),
+    *(Column(f"temp_skill_persistence_h{h}", f"tempSkill_h{h}") for h in HORIZONS),
+]
+
+
+def group_rows(metrics: dict) -> list[dict]:
+    """One row per group of the test split (seen vs unseen side by side)."""
+    return [{"group": name, "n_samples": group["n_samples"], **scores.summary_row(name, group)} for name, group in metrics.get("groups", {}).items()]
+
+
 def markdown_report(rows: list[dict], shipped: dict) -> str:
     return "\n".join(
         [
             "# SkyEdge evaluation (test split)",
             "",
+            "Every variant on the field estimate: test rows from days training never saw.",
+            "",
             "```",
             variant_table(rows),
+            "```",
+            "",
+            "The shipped model per group: unseen days, photos of days training saw, the later season of",
+            "training stations, each held-out station.",
+            "",
+            "```",
+            text_table(group_rows(shipped), GROUP_COLUMNS),
             "```",
             "",
             "Skills are against persistence (1 = perfect, 0 = no better than persistence).",

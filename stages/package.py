@@ -23,7 +23,7 @@ from skyedge import __version__
 from skyedge.core import inference, paths
 from skyedge.core.config import Package, Params, load_params
 from skyedge.core.contract import INPUT_IMAGE, INPUT_IMAGE_PRESENT
-from skyedge.data.dataset import load_ingested, model_inputs
+from skyedge.data.dataset import load_ingested, model_inputs, training_coverage
 from skyedge.release import manifest, signing
 
 
@@ -104,6 +104,8 @@ def run(params: Params, ingest_dir: Path, quantize_dir: Path, evaluate_dir: Path
         latency_budget_ms=config.latency_budget_ms,
         min_agent_version=config.min_agent_version,
         quantization={"shipped": quantize_report["shipped"], "reason": quantize_report["reason"]},
+        fallback=quantize_report["fallback"],
+        training_coverage=training_coverage(data),
     )
     manifest.write_manifest(out_dir, document)
     manifest.sign_package(out_dir, signing.load_or_create_private_key(key_path))

@@ -19,16 +19,15 @@ import argparse
 import copy
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from skyedge.compress.pruning import Pruned, count_macs_params, gzip_bytes, prune, weight_sparsity
 from skyedge.core import files, inference, paths
-from skyedge.core.config import Common, Data, Distill, Prune, load_params
+from skyedge.core.config import Augment, Common, Data, Distill, Prune, load_params
 from skyedge.core.features import N_FEATURES
 from skyedge.data.dataset import Ingested, load_ingested, model_inputs
 from skyedge.train import checkpoints, models
-from skyedge.train.training import Batches, FitConfig, TeacherTargets, fit, quick_scores, resolve_device
+from skyedge.train.training import Augmentation, Batches, FitConfig, Teacher, fit, quick_scores, resolve_device
 
 
 def describe(model: torch.nn.Module, onnx_path: Path, data: Ingested, inputs: tuple[torch.Tensor, ...], latency_runs: int) -> dict:
@@ -48,7 +47,7 @@ def describe(model: torch.nn.Module, onnx_path: Path, data: Ingested, inputs: tu
     }
 
 
-def run(params: Prune, distill: Distill, data_params: Data, common: Common, ingest_dir: Path, embed_dir: Path, distill_dir: Path, out_dir: Path) -> dict:
+def run(params: Prune, distill: Distill, data_params: Data, augment: Augment, common: Common, ingest_dir: Path, embed_dir: Path, distill_dir: Path, out_dir: Path) -> dict:
     torch.set_num_threads(common.threads)
     data = load_ingested(ingest_dir)
     out = paths.Prune(out_dir)
@@ -56,21 +55,17 @@ def run(params: Prune, distill: Distill, data_params: Data, common: Common, inge
     student = checkpoints.load_module(student_files.module("student"))
     inputs = models.example_inputs(data_params.image_size, data_params.window_hours, N_FEATURES)
     before = describe(student, student_files.onnx("student"), data, inputs, params.latency_runs)
-    teacher_outputs = np.load(paths.Embed(embed_dir).teacher_outputs)
-    kd = TeacherTargets(
-        torch.from_numpy(teacher_outputs["sky_logits"]), torch.from_numpy(teacher_outputs["embeddings"]),
-        distill.kd_temperature, distill.kd_alpha, distill.embed_weight,
-    )
+    teacher = Teacher.load(paths.Embed(embed_dir).teacher_module, distill)
     config = FitConfig(
-        params.finetune_epochs, distill.batch_size, params.lr, common.seed, distill.image_dropout, data_params.photo_share, data_params.augment,
-        device=resolve_device(common.device),
+        params.finetune_epochs, distill.batch_size, params.lr, common.seed, distill.image_dropout, data_params.photo_share,
+        Augmentation(**augment.model_dump()), resolve_device(common.device),
     )
     out_dir.mkdir(parents=True, exist_ok=True)
 
     def finish(result: Pruned, name: str) -> tuple[dict, list[dict]]:
         """Fine-tune (masks, if any, keep their zeros), make masks permanent, save, describe."""
         changed = result.report["macs_after"] != result.report["macs_before"] or result.masked or any(layer["replaced"] for layer in result.report.get("layers", []))
-        history = fit(result.model, data, config, f"{name} fine-tune", kd=kd) if params.finetune_epochs and changed else []
+        history = fit(result.model, data, config, f"{name} fine-tune", teacher=teacher) if params.finetune_epochs and changed else []
         model = result.finish()
         checkpoints.save_module(model, out.module(name))
         models.export_onnx(model, out.onnx(name), data_params.image_size, data_params.window_hours, N_FEATURES)
@@ -118,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args(argv)
     params = load_params(args.params)
-    print(run(params.prune, params.distill, params.data, params.common, args.ingest, args.embed, args.distill, args.out))
+    print(run(params.prune, params.distill, params.data, params.augment, params.common, args.ingest, args.embed, args.distill, args.out))
 
 
 if __name__ == "__main__":

@@ -22,9 +22,10 @@ import torch
 from skyedge.compress import selection
 from skyedge.compress.quantization import Calibration, FloatModel, quantize, stratified_rows
 from skyedge.core import files, inference, paths
-from skyedge.core.config import Common, Data, Quantize, load_params
+from skyedge.core.config import Augment, Common, Data, Quantize, load_params
 from skyedge.core.tables import Column, text_table
 from skyedge.data.dataset import load_ingested, model_inputs
+from skyedge.train.training import Augmentation, resolve_device
 
 CANDIDATE_COLUMNS = [
     Column("name", "candidate", align="left"),
@@ -39,7 +40,7 @@ CANDIDATE_COLUMNS = [
 ]
 
 
-def run(params: Quantize, data_params: Data, common: Common, ingest_dir: Path, prune_dir: Path, out_dir: Path) -> dict:
+def run(params: Quantize, data_params: Data, augment: Augment, common: Common, ingest_dir: Path, prune_dir: Path, out_dir: Path) -> dict:
     torch.set_num_threads(common.threads)
     data = load_ingested(ingest_dir)
     out = paths.Quantize(out_dir)
@@ -49,10 +50,11 @@ def run(params: Quantize, data_params: Data, common: Common, ingest_dir: Path, p
     calibration_rows = stratified_rows(data.samples["sky_label"].to_numpy(), data.split("train"), params.calibration_samples, common.seed)
     calibration = Calibration(
         feeds=[model_inputs(data, calibration_rows[i : i + 1]) for i in range(len(calibration_rows))],
-        data=data, seed=common.seed, photo_share=data_params.photo_share, augment=data_params.augment, threads=common.threads,
+        data=data, seed=common.seed, photo_share=data_params.photo_share, augmentation=Augmentation(**augment.model_dump()),
+        threads=common.threads, device=resolve_device(common.device),
     )
     model = FloatModel(pruned.onnx("pruned"), pruned.module("pruned"))
-    val = data.split("val")
+    val = data.grouped("val")  # days, stations and seasons never trained on: what the field will see
     candidates = []
     for name, config in params.candidates.items():
         path = out.candidate(name)
@@ -76,17 +78,29 @@ def run(params: Quantize, data_params: Data, common: Common, ingest_dir: Path, p
     print(text_table([{**c, "outcome": _outcome(c, best, int8)} for c in candidates], CANDIDATE_COLUMNS))
     shutil.copyfile(best["path"], out.shipped)
     shutil.copyfile(int8["path"], out.int8)
+    skills = selection.horizon_skills(out.shipped, data, val)
+    fallback = selection.fallback_heads(skills)
+    for path in (out.shipped, out.int8):
+        selection.set_fallback(path, fallback)
+    if any(fallback["rain"] + fallback["temp"]):
+        print(f"quantize: persistence ships for {fallback_text(fallback)}: the model's validation skill there is below zero")
     report = {
         "candidates": candidates,
         "shipped": best["name"],
         "reason": reason,
         "int8": int8["name"],
+        "val_skill": skills,
+        "fallback": fallback,
         "calibration_samples": len(calibration_rows),
         "calibration_classes": {str(k): int(v) for k, v in zip(*np.unique(data.samples["sky_label"].to_numpy()[calibration_rows], return_counts=True))},
         "config": params.model_dump(mode="json"),
     }
     files.write_json(out.report, report)
     return report
+
+
+def fallback_text(fallback: dict[str, list[bool]]) -> str:
+    return ", ".join(f"{head} h{h + 1}" for head, masks in fallback.items() for h, on in enumerate(masks) if on)
 
 
 def _outcome(candidate: dict, shipped: dict, int8: dict) -> str:
@@ -103,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args(argv)
     params = load_params(args.params)
-    run(params.quantize, params.data, params.common, args.ingest, args.prune, args.out)
+    run(params.quantize, params.data, params.augment, params.common, args.ingest, args.prune, args.out)
 
 
 if __name__ == "__main__":

@@ -18,11 +18,12 @@ def tiny() -> Params:
     return load_params(REPO / "params.yaml", profile="tiny")
 
 
-def ingest_params(sources: list[dict], **overrides) -> Ingest:
+def ingest_params(sources: list[dict], holdout_stations: tuple[str, ...] = (), **overrides) -> Ingest:
     """The tiny profile's ingest section (params.yaml is the one home of every value), with these
-    sources and overrides."""
-    base = load_params(REPO / "params.yaml", profile="tiny").ingest
-    return Ingest.model_validate({**base.model_dump(), "sources": sources, **overrides})
+    sources, held-out stations (none unless named: they are the test data's own) and overrides."""
+    base = load_params(REPO / "params.yaml", profile="tiny").ingest.model_dump()
+    split = {**base["split"], "holdout_stations": list(holdout_stations)}
+    return Ingest.model_validate({**base, "sources": sources, "split": split, **overrides})
 
 
 def data_params(**overrides) -> Data:
@@ -54,10 +55,10 @@ def pipeline(tiny: Params, tmp_path_factory: pytest.TempPathFactory) -> Pipeline
     root = tmp_path_factory.mktemp("pipeline")
     d = PipelineRun(tiny, root)
     ingest.run(tiny.ingest, tiny.data, d.ingest)
-    embed.run(tiny.embed, tiny.data, tiny.common, d.ingest, d.embed)
-    distill.run(tiny.distill, tiny.data, tiny.common, d.ingest, d.embed, d.distill)
-    prune.run(tiny.prune, tiny.distill, tiny.data, tiny.common, d.ingest, d.embed, d.distill, d.prune)
-    quantize.run(tiny.quantize, tiny.data, tiny.common, d.ingest, d.prune, d.quantize)
+    embed.run(tiny.embed, tiny.data, tiny.augment, tiny.common, d.ingest, d.embed)
+    distill.run(tiny.distill, tiny.data, tiny.augment, tiny.common, d.ingest, d.embed, d.distill)
+    prune.run(tiny.prune, tiny.distill, tiny.data, tiny.augment, tiny.common, d.ingest, d.embed, d.distill, d.prune)
+    quantize.run(tiny.quantize, tiny.data, tiny.augment, tiny.common, d.ingest, d.prune, d.quantize)
     evaluate.run(tiny.evaluate, tiny.common, d.ingest, evaluate.variant_paths(d.embed, d.distill, d.prune, d.quantize), d.evaluate)
     package.run(tiny, d.ingest, d.quantize, d.evaluate, d.package, root / "keys" / "signing_key.pem")
     return d

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from skyedge.core import contract, inputs
-from skyedge.core.features import N_FEATURES, RAW_FEATURES
+from skyedge.core.features import N_FEATURES, RAW_FEATURES, RELATIVE_FEATURES
 from skyedge.release import manifest
 
 SENSOR_MEAN = [12.0, 1010.0, 60.0, 3.0, 0.0, 0.0, 0.1]
@@ -112,7 +112,7 @@ def build_package(
         outputs=signature([contract.OUTPUT_SKY_LOGITS, contract.OUTPUT_RAIN_PROB, contract.OUTPUT_TEMP_C], [[None, 5], [None, 4], [None, 4]]),
         preprocessing={
             "image": inputs.image_spec(image_size),
-            "sensors": {"features": list(RAW_FEATURES), "mean": SENSOR_MEAN, "std": SENSOR_STD, "window_hours": window, "n_features": N_FEATURES},
+            "sensors": {"features": list(RAW_FEATURES), "relative": list(RELATIVE_FEATURES), "mean": SENSOR_MEAN, "std": SENSOR_STD, "window_hours": window, "n_features": N_FEATURES},
         },
         climatology=None,
         metrics={},

@@ -29,7 +29,7 @@ def test_help_lists_the_commands_and_is_fast():
 def test_generate_writes_the_contract_layout(tmp_path):
     result = skyedge("generate", "--out", str(tmp_path / "syn"), "--stations", "2", "--days", "2", "--seed", "3")
     assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in (tmp_path / "syn" / "stations").iterdir()) == ["syn-00.csv", "syn-01.csv"]
+    assert sorted(p.name for p in (tmp_path / "syn" / "stations").iterdir()) == ["stations.csv", "syn-00.csv", "syn-01.csv"]  # records + the stations' coordinates
     assert "wrote 96 records and 96 images" in result.stdout
 
 

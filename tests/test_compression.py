@@ -11,6 +11,7 @@ from skyedge.compress.selection import choose
 from skyedge.core import inference
 from skyedge.core.config import ConfigError, load_params, resolve
 from skyedge.core.contract import OUTPUT_RAIN_PROB, OUTPUT_SKY_LOGITS, OUTPUT_TEMP_C
+from skyedge.core.features import N_FEATURES
 from skyedge.data.dataset import load_ingested, model_inputs
 from skyedge.train import checkpoints
 from tests.conftest import REPO
@@ -29,7 +30,7 @@ def test_qat_exports_one_qdq_pair_per_input_and_weight_and_stores_int8_weights(p
     # The raw export: exactly one Q and one DQ per fake quantization (layer input + layer weight).
     raw = pipeline.root / "qat_raw.onnx"
     p = pipeline.params.data
-    qat.export_qdq(module, pipeline.root / "qat_again.onnx", p.image_size, p.window_hours, 16, raw_path=raw)
+    qat.export_qdq(module, pipeline.root / "qat_again.onnx", p.image_size, p.window_hours, N_FEATURES, raw_path=raw)
     ops = [node.op_type for node in onnx.load(str(raw)).graph.node]
     assert ops.count("QuantizeLinear") == ops.count("DequantizeLinear") == 2 * layers
 
@@ -171,9 +172,24 @@ def test_bench_times_every_variant_side_by_side_and_reports_each_target(pipeline
         assert row["latency_ms_p50"] > 0 and row["size_bytes"] > 0 and row["macs"] > 0
         assert set(bench.SCORE_KEYS) <= set(row)
     assert rows["teacher_fp32"]["macs"] > rows["student_fp32"]["macs"] > rows["pruned_fp32"]["macs"]
-    assert len(result["targets"]) == 5 + 2 * 4
-    for target in result["targets"]:
+    names = [target["target"] for target in result["targets"]]
+    assert names[:5] == [
+        "shipped sky accuracy within 1 point of teacher (or above), unseen days",
+        "KD gain >= +2 points of sky accuracy, unseen days",
+        "shipped file >= 50x smaller than teacher_fp32",
+        "shipped latency >= 20x lower than teacher_fp32",
+        "shipped >= 1.5x faster than student_fp32",
+    ]
+    # Skill targets per group of never-trained-on data: the later season and each held-out station.
+    groups = ["later_season", *(f"station:{s}" for s in pipeline.params.ingest.split.holdout_stations)]
+    assert names[5:] == [f"{label}, every horizon, {group}" for group in groups for label in ("rain Brier skill vs persistence > 0", "temperature skill vs persistence >= 0.2")]
+    for target in result["targets"][:5]:
         assert target["met"] in (True, False) and isinstance(target["value"], float)
+    for target in result["targets"][5:]:  # a group without rain in its few tiny-profile days has no Brier skill
+        assert (target["met"] in (True, False)) == isinstance(target["value"], float)
+    for target in result["targets"][:2]:  # differences on the same photos: paired intervals
+        low, high = target["interval"]
+        assert low <= target["value"] <= high
     assert json.loads((tmp_path / "bench.json").read_text())["targets"] == result["targets"]
 
 

@@ -43,7 +43,7 @@ def test_out_of_range_values_and_inconsistent_splits_are_refused():
     with pytest.raises(ConfigError, match=r"prune\.structured\.ratio"):
         resolve(raw)
     raw = raw_params()
-    raw["ingest"]["split"] = {"train": 0.5, "val": 0.2, "test": 0.2}
+    raw["ingest"]["split"] = {"train": 0.5, "val": 0.2, "test": 0.2, "holdout_stations": []}
     with pytest.raises(ConfigError, match=r"ingest\.split.*must be 1\.0"):
         resolve(raw)
 

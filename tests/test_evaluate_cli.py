@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from skyedge.core.contract import HORIZONS, SKY_CLASSES
+from skyedge.core.features import N_FEATURES, N_RAW, RAW_FEATURES
 from skyedge.data.dataset import load_ingested
 from skyedge.evaluation import packaged, scores
 from skyedge.release import manifest
@@ -103,8 +104,8 @@ def test_metrics_json_has_the_contract_schema(evaluated, pipeline):
     skipped = metrics["skipped"]
     assert {"quarantined_input", "gap_in_window", *(f"no_future_record_h{h}" for h in HORIZONS)} <= set(skipped)
     assert all(isinstance(v, int) and v >= 0 for v in skipped.values())
-    # The last h hours of each station have no record at t+h: two stations in the tiny profile.
-    assert [skipped[f"no_future_record_h{h}"] for h in HORIZONS] == [2 * h for h in HORIZONS]
+    # The last h hours of each station have no record at t+h: three stations in the tiny profile.
+    assert [skipped[f"no_future_record_h{h}"] for h in HORIZONS] == [3 * h for h in HORIZONS]
     assert skipped["quarantined_input"] == 0
     model_file = pipeline.package / "model.onnx"
     package_manifest = json.loads((pipeline.package / "manifest.json").read_text())
@@ -160,11 +161,12 @@ def test_sensor_normalisation_comes_from_the_manifest(package, synthetic, pipeli
     base = packaged.evaluate(pipeline.package, [synthetic], [], n_boot=5, measure=False).dataset.windows
     document = json.loads((package / "manifest.json").read_text())
     sensors = document["preprocessing"]["sensors"]
-    sensors["mean"][0] += 10.0
+    humidity = list(RAW_FEATURES).index("humidity_pct")  # a level (temperature is taken relative to its latest reading)
+    sensors["mean"][humidity] += 10.0
     (package / "manifest.json").write_text(json.dumps(document))
     shifted = packaged.evaluate(package, [synthetic], [], n_boot=5, measure=False).dataset.windows
-    present = base[..., 7] == 0  # temperature not missing
-    np.testing.assert_allclose(base[..., 0][present] - shifted[..., 0][present], 10.0 / sensors["std"][0], rtol=1e-4)
+    present = base[..., N_RAW + humidity] == 0  # humidity not missing
+    np.testing.assert_allclose(base[..., humidity][present] - shifted[..., humidity][present], 10.0 / sensors["std"][humidity], rtol=1e-4)
 
 
 def test_photos_only_score_the_sky_and_no_horizon(pipeline, synthetic):
@@ -181,7 +183,7 @@ def test_missing_sensor_column_names_the_column_and_the_model(pipeline, syntheti
     result = skyedge("evaluate", pipeline.package, "--stations", csv, "--out", tmp_path / "m.json", "--no-runtime")
     assert result.returncode == 2
     assert "'pressure_hpa'" in result.stderr and str(csv) in result.stderr
-    assert "model.onnx expects sensors [B, 6, 16]" in result.stderr
+    assert f"model.onnx expects sensors [B, 6, {N_FEATURES}]" in result.stderr
     assert not (tmp_path / "m.json").exists()
 
 
@@ -196,7 +198,7 @@ def test_manifest_window_that_does_not_match_the_graph_names_both(package, synth
     document = json.loads((package / "manifest.json").read_text())
     document["preprocessing"]["sensors"]["window_hours"] = 8
     (package / "manifest.json").write_text(json.dumps(document))
-    with pytest.raises(packaged.SignatureMismatchError, match=r"sensors has shape \[.*6, 16\] but manifest preprocessing.sensors.window_hours is 8"):
+    with pytest.raises(packaged.SignatureMismatchError, match=rf"sensors has shape \[.*6, {N_FEATURES}\] but manifest preprocessing.sensors.window_hours is 8"):
         packaged.evaluate(package, [synthetic], [], measure=False)
 
 

@@ -279,7 +279,7 @@ def test_a_candidate_worse_than_production_is_refused(workspace, tmp_path):
     quantize_dir = tmp_path / "quantize"
     quantize_dir.mkdir()
     shutil.copyfile(root / "data" / "embed" / "teacher.onnx", quantize_dir / "shipped.onnx")
-    (quantize_dir / "report.json").write_text(json.dumps({"shipped": "teacher", "reason": "test: production is the teacher"}))
+    (quantize_dir / "report.json").write_text(json.dumps({"shipped": "teacher", "reason": "test: production is the teacher", "fallback": {"rain": [False] * 4, "temp": [False] * 4}}))
     params = load_params(root / "params.yaml")
     package.run(params, root / "data" / "ingest", quantize_dir, root / "data" / "evaluate", tmp_path / "teacher_package", signing.key_path_from_env())
     key = signing.load_private_key(signing.key_path_from_env()).public_key()

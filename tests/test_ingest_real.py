@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from conftest import shared_dataset
 
+from skyedge.core.contract import SKY_CLASSES
 from skyedge.data.samples import content_hash
 from stages import ingest
 from tests.conftest import data_params, folder_source, ingest_params
@@ -44,12 +45,15 @@ def test_real_swimcat_and_a_beijing_subset(tmp_path):
     photos = samples[samples["station_id"].isna()]
     assert len(photos) == 642 - report["split_checks"]["photo_duplicates_dropped"]
     assert not photos["day"].str.startswith("unknown").any()  # capture days from metadata.csv
-    # Split per class (skyedge/data/ingest.py split_photos): every split has every class; a
-    # class with >= 4 capture days is split by day, the others by capture (frame).
-    assert photos.groupby("split")["sky_label"].nunique().to_dict() == {"train": 5, "val": 5, "test": 5}
-    for _, rows in photos.groupby("sky_label"):
-        if rows["day"].nunique() >= 4:
-            assert rows.groupby("day")["split"].nunique().max() == 1
+    # Split per class by whole capture days (skyedge/data/splits.py class_photo_split): no day is
+    # on two sides; every class trains; a class with more than one day has a day held out for test.
+    assert photos.groupby("day")["split"].nunique().max() == 1
+    assert photos.loc[photos["split"] == "train", "sky_label"].nunique() == 5
+    several_days = photos.groupby("sky_label")["day"].nunique().pipe(lambda n: set(n.index[n > 1]))
+    assert set(photos.loc[photos["split"] == "test", "sky_label"]) == several_days
+    assert (photos.loc[photos["split"].isin(["val", "test"]), "day_in_train"] == 0).all()
+    single = {SKY_CLASSES.index(label) for label in report["classes_without_estimate"]}
+    assert single == set(photos["sky_label"]) - several_days and len(single) == 2  # patterned, thick_dark
     images = np.load(tmp_path / "out" / "images.npy")
     digests = [content_hash(images[i]) for i in photos["image_idx"]]
     assert photos.assign(md5=digests).groupby("md5")["split"].nunique().max() == 1

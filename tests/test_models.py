@@ -45,7 +45,7 @@ def test_every_student_trains_exports_and_prunes(pipeline, student, tmp_path):
     p = pipeline.params
     data = load_ingested(pipeline.ingest)
     sensors = data.preprocessing["sensors"]
-    model = models.build_student(student, p.distill.width, p.data.window_hours, N_FEATURES, sensors["mean"][0], sensors["std"][0])
+    model = models.build_student(student, p.distill.width, p.data.window_hours, sensors["std"][0])
     history = fit(model, data, FitConfig(1, 64, 3e-3, 0), student)
     assert np.isfinite(history[-1]["train_loss"])
     inputs = models.example_inputs(p.data.image_size, p.data.window_hours, N_FEATURES)

@@ -1,6 +1,7 @@
 """Each stage's outputs on the tiny profile (one in-process run per session, see conftest)."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -10,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+from skyedge.compress import selection
 from skyedge.core import inference
 from skyedge.core.contract import HORIZONS, OUTPUT_RAIN_PROB, OUTPUT_SKY_LOGITS, OUTPUT_TEMP_C, SKY_CLASSES
 from skyedge.core.features import N_FEATURES
@@ -22,19 +24,27 @@ def test_ingest_accounts_for_every_item_and_splits_by_time(pipeline):
     total = report["total"]
     assert total["received"] == total["accepted"] + total["quarantined"] > 0
     data = load_ingested(pipeline.ingest)
-    for station, rows in data.samples.groupby("station_id"):
+    holdout = set(pipeline.params.ingest.split.holdout_stations)
+    assert holdout and holdout <= set(data.samples["station_id"])
+    for station, rows in data.samples[data.samples["station_id"] != ""].groupby("station_id"):
         hours = {split: rows.loc[rows["split"] == split, "hour"] for split in ("train", "val", "test")}
-        assert hours["train"].max() < hours["val"].min() < hours["val"].max() < hours["test"].min()
+        if station in holdout:  # never trained on: its later blocks are val and test
+            assert hours["train"].empty and hours["val"].max() < hours["test"].min()
+            assert (rows["station_in_train"] == 0).all()
+        else:
+            assert hours["train"].max() < hours["val"].min() < hours["val"].max() < hours["test"].min()
     assert data.windows.shape[1:] == (pipeline.params.data.window_hours, N_FEATURES)
     assert data.images.shape[1:] == (pipeline.params.data.image_size,) * 2 + (3,)
 
 
-def test_embed_writes_a_whole_teacher_module_its_onnx_and_per_photo_targets(pipeline):
+def test_embed_writes_a_whole_teacher_module_and_its_onnx(pipeline):
     teacher = checkpoints.load_module(pipeline.embed / "teacher.pt")
-    outputs = np.load(pipeline.embed / "teacher_outputs.npz")
-    n_photos = len(np.load(pipeline.ingest / "images.npy", mmap_mode="r"))
-    assert outputs["sky_logits"].shape == (n_photos, len(SKY_CLASSES))
-    assert outputs["embeddings"].shape == (n_photos, teacher.backbone.channels)
+    data = load_ingested(pipeline.ingest)
+    inputs = model_inputs(data, data.split("test")[:8])
+    with torch.no_grad():
+        expected = teacher(*(torch.from_numpy(inputs[k]) for k in ("image", "image_present", "sensors")))
+    got = inference.predict(inference.session(pipeline.embed / "teacher.onnx"), inputs)
+    assert np.allclose(got[OUTPUT_SKY_LOGITS], expected[0].numpy(), atol=1e-3)
     metrics = json.loads((pipeline.embed / "metrics.json").read_text())
     assert metrics["val_sky_accuracy"] > 1.5 / len(SKY_CLASSES)  # fine-tuned well above chance
 
@@ -68,7 +78,7 @@ def test_the_pruned_module_reloads_in_a_fresh_process(pipeline, variant):
     assert out.stdout.strip() == f"(1, {len(SKY_CLASSES)}) (1, {len(HORIZONS)}) (1, {len(HORIZONS)})"
 
 
-def test_quantize_measures_every_candidate_and_ships_the_fastest_within_budget(pipeline):
+def test_quantize_measures_every_candidate_and_ships_the_fastest_within_budget(pipeline, tmp_path):
     report = json.loads((pipeline.quantize / "report.json").read_text())
     names = {c["name"]: c for c in report["candidates"]}
     assert list(names) == list(pipeline.params.quantize.candidates)
@@ -89,7 +99,11 @@ def test_quantize_measures_every_candidate_and_ships_the_fastest_within_budget(p
     assert report["reason"].startswith(report["shipped"])
     if report["shipped"] == "fp32" and any(names[n]["latency_ms_p50"] >= names["fp32"]["latency_ms_p50"] for n in ("static", "qat")):
         assert "slower than fp32" in report["reason"]  # says why int8 did not ship
-    assert (pipeline.quantize / "shipped.onnx").read_bytes() == open(names[report["shipped"]]["path"], "rb").read()
+    # shipped.onnx is the chosen candidate with the persistence fallback of its heads set
+    chosen = tmp_path / "chosen.onnx"
+    chosen.write_bytes(open(names[report["shipped"]]["path"], "rb").read())
+    selection.set_fallback(chosen, report["fallback"])
+    assert (pipeline.quantize / "shipped.onnx").read_bytes() == chosen.read_bytes()
     # model_int8.onnx (evaluate's `quantized`) is the chosen int8 candidate, really int8
     assert report["int8"] in names and report["int8"] not in ("fp32", "fp16")
     graph = onnx.load(str(pipeline.quantize / "model_int8.onnx")).graph
@@ -151,3 +165,39 @@ def test_int8_stays_close_to_its_fp32_model(pipeline, candidate):
     rain_error = np.abs(fp32[OUTPUT_RAIN_PROB] - int8[OUTPUT_RAIN_PROB])
     assert rain_error.mean() < 0.02 and rain_error.max() < 0.15
     assert np.abs(fp32[OUTPUT_TEMP_C] - int8[OUTPUT_TEMP_C]).mean() < 0.3
+
+
+def test_a_head_without_validation_skill_ships_persistence_and_the_device_says_so(pipeline, tmp_path):
+    """The quantize stage sets the fallback constants of heads whose val skill is below zero;
+    here rain at h1 and temperature at h3 are forced, as the stage would set them."""
+    from skyedge.core.features import RAIN_REFERENCE, TEMPERATURE_REFERENCE
+    from skyedge.device import predict
+
+    package = tmp_path / "package"
+    shutil.copytree(pipeline.package, package)
+    fallback = {"rain": [True, False, False, False], "temp": [False, False, True, False]}
+    selection.set_fallback(package / "model.onnx", fallback)
+    data = load_ingested(pipeline.ingest)
+    inputs = model_inputs(data, data.split("test")[:64])
+    out = inference.predict(inference.session(package / "model.onnx"), inputs)
+    assert np.array_equal(out[OUTPUT_RAIN_PROB][:, 0], inputs["sensors"][:, -1, RAIN_REFERENCE])
+    assert np.array_equal(out[OUTPUT_TEMP_C][:, 2], inputs["sensors"][:, -1, TEMPERATURE_REFERENCE])
+    assert not np.array_equal(out[OUTPUT_TEMP_C][:, 0], inputs["sensors"][:, -1, TEMPERATURE_REFERENCE])
+
+    document = json.loads((package / "manifest.json").read_text())
+    document["fallback"] = fallback
+    (package / "manifest.json").write_text(json.dumps(document))
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "active").symlink_to(package)
+    station = pd.read_csv(sorted((pipeline.ingest / "raw").rglob("syn-00.csv"))[0]).tail(24)
+    sensors = tmp_path / "records" / "station.csv"
+    sensors.parent.mkdir()
+    station.to_csv(sensors, index=False)
+    result = predict.forecast(state, sensors)
+    assert [row["rain_from"] for row in result["forecast"]] == ["persistence", "model", "model", "model"]
+    assert [row["temp_from"] for row in result["forecast"]] == ["model", "model", "persistence", "model"]
+    assert result["forecast"][2]["temp_c"] == pytest.approx(station["temperature_c"].iloc[-1], abs=0.01)
+    text = predict.format_forecast(result)
+    assert "persistence: the model had no skill over persistence there on validation" in text
+    assert result["coordinates"] == "missing: UTC fallback" and "no stations.csv beside the records" in text

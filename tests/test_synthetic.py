@@ -30,7 +30,7 @@ SENSOR_FEATURES = [
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out_dir = tmp_path_factory.mktemp("synthetic")
-    summary = generate(out_dir, stations=STATIONS, days=DAYS, seed=0, image_size=IMAGE_SIZE)
+    summary = generate(out_dir, stations=STATIONS, days=DAYS, seed=0, image_size=IMAGE_SIZE, unlabelled_share=0.0)
     return out_dir, summary
 
 
@@ -38,7 +38,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 def records(dataset: tuple[Path, dict]) -> pd.DataFrame:
     """All station rows, joined to their index.csv label and to the image features."""
     out_dir, _ = dataset
-    frames = [pd.read_csv(path) for path in sorted((out_dir / "stations").glob("*.csv"))]
+    frames = [pd.read_csv(path) for path in sorted((out_dir / "stations").glob("syn-*.csv"))]
     rows = pd.concat(frames, ignore_index=True)
     # Station CSVs point at images relative to their own folder; index.csv relative to out_dir.
     stations_dir, root = (out_dir / "stations").resolve(), out_dir.resolve()
@@ -101,7 +101,7 @@ def _files(root: Path, pattern: str) -> dict[str, bytes]:
 
 def test_same_seed_gives_identical_files_and_other_seed_differs(tmp_path: Path) -> None:
     for name, seed in (("a", 7), ("b", 7), ("c", 8)):
-        generate(tmp_path / name, stations=2, days=2, seed=seed, image_size=IMAGE_SIZE)
+        generate(tmp_path / name, stations=2, days=2, seed=seed, image_size=IMAGE_SIZE, unlabelled_share=0.5)
     first, again, other = (tmp_path / name for name in "abc")
     assert _files(first, "stations/*.csv") == _files(again, "stations/*.csv")
     assert _files(first, "index.csv") == _files(again, "index.csv")
@@ -114,7 +114,7 @@ def test_same_seed_gives_identical_files_and_other_seed_differs(tmp_path: Path) 
 
 def test_files_follow_the_data_contract(dataset: tuple[Path, dict]) -> None:
     out_dir, summary = dataset
-    csv_paths = sorted((out_dir / "stations").glob("*.csv"))
+    csv_paths = sorted((out_dir / "stations").glob("syn-*.csv"))
     assert [p.stem for p in csv_paths] == [f"syn-{i:02d}" for i in range(STATIONS)]
     assert summary["records"] == summary["images"] == STATIONS * DAYS * 24
     for path in csv_paths:
@@ -142,7 +142,7 @@ def test_files_follow_the_data_contract(dataset: tuple[Path, dict]) -> None:
 
 def test_image_size_outside_64_to_128_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="image_size"):
-        generate(tmp_path, stations=1, days=1, seed=0, image_size=40)
+        generate(tmp_path, stations=1, days=1, seed=0, image_size=40, unlabelled_share=0.0)
 
 
 def test_pressure_falls_and_humidity_rises_before_rain(records: pd.DataFrame) -> None:
@@ -187,3 +187,26 @@ def test_images_improve_the_rain_forecast_over_sensors_alone(records: pd.DataFra
     sensors_only = brier(SENSOR_FEATURES)
     with_images = brier(SENSOR_FEATURES + image_columns)
     assert with_images < 0.97 * sensors_only, f"Brier: sensors {sensors_only:.4f}, +images {with_images:.4f}"
+
+
+def test_every_station_has_coordinates_in_stations_csv_and_its_day_follows_its_own_sun(dataset, records):
+    out_dir, summary = dataset
+    sites = pd.read_csv(out_dir / "stations" / contract.STATION_METADATA_FILE)
+    assert list(sites.columns) == list(contract.STATION_METADATA_COLUMNS)
+    assert sorted(sites["station_id"]) == sorted(records["station_id"].unique())
+    for column, (low, high) in contract.STATION_METADATA_RANGES.items():
+        assert sites[column].between(low, high).all()
+    assert sites["longitude"].nunique() == STATIONS  # different time zones: UTC is nobody's clock
+    # The warmest hour of each station is mid-afternoon of ITS local solar time, not of UTC.
+    for _, site in sites.iterrows():
+        rows = records[records["station_id"] == site["station_id"]]
+        warmest_utc = rows.groupby(rows["time"].dt.hour)["temperature_c"].mean().idxmax()
+        local = (warmest_utc + site["longitude"] / 15) % 24
+        assert 11 <= local <= 18, (site["station_id"], warmest_utc, local)
+
+
+def test_the_unlabelled_share_of_photos_has_an_empty_label(tmp_path):
+    summary = generate(tmp_path, stations=2, days=3, seed=1, image_size=IMAGE_SIZE, unlabelled_share=0.5)
+    index = pd.read_csv(tmp_path / "index.csv", keep_default_na=False)
+    assert summary["unlabelled"] == int((index["label"] == "").sum())
+    assert 0.35 < summary["unlabelled"] / len(index) < 0.65

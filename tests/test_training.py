@@ -1,4 +1,5 @@
-"""The training mix: photo oversampling, dihedral views, and view-averaged teacher targets."""
+"""The training mix: photo oversampling, augmentation, online distillation that needs no labels,
+early stopping on the grouped estimate, and the persistence parameterisation of the heads."""
 
 import dataclasses
 
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from skyedge.train.training import N_VIEWS, dihedral, epoch_order, view_averaged_targets
+from skyedge.train.training import N_VIEWS, Augmentation, dihedral, epoch_order
 
 
 def test_an_epoch_keeps_every_row_and_repeats_photos_up_to_their_share():
@@ -38,26 +39,11 @@ def test_the_eight_dihedral_views_are_distinct_rearrangements_of_the_same_pixels
     assert torch.equal(dihedral(views[1], 3), image)  # a quarter turn, then three more
 
 
-def test_targets_averaged_over_all_eight_views_do_not_depend_on_how_a_photo_is_turned(pipeline):
-    from skyedge.data.dataset import load_ingested
-    from skyedge.train import checkpoints
-
-    data = load_ingested(pipeline.ingest)
-    teacher = checkpoints.load_module(pipeline.embed / "teacher.pt")
-    logits, embeddings = view_averaged_targets(teacher, data, N_VIEWS)
-    turned = dataclasses.replace(data, images=np.ascontiguousarray(np.rot90(data.images, 1, axes=(1, 2))))
-    turned_logits, turned_embeddings = view_averaged_targets(teacher, turned, N_VIEWS)
-    assert logits.shape == (len(data.images), 5)
-    assert torch.allclose(logits, turned_logits, atol=1e-4)
-    assert torch.allclose(embeddings, turned_embeddings, atol=1e-4)
-
-
 def tiny_student(pipeline, momentum: float):
-    from skyedge.core.features import N_FEATURES
     from skyedge.train import models
 
     p = pipeline.params
-    model = models.build_student("tinycnn", p.distill.width, p.data.window_hours, N_FEATURES, 0.0, 1.0)
+    model = models.build_student("tinycnn", p.distill.width, p.data.window_hours, 1.0)
     for norm in model.modules():
         if isinstance(norm, torch.nn.BatchNorm2d):
             norm.momentum = momentum  # as torchvision's MobileNetV3 sets it
@@ -126,3 +112,81 @@ def test_training_on_cuda_matches_the_cpu_within_tolerance(pipeline):
     assert abs(scores["cpu"]["val_sky_accuracy"] - scores["cuda"]["val_sky_accuracy"]) <= 0.05
     assert abs(scores["cpu"]["val_rain_brier"] - scores["cuda"]["val_rain_brier"]) <= 0.01
     assert abs(scores["cpu"]["val_temp_rmse"] - scores["cuda"]["val_temp_rmse"]) <= 0.1
+
+
+STRONG = Augmentation(dihedral=True, crop_scale=0.6, exposure=0.3, white_balance=0.1, blur=0.5, noise=0.02, mixup=0.4)
+
+
+def test_augmented_photos_stay_photos_and_mixup_mixes_the_targets_the_same_way(pipeline):
+    from skyedge.data.dataset import load_ingested
+    from skyedge.train.training import Batches
+
+    data = load_ingested(pipeline.ingest)
+    batches = Batches(data, data.split("train"))
+    rows = data.split("train")[np.flatnonzero(data.samples["labelled"].to_numpy()[data.split("train")] == 1)[:32]]
+    clean = batches.batch(rows)
+    augmented = batches.batch(rows, augmentation=STRONG, rng=np.random.default_rng(0))
+    assert augmented["image"].shape == clean["image"].shape and not torch.equal(augmented["image"], clean["image"])
+    spec = data.preprocessing["image"]
+    low = (0 - np.array(spec["mean"])) / np.array(spec["std"])
+    high = (1 - np.array(spec["mean"])) / np.array(spec["std"])
+    for channel in range(3):  # still pixels in 0..1 before normalisation
+        assert augmented["image"][:, channel].min() >= low[channel] - 1e-5 and augmented["image"][:, channel].max() <= high[channel] + 1e-5
+    # Mixup: every target is a distribution over the classes, and some rows mix two classes.
+    assert torch.allclose(augmented["sky_target"].sum(1), torch.ones(len(rows)))
+    assert ((augmented["sky_target"] > 0).sum(1) == 2).any()
+    assert torch.equal(clean["sky_target"].argmax(1), clean["sky"])  # no augmentation: one-hot labels
+
+
+def test_distillation_on_unlabelled_photos_uses_no_label(pipeline):
+    """Shuffling the classes of photos marked unlabelled must give the very same student."""
+    from skyedge.data.dataset import load_ingested
+    from skyedge.train import checkpoints
+    from skyedge.train.training import FitConfig, Teacher, fit
+
+    data = load_ingested(pipeline.ingest)
+    unlabelled = data.samples["labelled"].to_numpy() == 0
+    unlabelled &= data.samples["image_idx"].to_numpy() >= 0
+    assert unlabelled.sum() > 10  # the tiny profile's generator leaves half the frames unlabelled
+    teacher = Teacher(checkpoints.load_module(pipeline.embed / "teacher.pt"), 4.0, 0.7, 0.5)
+    shuffled_samples = data.samples.copy()
+    shuffled_samples.loc[unlabelled, "sky_label"] = np.random.default_rng(1).integers(0, 5, unlabelled.sum())
+    shuffled = dataclasses.replace(data, samples=shuffled_samples)
+    config = FitConfig(1, 64, 3e-3, 0, photo_share=0.25, augmentation=STRONG)
+    students = []
+    for dataset in (data, shuffled):
+        torch.manual_seed(0)
+        student = tiny_student(pipeline, momentum=0.1)
+        fit(student, dataset, config, "student", teacher=teacher)
+        students.append(student.state_dict())
+    for name, value in students[0].items():
+        assert torch.equal(value, students[1][name]), name
+
+
+def test_the_kept_epoch_is_the_one_with_the_lowest_grouped_validation_loss(pipeline):
+    from skyedge.data.dataset import load_ingested
+    from skyedge.train.training import FitConfig, fit
+
+    data = load_ingested(pipeline.ingest)
+    torch.manual_seed(0)
+    history = fit(tiny_student(pipeline, momentum=0.1), data, FitConfig(3, 64, 3e-3, 0), "student")
+    kept = [row for row in history if row["best"]]
+    assert len(kept) == 1 and kept[0]["val_loss"] == min(row["val_loss"] for row in history)
+
+
+def test_with_a_zero_correction_the_heads_are_exactly_persistence(pipeline):
+    from skyedge.core.features import RAIN_REFERENCE, TEMPERATURE_REFERENCE
+    from skyedge.data.dataset import load_ingested, model_inputs
+
+    model = tiny_student(pipeline, momentum=0.1).eval()
+    with torch.no_grad():
+        model.temp_head.weight.zero_()
+        model.temp_head.bias.zero_()
+    data = load_ingested(pipeline.ingest)
+    inputs = {k: torch.from_numpy(v) for k, v in model_inputs(data, data.split("test")[:64]).items()}
+    with torch.no_grad():
+        _, rain, temp = model(inputs["image"], inputs["image_present"], inputs["sensors"])
+        assert torch.equal(temp, inputs["sensors"][:, -1, TEMPERATURE_REFERENCE : TEMPERATURE_REFERENCE + 1].expand(-1, 4))
+        model.fallback_rain.fill_(1.0)  # what the quantize stage sets for a head without skill
+        _, rain, _ = model(inputs["image"], inputs["image_present"], inputs["sensors"])
+    assert torch.equal(rain, inputs["sensors"][:, -1, RAIN_REFERENCE : RAIN_REFERENCE + 1].expand(-1, 4))

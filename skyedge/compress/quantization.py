@@ -25,6 +25,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from skyedge.core.config import DynamicInt8, Float16, Fp32, QuantizationAware, QuantizeCandidate, StaticInt8
 from skyedge.data.dataset import Ingested
+from skyedge.train.training import Augmentation
 
 QUANT_TYPES = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
 FORMATS = {"QDQ": QuantFormat.QDQ, "QOperator": QuantFormat.QOperator}
@@ -49,8 +50,9 @@ class Calibration:
     data: Ingested
     seed: int
     photo_share: float
-    augment: bool
+    augmentation: Augmentation
     threads: int
+    device: str
 
 
 class _Reader(CalibrationDataReader):

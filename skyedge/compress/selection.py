@@ -95,3 +95,48 @@ def val_scores(path: Path, data: Ingested, rows: np.ndarray) -> dict[str, float 
     known = ~np.isnan(temp)
     scores["val_temp_rmse"] = float(np.sqrt(((outputs["temp_c"] - temp)[known] ** 2).mean())) if known.any() else None
     return scores
+
+
+def horizon_skills(path: Path, data: Ingested, rows: np.ndarray) -> dict[str, list[float | None]]:
+    """Per horizon, a model's rain Brier skill and temperature skill against persistence on
+    `rows` (station samples with the current and the future reading); None where undefined."""
+    outputs = inference.predict(inference.session(path), model_inputs(data, rows))
+    samples = data.samples.iloc[rows]
+    rain_now, temp_now = samples["rain_now"].to_numpy(float), samples["temp_now"].to_numpy(float)
+    skills: dict[str, list[float | None]] = {"rain": [], "temp": []}
+    for i in range(data.rain.shape[1]):
+        rain, temp = data.rain[rows, i], data.temp[rows, i]
+        known = ~np.isnan(rain) & ~np.isnan(rain_now)
+        reference = float(((rain_now - rain)[known] ** 2).mean()) if known.any() else 0.0
+        model = float(((outputs["rain_prob"][:, i] - rain)[known] ** 2).mean()) if known.any() else 0.0
+        skills["rain"].append(1 - model / reference if reference > 0 else None)
+        known = ~np.isnan(temp) & ~np.isnan(temp_now)
+        reference = float(np.sqrt(((temp_now - temp)[known] ** 2).mean())) if known.any() else 0.0
+        model = float(np.sqrt(((outputs["temp_c"][:, i] - temp)[known] ** 2).mean())) if known.any() else 0.0
+        skills["temp"].append(1 - model / reference if reference > 0 else None)
+    return skills
+
+
+def fallback_heads(skills: dict[str, list[float | None]]) -> dict[str, list[bool]]:
+    """Which heads must output persistence: those whose validation skill is below zero (a head
+    that cannot beat persistence is not a forecast). Undefined skill keeps the model."""
+    return {head: [value is not None and value < 0 for value in values] for head, values in skills.items()}
+
+
+def set_fallback(onnx_path: Path, fallback: dict[str, list[bool]]) -> None:
+    """Write the fallback masks into an exported graph's `fallback_rain` / `fallback_temp`
+    constants (skyedge.train.models.NowcastNet), keeping their dtype."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(onnx_path))
+    found = set()
+    for initializer in model.graph.initializer:
+        for head in ("rain", "temp"):
+            if initializer.name.endswith(f"fallback_{head}"):
+                current = numpy_helper.to_array(initializer)
+                initializer.CopyFrom(numpy_helper.from_array(np.asarray(fallback[head], dtype=current.dtype).reshape(current.shape), initializer.name))
+                found.add(head)
+    if found != {"rain", "temp"}:
+        raise ValueError(f"{onnx_path}: no fallback_{', fallback_'.join(sorted({'rain', 'temp'} - found))} constant: was the model exported from skyedge.train.models.NowcastNet?")
+    onnx.save(model, str(onnx_path))

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 PARAMS_FILE = Path("params.yaml")
 PROFILES_DIR = "profiles"  # beside params.yaml
 # The sections some DVC stage tracks (dvc.yaml); each profile file must name them all.
-TRACKED_SECTIONS = ("data", "ingest", "embed", "distill", "prune", "quantize", "evaluate", "package")
+TRACKED_SECTIONS = ("data", "augment", "ingest", "embed", "distill", "prune", "quantize", "evaluate", "package")
 
 
 class ConfigError(ValueError):
@@ -53,11 +53,21 @@ class Data(Section):
     image_size: Annotated[int, Field(ge=16, le=512)]
     window_hours: Annotated[int, Field(ge=1, le=72)]
     # Training mix (skyedge/train/training.py): photo rows are repeated until they are this share
-    # of each epoch (real sources have far fewer photos than station hours), and shown in a random
-    # flip / quarter turn when augment is on (right for cameras looking straight up, which see
-    # no horizon).
+    # of each epoch (real sources have far fewer photos than station hours).
     photo_share: Annotated[float, Field(ge=0, lt=1)]
-    augment: bool
+
+
+class Augment(Section):
+    """How training photos are perturbed (teacher fine-tune, student, pruning fine-tune, QAT); the
+    teacher scores the same view the student sees. 0 (or 1 for crop_scale) turns one off."""
+
+    dihedral: bool  # random flips / quarter turns: only for cameras looking straight up (no horizon)
+    crop_scale: Annotated[float, Field(gt=0, le=1)]  # random resized crops keep at least this share of the area
+    exposure: Annotated[float, Field(ge=0, lt=1)]  # brightness gain in [1 - e, 1 + e]
+    white_balance: Annotated[float, Field(ge=0, lt=1)]  # per-channel gain in [1 - w, 1 + w]
+    blur: Annotated[float, Field(ge=0, le=1)]  # probability of a 3x3 Gaussian blur
+    noise: Annotated[float, Field(ge=0, le=0.5)]  # std of additive noise, 0..1 pixel scale
+    mixup: Annotated[float, Field(ge=0)]  # Beta(alpha, alpha) mixing of two photos (0: none)
 
 
 class SyntheticSource(Section):
@@ -66,6 +76,7 @@ class SyntheticSource(Section):
     days: Annotated[int, Field(ge=2)]
     seed: int
     image_size: Annotated[int, Field(ge=64, le=128)]
+    unlabelled_share: Annotated[float, Field(ge=0, lt=1)]  # photos whose index.csv label is left empty
 
 
 class FolderSource(Section):
@@ -94,9 +105,13 @@ Source = Annotated[SyntheticSource | FolderSource | S3Source, Field(discriminato
 
 
 class SplitFractions(Section):
+    """Time blocks per station (and days per photo class): train, then val, then test."""
+
     train: Annotated[float, Field(gt=0, lt=1)]
     val: Annotated[float, Field(gt=0, lt=1)]
     test: Annotated[float, Field(gt=0, lt=1)]
+    # Stations never trained on: their val and test blocks are scored as unseen stations.
+    holdout_stations: list[str]
 
     @model_validator(mode="after")
     def _sum_to_one(self) -> SplitFractions:
@@ -132,9 +147,6 @@ class Embed(Section):
     batch_size: Annotated[int, Field(ge=1)]
     lr: Annotated[float, Field(gt=0)]
     image_dropout: Annotated[float, Field(ge=0, lt=1)]
-    # The sky logits and embeddings the student learns from: the mean over this many dihedral
-    # views of each photo (1: the photo as is; 8: every flip and quarter turn).
-    target_views: Annotated[int, Field(ge=1, le=8)]
 
 
 class Distill(Section):
@@ -300,6 +312,7 @@ class Flow(Section):
 class Params(Section):
     common: Common
     data: Data
+    augment: Augment
     ingest: Ingest
     embed: Embed
     distill: Distill

@@ -24,7 +24,18 @@ SENSOR_COLUMNS: tuple[str, ...] = tuple(SENSOR_RANGES)
 REQUIRED_COLUMNS: tuple[str, ...] = (STATION_ID, TIMESTAMP, *SENSOR_COLUMNS)
 STATION_COLUMNS: tuple[str, ...] = (*REQUIRED_COLUMNS, IMAGE)
 
-# Labelled sky images: index.csv with path,label (optional timestamp).
+# Station metadata: one row per station, in stations.csv beside the records. The model's time of
+# day is the station's local solar time and the sun's elevation, computed from these.
+STATION_METADATA_FILE = "stations.csv"
+STATION_METADATA_RANGES: dict[str, tuple[float, float]] = {
+    "latitude": (-90.0, 90.0),
+    "longitude": (-180.0, 180.0),
+    "elevation_m": (-500.0, 9000.0),
+}
+STATION_METADATA_COLUMNS: tuple[str, ...] = (STATION_ID, *STATION_METADATA_RANGES)
+
+# Labelled sky images: index.csv with path,label (optional timestamp). An empty label is a photo
+# whose class nobody wrote down: kept (distillation learns from it), never quarantined.
 SKY_CLASSES: tuple[str, ...] = (
     "clear_sky",
     "patterned_clouds",

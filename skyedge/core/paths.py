@@ -43,7 +43,6 @@ class Ingest(StageDir):
 class Embed(StageDir):
     teacher_module = File("teacher.pt")
     teacher_onnx = File("teacher.onnx")
-    teacher_outputs = File("teacher_outputs.npz")
     history = File("history.csv")
     metrics = File("metrics.json")
 

@@ -32,6 +32,12 @@ class Ingested:
         """Row indices of one split (train, val or test)."""
         return np.flatnonzero(self.samples["split"].to_numpy() == name)
 
+    def grouped(self, name: str) -> np.ndarray:
+        """Rows of a split that come from groups training never saw (capture days, stations,
+        seasons): the field estimate, which every decision that picks something reads. Photos of
+        a class with one capture day only (split by capture time) are left out here."""
+        return np.flatnonzero((self.samples["split"].to_numpy() == name) & (self.samples["day_in_train"].to_numpy() == 0))
+
 
 def load_ingested(directory: Path) -> Ingested:
     files = paths.Ingest(directory)
@@ -58,3 +64,15 @@ def inputs_for_model(data: Ingested, rows: np.ndarray, preprocessing: dict) -> d
     windows re-normalised with its statistics, photos resized to its input size."""
     windows = inputs.renormalise_windows(data.windows[rows], data.preprocessing["sensors"], preprocessing["sensors"])
     return inputs.model_inputs(data.images, data.samples["image_idx"].to_numpy()[rows], windows, preprocessing["image"])
+
+
+def training_coverage(data: Ingested) -> dict:
+    """What training saw, for the manifest: each station's first and last training hour and the
+    capture days of training photos without a station, so `skyedge evaluate` can tell seen data
+    from unseen."""
+    train = data.samples[data.samples["split"] == "train"]
+    stations = train[train["station_id"] != ""].groupby("station_id")["timestamp"]
+    return {
+        "stations": {station: [first, last] for station, (first, last) in zip(stations.groups, zip(stations.min(), stations.max()))},
+        "photo_days": sorted(set(train.loc[train["station_id"] == "", "day"].dropna())),
+    }

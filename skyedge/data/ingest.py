@@ -20,7 +20,7 @@ from skyedge.core.config import Data, Ingest, S3Source
 from skyedge.core.contract import HORIZONS, SKY_CLASSES, STATION_ID
 from skyedge.core.tables import Column, text_table
 from skyedge.data import read, samples, sources, synthetic, validation
-from skyedge.data.splits import SPLITS, day_split, station_split
+from skyedge.data.splits import BUFFER, SPLITS, class_photo_split, station_split
 
 
 def read_sources(params: Ingest, data: Data, out_dir: Path, now: pd.Timestamp, runner: validation.SuiteRunner | None = None) -> list[read.Outcome]:
@@ -28,7 +28,7 @@ def read_sources(params: Ingest, data: Data, out_dir: Path, now: pd.Timestamp, r
     for number, source in enumerate(params.sources):
         if source.type == "synthetic":
             folder = out_dir / "raw" / f"synthetic-{number}"
-            synthetic.generate(folder, source.stations, source.days, source.seed, source.image_size, progress=True)
+            synthetic.generate(folder, source.stations, source.days, source.seed, source.image_size, source.unlabelled_share, progress=True)
             outcomes.append(read.read_folder(folder, f"synthetic-{number}", data.image_size, now, runner))
         elif source.type == "s3":
             outcomes.append(read_s3(source, number, params, data, out_dir, now, runner))
@@ -58,29 +58,31 @@ def read_s3(source: S3Source, number: int, params: Ingest, data: Data, out_dir: 
     return outcome
 
 
-def split_stations(station_rows: pd.DataFrame, window_hours: int, fractions: tuple[float, float, float]) -> np.ndarray:
-    """train / val / test / buffer of each station sample, by time blocks of its own station."""
+def split_stations(station_rows: pd.DataFrame, window_hours: int, fractions: tuple[float, float, float], holdout: set[str]) -> np.ndarray:
+    """train / val / test / buffer of each station sample, by time blocks of its own station;
+    held-out stations contribute their later blocks to val and test only."""
     split = np.empty(len(station_rows), dtype=object)
     hours = station_rows["hour"].to_numpy(np.int64)
-    for _, rows in station_rows.groupby(STATION_ID, sort=False).indices.items():
-        split[rows] = station_split(hours[rows], window_hours, fractions)
+    for station, rows in station_rows.groupby(STATION_ID, sort=False).indices.items():
+        split[rows] = station_split(hours[rows], window_hours, fractions, held_out=station in holdout)
     return split
 
 
-def split_photos(photos: pd.DataFrame, fractions: tuple[float, float, float]) -> np.ndarray:
-    """Labelled photos split per class by time, so that every split gets every class.
+def split_photos(photos: pd.DataFrame, fractions: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Photos split per class by whole capture days (skyedge.data.splits.class_photo_split), and
+    whether each photo's day is one training saw.
 
-    Each sky class is split on its own, earliest first (a global day split of SWIMCAT, where each
-    class comes from one to four days, leaves whole classes out of test). The unit is the capture
-    day when the class has at least four days (one for each of val and test, two for train), else
-    the capture time (one whole-sky frame: its patches never cross splits). Same-day frames minutes
-    apart can then sit in different splits: the price of having the class in test at all.
+    A photo nobody labelled is trained on (distillation) only when its day holds no val or test
+    photo, so held-out days stay unseen; otherwise it is `buffer`.
     """
-    split = np.empty(len(photos), dtype=object)
-    for _, group in photos.groupby("label", sort=True):
-        unit = group["day"] if group["day"].nunique() >= 4 else group["capture"]
-        split[photos.index.get_indexer(group.index)] = day_split(unit.to_numpy(), fractions)
-    return split
+    split = np.full(len(photos), BUFFER, dtype=object)
+    labelled = photos["label"].notna().to_numpy()
+    for _, group in photos[labelled].groupby("label", sort=True):
+        split[photos.index.get_indexer(group.index)] = class_photo_split(group["day"].to_numpy(), fractions)
+    held_out_days = set(photos["day"][labelled & (split != "train")])
+    split[~labelled & ~photos["day"].isin(held_out_days).to_numpy()] = "train"
+    day_in_train = photos["day"].isin(set(photos["day"][split == "train"])).to_numpy()
+    return split, day_in_train
 
 
 def run(params: Ingest, data: Data, out_dir: Path, now: pd.Timestamp | None = None) -> dict:
@@ -94,17 +96,24 @@ def run(params: Ingest, data: Data, out_dir: Path, now: pd.Timestamp | None = No
     window = data.window_hours
 
     records = [o.records.assign(source=o.source) for o in outcomes if not o.records.empty]
-    stations, raw = samples.station_samples(pd.concat(records, ignore_index=True) if records else pd.DataFrame(columns=[STATION_ID]))
-    stations["split"] = split_stations(stations, window, fractions)
+    coordinates = {station: place for o in reversed(outcomes) for station, place in o.coordinates.items()}  # the first source wins
+    stations, raw = samples.station_samples(pd.concat(records, ignore_index=True) if records else pd.DataFrame(columns=[STATION_ID]), coordinates)
+    holdout = set(params.split.holdout_stations)
+    unknown = sorted(holdout - set(stations[STATION_ID]))
+    if unknown:
+        raise ValueError(f"ingest.split.holdout_stations names {', '.join(unknown)}, which no source has; stations: {', '.join(sorted(set(stations[STATION_ID])))}")
+    stations["split"] = split_stations(stations, window, fractions, holdout)
+    stations["station_in_train"] = (~stations[STATION_ID].isin(holdout)).astype(int)
     normalisation = features.fit_normalisation(raw[(stations["split"] == "train").to_numpy()])
     windows, missing_hours = samples.sensor_windows(stations, raw, normalisation, window)
     stations["window_missing_hours"] = missing_hours
 
     labelled = [samples.Photo(o.source, path, label, o.timestamps.get(path, ""), o.images[path]) for o in outcomes for path, label in o.labels.items()]
+    unlabelled = [samples.Photo(o.source, path, None, o.timestamps.get(path, ""), o.images[path]) for o in outcomes for path in o.unlabelled]
     with_record = set(stations["image_path"])
-    photos = samples.photo_samples(labelled, exclude=with_record)
-    photos["split"] = split_photos(photos, fractions)
-    table = pd.concat([stations, photos.drop(columns=["md5", "capture", "label"])], ignore_index=True)
+    photos = samples.photo_samples(labelled + unlabelled, exclude=with_record)
+    photos["split"], photos["day_in_train"] = split_photos(photos, fractions)
+    table = pd.concat([stations, photos.drop(columns=["md5", "label"])], ignore_index=True)
     table[STATION_ID] = table[STATION_ID].fillna("")
     windows = np.concatenate([windows, np.repeat(features.empty_window(window)[None], len(photos), axis=0)])
     table["has_sensors"] = table[STATION_ID].ne("").astype(int)
@@ -115,13 +124,21 @@ def run(params: Ingest, data: Data, out_dir: Path, now: pd.Timestamp | None = No
     image_index = {path: i for i, path in enumerate(image_paths)}
     table["image_idx"] = [image_index.get(p, -1) if isinstance(p, str) else -1 for p in table["image_path"]]
     table["sky_label"] = [SKY_CLASSES.index(all_labels[p]) if isinstance(p, str) and p in all_labels else -1 for p in table["image_path"]]
+    table["labelled"] = (table["sky_label"] >= 0).astype(int)  # photos without one still teach (distillation)
+    # A station's val and test blocks are later seasons: days training never saw. Photo-only rows
+    # carry their own day's status; they belong to no station.
+    table["day_in_train"] = table["day_in_train"].fillna(table["split"].eq("train")).astype(int)
+    table["station_in_train"] = table["station_in_train"].fillna(1).astype(int)
     images = np.stack([all_images[p] for p in image_paths]) if image_paths else np.zeros((0, data.image_size, data.image_size, 3), np.uint8)
 
     report = build_report(outcomes, table)
     if runner is not None:
         report["validation"] = validation_report(runner, out_dir)
     report["split_checks"] = split_checks(table, photos, window)
-    report["split_checks"]["photo_duplicates_dropped"] = sum(p.path not in with_record for p in labelled) - len(photos)
+    report["split_checks"]["photo_duplicates_dropped"] = sum(p.path not in with_record for p in labelled + unlabelled) - len(photos)
+    report["stations"] = {"coordinates": samples.coordinates_report(stations), "held_out": sorted(holdout)}
+    report["unseen"] = unseen_report(table)
+    report["classes_without_estimate"] = classes_without_estimate(photos)
     if report["total"]["received"] and report["total"]["quarantined"] / report["total"]["received"] > params.max_quarantine_fraction:
         raise ValueError(
             f"ingest: {report['total']['quarantined']} of {report['total']['received']} items quarantined, more than "
@@ -134,6 +151,28 @@ def run(params: Ingest, data: Data, out_dir: Path, now: pd.Timestamp | None = No
     }
     write_outputs(files, table, windows, images, outcomes, report, preprocessing)
     return report
+
+
+def classes_without_estimate(photos: pd.DataFrame) -> dict[str, str]:
+    """Sky classes whose photos come from one capture day: all of them train, none can be held out."""
+    labelled = photos[photos["label"].notna()]
+    days = labelled.groupby("label")["day"].nunique()
+    return {label: f"one capture day ({labelled.loc[labelled['label'] == label, 'day'].iloc[0]}): no unseen-day estimate is possible" for label in days.index[days == 1]}
+
+
+def unseen_report(table: pd.DataFrame) -> dict:
+    """Per split, how many samples come from groups training never saw (days, stations)."""
+    photos = table[table[STATION_ID].eq("") & (table["sky_label"] >= 0)]
+    stations = table[table[STATION_ID].ne("")]
+    return {
+        split: {
+            "photos_unseen_day": int(((photos["split"] == split) & (photos["day_in_train"] == 0)).sum()),
+            "photos_seen_day": int(((photos["split"] == split) & (photos["day_in_train"] == 1)).sum()),
+            "station_samples_unseen_station": int(((stations["split"] == split) & (stations["station_in_train"] == 0)).sum()),
+            "station_samples_later_season": int(((stations["split"] == split) & (stations["station_in_train"] == 1)).sum()),
+        }
+        for split in ("val", "test")
+    }
 
 
 def validation_report(runner: validation.SuiteRunner, out_dir: Path) -> dict:

@@ -19,7 +19,17 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from skyedge.core.contract import IMAGE, REQUIRED_COLUMNS, SENSOR_RANGES, SKY_CLASSES, STATION_ID, TIMESTAMP
+from skyedge.core.contract import (
+    IMAGE,
+    REQUIRED_COLUMNS,
+    SENSOR_RANGES,
+    SKY_CLASSES,
+    STATION_ID,
+    STATION_METADATA_COLUMNS,
+    STATION_METADATA_FILE,
+    STATION_METADATA_RANGES,
+    TIMESTAMP,
+)
 from skyedge.data import validation
 
 QUARANTINE_COLUMNS = ["source", "file", "row", "rule", "value"]
@@ -46,7 +56,9 @@ class Outcome:
     records: pd.DataFrame = field(default_factory=pd.DataFrame)
     images: dict[str, np.ndarray] = field(default_factory=dict)  # resolved path -> HxWx3 uint8
     labels: dict[str, str] = field(default_factory=dict)  # resolved path -> sky class
+    unlabelled: list[str] = field(default_factory=list)  # index rows whose class nobody wrote down
     timestamps: dict[str, str] = field(default_factory=dict)  # resolved path -> capture time
+    coordinates: dict[str, dict[str, float]] = field(default_factory=dict)  # station_id -> latitude, longitude, elevation_m
     quarantine: list[dict] = field(default_factory=list)
     received: int = 0
     ignored_files: list[str] = field(default_factory=list)  # CSVs that are not station data
@@ -58,11 +70,12 @@ class Outcome:
 
 
 def station_files(folder: Path) -> list[Path]:
-    """Station CSVs under a folder: every *.csv except the labelled-image index and its metadata.
+    """Station CSVs under a folder: every *.csv except the labelled-image index, its metadata and
+    the station metadata (stations.csv).
 
     Whether a CSV holds station records at all is decided from its header (`is_station_header`).
     """
-    return sorted(p for p in folder.rglob("*.csv") if p.name not in (INDEX_FILE, METADATA_FILE))
+    return sorted(p for p in folder.rglob("*.csv") if p.name not in (INDEX_FILE, METADATA_FILE, STATION_METADATA_FILE))
 
 
 def is_station_header(path: Path) -> bool:
@@ -79,8 +92,9 @@ def is_station_header(path: Path) -> bool:
     return bool(header & set(REQUIRED_COLUMNS))
 
 
-def parse_station_file(path: Path, outcome: Outcome) -> pd.DataFrame:
-    """The rows of one station CSV as text, with `_file` and `_row` (line number, header = 1).
+def parse_station_file(path: Path, outcome: Outcome, required: tuple[str, ...] = REQUIRED_COLUMNS) -> pd.DataFrame:
+    """The rows of one station CSV (or stations.csv, with its `required` columns) as text, with
+    `_file` and `_row` (line number, header = 1).
 
     Parse-level rules, checked before any validation: `file_parseable` (empty or unreadable file:
     one item, row empty), `row_utf8` (a line that is not UTF-8: that row only), `row_column_count`
@@ -135,7 +149,7 @@ def parse_station_file(path: Path, outcome: Outcome) -> pd.DataFrame:
         else:
             rows.append(fields)
             numbers.append(start)
-    missing = [column for column in REQUIRED_COLUMNS if column not in header]
+    missing = [column for column in required if column not in header]
     if missing:
         for row in numbers:
             outcome.reject(path, row, f"missing_column:{missing[0]}", missing[0])
@@ -302,6 +316,29 @@ def read_index(folder: Path, outcome: Outcome) -> list[tuple[int, str, str, str]
     return rows
 
 
+def read_station_metadata(folder: Path, outcome: Outcome, runner: validation.SuiteRunner | None = None) -> None:
+    """Coordinates of the stations in folder's stations.csv files into outcome.coordinates.
+
+    Each row is one received item, accepted or quarantined by the station-metadata rules; the
+    first file (in path order) that names a station wins.
+    """
+    for path in sorted(folder.rglob(STATION_METADATA_FILE)):
+        raw = parse_station_file(path, outcome, required=STATION_METADATA_COLUMNS)
+        if raw.empty:
+            continue
+        frame = validation.prepare_station_metadata(raw.fillna(""))
+        rules = validation.station_metadata_rules()
+        if runner is not None:
+            runner.check("station_metadata", rules, frame.drop(columns=["_file", "_row"]))
+        failed, values = validation.first_failures(rules, frame, {f"{c}_in_range": f"{c}_text" for c in STATION_METADATA_RANGES})
+        for index in np.flatnonzero(failed != ""):
+            outcome.reject(frame["_file"].iat[index], int(frame["_row"].iat[index]), failed[index], values[index])
+        for row in frame[failed == ""].itertuples(index=False):
+            station = getattr(row, STATION_ID)
+            if station not in outcome.coordinates:
+                outcome.coordinates[station] = {column: float(getattr(row, column)) for column in STATION_METADATA_RANGES}
+
+
 def read_folder(folder: Path, source: str, image_size: int, now: pd.Timestamp, runner: validation.SuiteRunner | None = None) -> Outcome:
     """Station CSVs (with their images) and a labelled index.csv under one folder.
 
@@ -310,6 +347,7 @@ def read_folder(folder: Path, source: str, image_size: int, now: pd.Timestamp, r
     earlier file of the same source is a duplicate too (caught after the per-file pass).
     """
     outcome = Outcome(source=source)
+    read_station_metadata(folder, outcome, runner)
     rules = validation.station_rules(now)
     accepted = []
     for path in tqdm(station_files(folder), desc=f"read {Path(source).name or source}", unit="file", disable=None, leave=False):
@@ -329,7 +367,7 @@ def read_folder(folder: Path, source: str, image_size: int, now: pd.Timestamp, r
 
     labelled = read_index(folder, outcome)
     referenced = set(records["image_path"]) - {""} if not records.empty else set()
-    label_of = {path: label for _, path, label, _ in labelled}
+    label_of = {path: label or None for _, path, label, _ in labelled}  # empty: an unlabelled photo
     index_row = {path: row for row, path, _, _ in labelled}
     images_to_read = sorted(referenced | set(label_of))
     outcome.received += len(images_to_read)
@@ -356,7 +394,10 @@ def read_folder(folder: Path, source: str, image_size: int, now: pd.Timestamp, r
             outcome.images[path] = arrays[path]
     for _, path, label, stamp in labelled:
         if path in outcome.images:
-            outcome.labels[path] = label
+            if label:
+                outcome.labels[path] = label
+            else:
+                outcome.unlabelled.append(path)
             outcome.timestamps[path] = stamp
     if not records.empty:
         # The row keeps its sensors when its photo was rejected; it just has no image.

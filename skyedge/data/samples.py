@@ -27,13 +27,14 @@ def content_hash(pixels: np.ndarray) -> str:
     return hashlib.md5(pixels.tobytes()).hexdigest()
 
 
-def station_samples(records: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+def station_samples(records: pd.DataFrame, coordinates: dict[str, dict[str, float]]) -> tuple[pd.DataFrame, np.ndarray]:
     """One sample per accepted record, station by station in time order, and its raw features.
 
-    records: accepted rows (skyedge.data.read) with a `source` column. Returns the samples
-    (source, station_id, timestamp, day, hour, hour_of_day, image_path, temp_now, rain_now,
-    temp_h*/rain_h* with NaN where the future record is missing) and raw features [N, 7] in the
-    same order.
+    records: accepted rows (skyedge.data.read) with a `source` column; coordinates: station_id ->
+    latitude, longitude, elevation_m (stations.csv). Returns the samples (source, station_id,
+    latitude, longitude, timestamp, day, hour, hour_of_day, image_path, temp_now, rain_now,
+    temp_h*/rain_h* with NaN where the future record is missing; latitude/longitude NaN for a
+    station without coordinates) and raw features [N, 7] in the same order.
     """
     parts, raw_parts = [], []
     for station, group in (records.groupby(STATION_ID, sort=True) if not records.empty else []):
@@ -46,6 +47,8 @@ def station_samples(records: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
                 {
                     "source": group["source"],
                     STATION_ID: station,
+                    "latitude": coordinates.get(station, {}).get("latitude", np.nan),
+                    "longitude": coordinates.get(station, {}).get("longitude", np.nan),
                     "timestamp": stamp,
                     "day": stamp.str[:10],
                     "hour": hours,
@@ -57,18 +60,23 @@ def station_samples(records: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
         )
         raw_parts.append(features.raw_features({column: group[column].to_numpy() for column in SENSOR_COLUMNS}))
     if not parts:
-        return pd.DataFrame(columns=["source", STATION_ID, "timestamp", "day", "hour", "hour_of_day", "image_path"]), np.zeros((0, features.N_RAW))
+        return pd.DataFrame(columns=["source", STATION_ID, "latitude", "longitude", "timestamp", "day", "hour", "hour_of_day", "image_path"]), np.zeros((0, features.N_RAW))
     return pd.concat(parts, ignore_index=True), np.concatenate(raw_parts)
 
 
 def sensor_windows(samples: pd.DataFrame, raw: np.ndarray, normalisation: dict, window_hours: int) -> tuple[np.ndarray, np.ndarray]:
-    """Windows [N, W, F] and their count of missing hours, for station samples grouped by station."""
+    """Windows [N, W, F] and their count of missing hours, for station samples grouped by station
+    (each station's time channels from its own coordinates, or the UTC fallback)."""
     if samples.empty:
         return np.zeros((0, window_hours, features.N_FEATURES), np.float32), np.zeros(0, np.int32)
     windows, missing = [], []
     hours = samples["hour"].to_numpy(np.int64)
     for _, rows in samples.groupby(STATION_ID, sort=False).indices.items():
-        station_windows, station_missing = features.build_windows(hours[rows], raw[rows], normalisation, window_hours)
+        latitude, longitude = samples["latitude"].iat[rows[0]], samples["longitude"].iat[rows[0]]
+        known = bool(np.isfinite(latitude) and np.isfinite(longitude))
+        station_windows, station_missing = features.build_windows(
+            hours[rows], raw[rows], normalisation, window_hours, float(latitude) if known else None, float(longitude) if known else None
+        )
         windows.append(station_windows)
         missing.append(station_missing)
     return np.concatenate(windows), np.concatenate(missing)
@@ -76,11 +84,12 @@ def sensor_windows(samples: pd.DataFrame, raw: np.ndarray, normalisation: dict, 
 
 @dataclass(frozen=True)
 class Photo:
-    """A labelled photo as read: where from, its class, its capture time (may be empty), its pixels."""
+    """A photo as read: where from, its class (None: nobody wrote it down), its capture time (may
+    be empty), its pixels."""
 
     source: str
     path: str
-    label: str
+    label: str | None
     timestamp: str
     pixels: np.ndarray
 
@@ -90,8 +99,8 @@ def photo_samples(photos: Iterable[Photo], exclude: set[str] = frozenset(), dedu
 
     With `dedupe` (training data: a copy would leak across splits) the first of several photos
     with the same pixels is kept; evaluation scores every photo it is given. `day` is the capture day as the
-    camera saw it (local time when the stamp has an offset) and `capture` the capture time; a
-    photo without a readable time is a group of its own (`photo:<md5>`): nothing ties it to a day.
+    camera saw it (local time when the stamp has an offset); a photo without a readable time is a
+    group of its own (`photo:<md5>`): nothing ties it to a day.
     """
     rows, seen = [], set()
     for photo in photos:
@@ -103,9 +112,8 @@ def photo_samples(photos: Iterable[Photo], exclude: set[str] = frozenset(), dedu
         seen.add(digest)
         stamp = pd.to_datetime(photo.timestamp or None, errors="coerce", format="ISO8601")
         day = stamp.strftime("%Y-%m-%d") if pd.notna(stamp) else f"photo:{digest[:12]}"
-        capture = stamp.strftime("%Y-%m-%dT%H:%M:%S") if pd.notna(stamp) else day
-        rows.append({"source": photo.source, "image_path": photo.path, "timestamp": photo.timestamp, "day": day, "capture": capture, "label": photo.label, "md5": digest})
-    return pd.DataFrame(rows, columns=["source", "image_path", "timestamp", "day", "capture", "label", "md5"])
+        rows.append({"source": photo.source, "image_path": photo.path, "timestamp": photo.timestamp, "day": day, "label": photo.label, "md5": digest})
+    return pd.DataFrame(rows, columns=["source", "image_path", "timestamp", "day", "label", "md5"])
 
 
 def climatology(samples: pd.DataFrame) -> dict:
@@ -119,4 +127,13 @@ def climatology(samples: pd.DataFrame) -> dict:
     return {
         "rain_base_rate": float(rain.mean()) if len(rain) else 0.0,
         "temp_by_hour_c": [float(by_hour.get(hour, overall)) if pd.notna(by_hour.get(hour, np.nan)) else overall for hour in range(24)],
+    }
+
+
+def coordinates_report(samples: pd.DataFrame) -> dict[str, str]:
+    """Per station: its coordinates, or the UTC fallback its time channels used (named, never silent)."""
+    stations = samples[samples[STATION_ID].ne("")].drop_duplicates(STATION_ID)
+    return {
+        row[STATION_ID]: f"{row['latitude']:.3f}, {row['longitude']:.3f}" if np.isfinite(row["latitude"]) and np.isfinite(row["longitude"]) else features.UTC_FALLBACK
+        for _, row in stations.iterrows()
     }

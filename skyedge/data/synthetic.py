@@ -13,13 +13,14 @@ rain a few hours ahead that the sensors alone do not carry.
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from skyedge.core import contract
+from skyedge.core import contract, solar
 
 # Sky regimes from calm to stormy; the index of a regime is its rank in storminess.
 REGIMES: tuple[str, ...] = (
@@ -86,15 +87,39 @@ def _precipitation(rng: np.random.Generator, s: np.ndarray, regime: np.ndarray) 
     return np.where(raining, amount, trace)
 
 
-def _daylight(hour_utc: np.ndarray) -> np.ndarray:
-    """0 at night, 1 at solar noon; local solar time is UTC for these stations."""
-    return np.clip(np.sin(np.pi * (hour_utc - 6.0) / 12.0), 0.0, 1.0)
+@dataclass(frozen=True)
+class Site:
+    """Where a synthetic station stands, and its climate: the same weather machinery runs at
+    every site, but the day follows the station's own sun and the levels follow its latitude and
+    elevation, so a model that learned the UTC clock or Beijing's levels does not transfer."""
+
+    latitude: float
+    longitude: float
+    elevation_m: float
+
+    @property
+    def mean_temperature_c(self) -> float:
+        return 27.0 - 0.35 * abs(self.latitude) - 0.0065 * self.elevation_m  # warm tropics, lapse rate
+
+    @property
+    def surface_pressure_hpa(self) -> float:
+        return 1013.0 * float(np.exp(-self.elevation_m / 8400.0))  # station-level pressure
+
+
+def _site(rng: np.random.Generator) -> Site:
+    return Site(round(float(rng.uniform(-45.0, 55.0)), 3), round(float(rng.uniform(-179.0, 179.0)), 3), round(float(rng.uniform(0.0, 700.0))))
+
+
+def _daylight(sun: solar.SunPosition) -> np.ndarray:
+    """0 at night, 1 with the sun overhead: the sine of its elevation above the horizon."""
+    return np.clip(np.sin(np.deg2rad(sun.elevation_deg)), 0.0, 1.0)
 
 
 def _sensors(
-    rng: np.random.Generator, hour_utc: np.ndarray, s: np.ndarray, regime: np.ndarray, precip: np.ndarray
+    rng: np.random.Generator, site: Site, sun: solar.SunPosition, s: np.ndarray, regime: np.ndarray, precip: np.ndarray
 ) -> dict[str, np.ndarray]:
-    """Sensor readings caused by s_t, the regime and the rain, plus noise and slow confounders."""
+    """Sensor readings caused by s_t, the regime and the rain, plus noise and slow confounders,
+    at the site's levels and on its local solar day."""
     hours = len(s)
 
     def slow_walk(step_sd: float) -> np.ndarray:
@@ -106,20 +131,20 @@ def _sensors(
             walk[t] = 0.995 * walk[t - 1] + steps[t]
         return walk
 
-    diurnal = np.cos(2 * np.pi * (hour_utc - 14.5) / 24.0)
+    diurnal = np.cos(2 * np.pi * (sun.solar_hour - 14.5) / 24.0)  # warmest mid-afternoon, local time
     raining = (precip > contract.RAIN_THRESHOLD_MM).astype(float)
     # Evaporative cooling builds up while it rains and fades after.
     cooling = np.zeros(hours)
     for t in range(1, hours):
         cooling[t] = 0.6 * cooling[t - 1] + 0.4 * 2.0 * raining[t]
     temperature = (
-        rng.uniform(8.0, 18.0)
+        site.mean_temperature_c + rng.uniform(-3.0, 3.0)
         + rng.uniform(5.0, 7.0) * _CLOUD_DAMPING[regime] * diurnal
         - cooling
         + slow_walk(0.1)
         + rng.normal(0.0, 0.3, hours)
     )
-    pressure = rng.uniform(1000.0, 1020.0) - 10.0 * s + slow_walk(0.3) + rng.normal(0.0, 0.5, hours)
+    pressure = site.surface_pressure_hpa + rng.uniform(-8.0, 8.0) - 10.0 * s + slow_walk(0.3) + rng.normal(0.0, 0.5, hours)
     humidity = rng.uniform(50.0, 65.0) + 25.0 * s - 8.0 * diurnal + rng.normal(0.0, 10.0, hours)
     wind_speed = 1.5 + 3.0 * np.clip(s, 0.0, None) + np.abs(rng.normal(0.0, 2.0, hours))
     wind_dir = rng.uniform(0.0, 360.0) + np.cumsum(rng.normal(0.0, 8.0, hours))
@@ -208,14 +233,17 @@ def generate(
     stations: int,
     days: int,
     seed: int,
-    image_size: int = 64,
+    image_size: int,
+    unlabelled_share: float,
     start: str = "2024-03-01T00:00:00Z",
     progress: bool = False,
 ) -> dict:
-    """Write station CSVs, sky PNGs and a labelled index.csv under out_dir; return a summary.
+    """Write station CSVs, stations.csv (coordinates), sky PNGs and index.csv under out_dir; return a summary.
 
-    Same arguments give byte-identical files: every random draw comes from `seed`, one child
-    stream per station for the weather and one for its images.
+    index.csv lists every photo; `unlabelled_share` of them have an empty label, as at a real
+    station where nobody labels every frame (distillation learns from them). Same arguments give
+    byte-identical files: every random draw comes from `seed`, one child stream per station for
+    its site, one for the weather and one for its images.
     """
     if image_size not in _IMAGE_SIZES:
         raise ValueError(f"image_size must be in 64..128, got {image_size}")
@@ -224,8 +252,7 @@ def generate(
     out_dir = Path(out_dir)
     hours = days * 24
     times = np.datetime64(start.rstrip("Z"), "h") + np.arange(hours).astype("timedelta64[h]")
-    hour_utc = (times - times.astype("datetime64[D]")).astype(int)
-    daylight = _daylight(hour_utc)
+    epoch_hours = times.astype(int)
     stamps = [t.item().strftime(_TIMESTAMP_FORMAT) for t in times]
     file_stems = [t.item().strftime("%Y%m%dT%H%M") for t in times]
 
@@ -234,13 +261,19 @@ def generate(
     class_counts = dict.fromkeys(contract.SKY_CLASSES, 0)
     rainy_hours = 0
     bar = tqdm(total=stations * hours, desc="synthetic images", disable=not progress)
+    site_rows = []
     for station, station_seed in enumerate(np.random.SeedSequence(seed).spawn(stations)):
-        weather_rng, image_rng = (np.random.default_rng(s) for s in station_seed.spawn(2))
+        site_rng, weather_rng, image_rng = (np.random.default_rng(s) for s in station_seed.spawn(3))
         station_id = f"syn-{station:02d}"
+        site = _site(site_rng)
+        site_rows.append([station_id, f"{site.latitude:.3f}", f"{site.longitude:.3f}", f"{site.elevation_m:.0f}"])
+        sun = solar.sun_position(epoch_hours, site.latitude, site.longitude)
+        daylight = _daylight(sun)
         s = _storm_potential(weather_rng, hours)
         regime = _regimes(s)
         precip = _precipitation(weather_rng, s, regime)
-        sensors = _sensors(weather_rng, hour_utc, s, regime, precip)
+        sensors = _sensors(weather_rng, site, sun, s, regime, precip)
+        unlabelled = image_rng.random(hours) < unlabelled_share
         rainy_hours += int((sensors["precip_mm"] > contract.RAIN_THRESHOLD_MM).sum())
 
         image_dir = out_dir / "images" / station_id
@@ -253,11 +286,12 @@ def generate(
             Image.fromarray(pixels, "RGB").save(out_dir / image_path, format="PNG", compress_level=6)
             readings = [_format_reading(column, sensors[column][t]) for column in contract.SENSOR_COLUMNS]
             rows.append([station_id, stamps[t], *readings, f"../{image_path}"])
-            index_rows.append([image_path, label, stamps[t]])
+            index_rows.append([image_path, "" if unlabelled[t] else label, stamps[t]])
             class_counts[label] += 1
             bar.update()
         _write_csv(out_dir / "stations" / f"{station_id}.csv", contract.STATION_COLUMNS, rows)
     bar.close()
+    _write_csv(out_dir / "stations" / contract.STATION_METADATA_FILE, contract.STATION_METADATA_COLUMNS, site_rows)
     _write_csv(out_dir / "index.csv", ("path", "label", "timestamp"), index_rows)
 
     records = stations * hours
@@ -267,4 +301,5 @@ def generate(
         "images": records,
         "rain_fraction": rainy_hours / records,
         "class_counts": class_counts,
+        "unlabelled": sum(1 for row in index_rows if not row[1]),
     }

@@ -17,7 +17,12 @@ Quarantine rule  ->  expectation (column)
   <sensor>_unit_<unit>          expect_column_values_to_not_be_in_set (<sensor>_unit, {<unit>})
   <sensor>_in_range             expect_column_values_to_be_between (<sensor>, contract range)
   unique_station_timestamp      expect_column_values_to_be_unique (station_hour)
-  label_in_classes              expect_column_values_to_be_in_set (label, SKY_CLASSES)
+  metadata_station_id_present   expect_column_values_to_not_be_null (station_id)        [stations.csv]
+  <field>_present               expect_column_values_to_not_be_null (<field>_text)      latitude,
+  <field>_numeric               expect_column_values_to_match_regex (<field>_text)      longitude,
+  <field>_in_range              expect_column_values_to_be_between (<field>, range)     elevation_m
+  unique_station                expect_column_values_to_be_unique (station_id)
+  label_in_classes              expect_column_values_to_be_in_set (label, SKY_CLASSES; empty = unlabelled)
   image_exists                  expect_column_values_to_be_in_set (exists, {True})
   image_not_empty               expect_column_values_to_be_between (bytes, min=1)
   image_readable                expect_column_values_to_not_be_in_set (decode, {not_an_image})
@@ -52,7 +57,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from skyedge.core.contract import SENSOR_RANGES, SKY_CLASSES, STATION_ID, TIMESTAMP
+from skyedge.core.contract import SENSOR_RANGES, SKY_CLASSES, STATION_ID, STATION_METADATA_RANGES, TIMESTAMP
 
 OFFSET_REGEX = r"(?:Z|[+-]\d{2}:?\d{2})$"
 NUMBER_REGEX = r"^\s*[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\s*$"
@@ -102,6 +107,31 @@ def station_rules(now: pd.Timestamp) -> list[Rule]:
         rules.append(Rule(f"{column}_in_range", (E.ExpectColumnValuesToBeBetween(column=column, min_value=low, max_value=high),)))
     rules.append(Rule("unique_station_timestamp", (E.ExpectColumnValuesToBeUnique(column="station_hour"),), keep_first=True))
     return rules
+
+
+def station_metadata_rules() -> list[Rule]:
+    """The station-metadata rule table (stations.csv: coordinates and elevation), in order."""
+    E = _gx().expectations
+    rules = [Rule("metadata_station_id_present", (E.ExpectColumnValuesToNotBeNull(column=STATION_ID),))]
+    for column, (low, high) in STATION_METADATA_RANGES.items():
+        rules.append(Rule(f"{column}_present", (E.ExpectColumnValuesToNotBeNull(column=f"{column}_text"),)))
+        rules.append(Rule(f"{column}_numeric", (E.ExpectColumnValuesToMatchRegex(column=f"{column}_text", regex=NUMBER_REGEX),)))
+        rules.append(Rule(f"{column}_in_range", (E.ExpectColumnValuesToBeBetween(column=column, min_value=low, max_value=high),)))
+    rules.append(Rule("unique_station", (E.ExpectColumnValuesToBeUnique(column=STATION_ID),), keep_first=True))
+    return rules
+
+
+def prepare_station_metadata(raw: pd.DataFrame) -> pd.DataFrame:
+    """Typed columns the station-metadata suite checks, from a frame of strings."""
+    frame = pd.DataFrame({"_file": raw["_file"].to_numpy(), "_row": raw["_row"].to_numpy()})
+    station = raw[STATION_ID].str.strip()
+    frame[STATION_ID] = station.where(station != "", None)
+    for column in STATION_METADATA_RANGES:
+        text = raw[column].str.strip() if column in raw else pd.Series("", index=raw.index)
+        text = text.where(text != "", None)
+        frame[f"{column}_text"] = text
+        frame[column] = pd.to_numeric(text.where(text.str.contains(NUMBER_REGEX, regex=True, na=False), None), errors="coerce").astype(float)
+    return frame
 
 
 def image_rules() -> list[Rule]:

@@ -80,6 +80,28 @@ def read_station(csv_path: Path, station: str | None = None) -> tuple[str, np.nd
     return station, hours, columns
 
 
+def station_coordinates(csv_path: Path, station: str, latitude: float | None = None, longitude: float | None = None) -> tuple[float | None, float | None, str]:
+    """(latitude, longitude, where from): given on the command line, else the station's row in
+    stations.csv beside the records, else (None, None, the UTC fallback), which the forecast names."""
+    if latitude is not None and longitude is not None:
+        return latitude, longitude, "given"
+    metadata = Path(csv_path).parent / contract.STATION_METADATA_FILE
+    if metadata.is_file():
+        with open(metadata, newline="", encoding="utf-8") as fh:
+            for row in csv.DictReader(fh):
+                if (row.get(contract.STATION_ID) or "").strip() == station:
+                    try:
+                        lat, lon = float(row["latitude"]), float(row["longitude"])
+                    except (KeyError, TypeError, ValueError) as exc:
+                        raise PredictError(f"{metadata}: station {station!r} has no readable latitude/longitude ({exc})") from exc
+                    for name, value in (("latitude", lat), ("longitude", lon)):
+                        low, high = contract.STATION_METADATA_RANGES[name]
+                        if not low <= value <= high:
+                            raise PredictError(f"{metadata}: {name} {value} of station {station!r} is outside {low}..{high}")
+                    return lat, lon, str(metadata)
+    return None, None, features.UTC_FALLBACK
+
+
 def load_image(path: Path, size: int) -> np.ndarray:
     """The photo as size x size x 3 uint8 RGB, or a PredictError naming the file."""
     try:
@@ -88,14 +110,17 @@ def load_image(path: Path, size: int) -> np.ndarray:
         raise PredictError(f"{path}: not a readable image ({exc})") from exc
 
 
-def forecast(state_dir: Path, sensors_csv: Path, image: Path | None = None, station: str | None = None, session: Any = None) -> dict[str, Any]:
+def forecast(
+    state_dir: Path, sensors_csv: Path, image: Path | None = None, station: str | None = None, session: Any = None, latitude: float | None = None, longitude: float | None = None
+) -> dict[str, Any]:
     """The forecast at the time of the station's latest record, from the active model."""
     slot = active_slot(state_dir)
     document = json.loads((slot / mf.MANIFEST_FILE).read_text())
     prep = document["preprocessing"]
     window = int(prep["sensors"]["window_hours"])
     station_id, hours, columns = read_station(Path(sensors_csv), station)
-    windows, missing_hours = features.build_windows(hours, features.raw_features(columns), prep["sensors"], window)
+    lat, lon, coordinates = station_coordinates(Path(sensors_csv), station_id, latitude, longitude)
+    windows, missing_hours = features.build_windows(hours, features.raw_features(columns), prep["sensors"], window, lat, lon)
     spec = prep["image"]
     if image is not None:
         photos, image_idx = load_image(Path(image), int(spec["size"]))[None], np.array([0])
@@ -108,6 +133,8 @@ def forecast(state_dir: Path, sensors_csv: Path, image: Path | None = None, stat
     probs = np.exp(logits - logits.max())
     probs /= probs.sum()
     classes = document.get("classes", list(contract.SKY_CLASSES))
+    # Heads whose validation skill was below zero ship persistence (skyedge.compress.selection).
+    fallback = document.get("fallback") or {"rain": [False] * len(contract.HORIZONS), "temp": [False] * len(contract.HORIZONS)}
     at = datetime.fromtimestamp(int(hours[-1]) * 3600, timezone.utc)
     return {
         "model": {"name": document["name"], "version": document["version"], "version_label": document.get("version_label")},
@@ -116,19 +143,29 @@ def forecast(state_dir: Path, sensors_csv: Path, image: Path | None = None, stat
         "image_used": image is not None,
         "window_missing_hours": int(missing_hours[-1]),
         "sky": {"class": classes[int(np.argmax(probs))], "probabilities": {c: round(float(p), 4) for c, p in zip(classes, probs)}},
+        "coordinates": coordinates,
         "forecast": [
             {
                 "h": h,
                 "time": (at + timedelta(hours=h)).isoformat(),
                 "rain_prob": round(float(out[contract.OUTPUT_RAIN_PROB][0, i]), 4),
                 "temp_c": round(float(out[contract.OUTPUT_TEMP_C][0, i]), 2),
+                "rain_from": "persistence" if fallback["rain"][i] else "model",
+                "temp_from": "persistence" if fallback["temp"][i] else "model",
             }
             for i, h in enumerate(document.get("horizons", contract.HORIZONS))
         ],
     }
 
 
-FORECAST_COLUMNS = [Column("h", format="d"), Column("time", align="left"), Column("rain_prob", format=".2f"), Column("temp_c", format=".1f")]
+FORECAST_COLUMNS = [
+    Column("h", format="d"),
+    Column("time", align="left"),
+    Column("rain_prob", format=".2f"),
+    Column("rain_from", "", align="left"),
+    Column("temp_c", format=".1f"),
+    Column("temp_from", "", align="left"),
+]
 
 
 def format_forecast(result: dict[str, Any]) -> str:
@@ -137,5 +174,10 @@ def format_forecast(result: dict[str, Any]) -> str:
         f" ({'with' if result['image_used'] else 'no'} photo, {result['window_missing_hours']} missing window hours)",
         f"sky now: {result['sky']['class']} ({result['sky']['probabilities'][result['sky']['class']]:.0%})",
         text_table(result["forecast"], FORECAST_COLUMNS),
+        "rain_prob: probability of more than 0.1 mm of rain in the hour ending at `time`; temp_c: the temperature then.",
     ]
+    if any(row["rain_from"] == "persistence" or row["temp_from"] == "persistence" for row in result["forecast"]):
+        lines.append("persistence: the model had no skill over persistence there on validation, so it forecasts the current reading")
+    if result["coordinates"] == features.UTC_FALLBACK:
+        lines.append(f"coordinates {features.UTC_FALLBACK}: no stations.csv beside the records and no --latitude/--longitude; the time of day is UTC's")
     return "\n".join(lines)

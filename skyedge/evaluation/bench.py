@@ -3,16 +3,20 @@
 One row per variant: teacher_fp32, student_alone_fp32 (no KD), student_fp32, the pruning variants,
 every quantization candidate and shipped. Size, MACs and batch-1 latency (ONNX Runtime, 1 intra-op
 thread, warm-up excluded) are measured here, in one process, the variants taking turns in blocks
-of 10 runs, so machine drift spreads over all of them and their ratios are fair. Test-split
-scores come from the evaluate stage's variant rows where it scored that file (same frozen split)
-and are computed here for the others.
-Writes the table and each target's status (met / not met, with its number) to reports/bench.json.
+of 10 runs, so machine drift spreads over all of them and their ratios are fair. Every variant is
+scored here on the same test split, as the field will see it (skyedge.evaluation.scores.
+grouped_score): the headline rows come from days and stations training never saw, and the groups
+(seen photo days, the later season of training stations, each held-out station) sit beside them.
+Differences between variants (KD gain, shipped vs teacher) come with paired bootstrap intervals
+that resample whole capture days. Writes the table, the groups and each target's status (met /
+not met, with its number and interval) to reports/bench.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +25,10 @@ from skyedge.core import inference, paths
 from skyedge.core.contract import HORIZONS
 from skyedge.core.tables import Column, text_table
 from skyedge.data.dataset import load_ingested, model_inputs
-from skyedge.evaluation import scores
+from skyedge.evaluation import metrics, scores
 
+BOOTSTRAP = 500  # replicates of every interval the targets show
 SCORE_KEYS = ["sky_accuracy", "sky_macro_f1"] + [f"rain_bss_persistence_h{h}" for h in HORIZONS] + [f"temp_skill_persistence_h{h}" for h in HORIZONS]
-COLUMNS = ["variant", "size_bytes", "macs", "latency_ms_p50", "latency_ms_p95", *SCORE_KEYS]
 
 
 def variants(data: Path) -> dict[str, dict]:
@@ -60,68 +64,90 @@ def macs_of(module_path: Path, image_size: int, window: int) -> int | None:
     return count_macs_params(checkpoints.load_module(module_path), models.example_inputs(image_size, window, N_FEATURES))[0]
 
 
-def measure(data_dir: Path, runs: int, warmup: int) -> list[dict]:
+@dataclass
+class Measured:
+    """Every variant's row, and what the targets need beyond it: the grouped score documents
+    and, on the field-estimate photos, which each variant got right."""
+
+    rows: list[dict]
+    scored: dict[str, dict]  # variant -> scores.grouped_score document
+    photo_hits: dict[str, np.ndarray]  # variant -> 1/0 per unseen-day labelled photo of the test split
+    photo_days: np.ndarray  # the capture day of each of those photos (bootstrap groups)
+
+
+def measure(data_dir: Path, runs: int, warmup: int) -> Measured:
     data = load_ingested(paths.Ingest(data_dir / "ingest").dir)
     test = data.split("test")
     samples = data.samples.iloc[test].reset_index(drop=True)
-    one = model_inputs(data, test[:1])
-    evaluate_path = paths.Evaluate(data_dir / "evaluate").metrics
-    evaluated = json.loads(evaluate_path.read_text())["variants"] if evaluate_path.exists() else {}
+    inputs = model_inputs(data, test)
     size, window = data.preprocessing["image"]["size"], data.windows.shape[1]
-    inputs = None
-    rows = []
+    unseen_photos = (samples["sky_label"].to_numpy() >= 0) & (samples["day_in_train"].to_numpy() == 0)
     found = variants(data_dir)
     print(f"bench: timing {len(found)} variants in turns, {runs} runs each", flush=True)
-    speeds = inference.interleaved_latency_ms({name: entry["onnx"] for name, entry in found.items()}, one, runs, warmup)
+    speeds = inference.interleaved_latency_ms({name: entry["onnx"] for name, entry in found.items()}, model_inputs(data, test[:1]), runs, warmup)
+    measured = Measured([], {}, {}, samples["day"].to_numpy()[unseen_photos])
     for name, entry in found.items():
+        outputs = inference.predict(inference.session(entry["onnx"]), inputs)
+        scored = scores.grouped_score(outputs, samples, data.preprocessing["climatology"], n_boot=BOOTSTRAP)
         row = {"variant": name, "size_bytes": entry["onnx"].stat().st_size, "macs": macs_of(entry["module"], size, window)}
         row.update(latency_ms_p50=speeds[name]["latency_ms_p50"], latency_ms_p95=speeds[name]["latency_ms_p95"])
-        if entry.get("evaluate") in evaluated:
-            found = evaluated[entry["evaluate"]]
-            row["scores_from"] = "evaluate stage"
-        else:
-            inputs = inputs if inputs is not None else model_inputs(data, test)
-            outputs = inference.predict(inference.session(entry["onnx"]), inputs)
-            found = scores.summary_row(name, scores.score(outputs, samples, data.preprocessing["climatology"], n_boot=50))
-            row["scores_from"] = "bench"
-        row.update({key: found.get(key) for key in SCORE_KEYS})
-        rows.append(row)
+        row.update({key: scores.summary_row(name, scored).get(key) for key in SCORE_KEYS})
+        measured.rows.append(row)
+        measured.scored[name] = scored
+        measured.photo_hits[name] = (outputs["sky_logits"][unseen_photos].argmax(1) == samples["sky_label"].to_numpy()[unseen_photos]).astype(float)
         print(f"bench: {name} {row['latency_ms_p50']:.3f} ms", flush=True)
-    return rows
+    return measured
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None or b == 0 else a / b
 
 
-def targets(rows: list[dict]) -> list[dict]:
-    """The product's targets (README), each with its number and met / not met (None: not measurable)."""
-    by = {row["variant"]: row for row in rows}
-    teacher, shipped, student, alone = (by.get(n, {}) for n in ("teacher_fp32", "shipped", "student_fp32", "student_alone_fp32"))
+def _difference(measured: Measured, better: str, worse: str) -> tuple[float | None, list[float] | None]:
+    """Points of sky accuracy, better - worse, on the same unseen-day photos, with a paired
+    bootstrap interval that resamples whole capture days."""
+    if better not in measured.photo_hits or worse not in measured.photo_hits or not len(measured.photo_days):
+        return None, None
+    diff = measured.photo_hits[better] - measured.photo_hits[worse]
+    interval = metrics.bootstrap_ci(lambda idx: 100 * float(diff[idx].mean()), measured.photo_days, BOOTSTRAP, seed=0)
+    return 100 * float(diff.mean()), [round(v, 2) for v in interval]
+
+
+def targets(measured: Measured) -> list[dict]:
+    """The product's targets (README), each with its number, 95% interval where it has one, and
+    met / not met (None: not measurable), on the field estimate (days and stations never trained on)."""
+    by = {row["variant"]: row for row in measured.rows}
+    teacher, shipped, student = (by.get(n, {}) for n in ("teacher_fp32", "shipped", "student_fp32"))
+    days = len(set(measured.photo_days))
     out = []
 
-    def add(name: str, value: float | None, met: bool | None, detail: str) -> None:
-        out.append({"target": name, "value": value, "met": met, "detail": detail})
+    def add(name: str, value: float | None, met: bool | None, detail: str, interval: list | None = None) -> None:
+        out.append({"target": name, "value": value, "interval": interval, "met": met, "detail": detail})
 
-    gap = None if shipped.get("sky_accuracy") is None or teacher.get("sky_accuracy") is None else 100 * (shipped["sky_accuracy"] - teacher["sky_accuracy"])
-    add("shipped sky accuracy within 1 point of teacher (or above)", gap, None if gap is None else gap >= -1.0, "points, shipped - teacher")
+    gap, gap_ci = _difference(measured, "shipped", "teacher_fp32")
+    add("shipped sky accuracy within 1 point of teacher (or above), unseen days", gap, None if gap is None else gap >= -1.0, f"points, shipped - teacher, {len(measured.photo_days)} photos of {days} days", gap_ci)
+    kd, kd_ci = _difference(measured, "student_fp32", "student_alone_fp32")
+    room, _ = _difference(measured, "teacher_fp32", "student_alone_fp32")
+    headroom = "" if room is None else f"; headroom teacher - student_alone {room:+.1f} points"
+    add("KD gain >= +2 points of sky accuracy, unseen days", kd, None if kd is None else kd >= 2.0, f"points, student - student_alone, same data, epochs and seed{headroom}", kd_ci)
     smaller = _ratio(teacher.get("size_bytes"), shipped.get("size_bytes"))
     add("shipped file >= 50x smaller than teacher_fp32", smaller, None if smaller is None else smaller >= 50, "teacher bytes / shipped bytes")
     faster = _ratio(teacher.get("latency_ms_p50"), shipped.get("latency_ms_p50"))
     add("shipped latency >= 20x lower than teacher_fp32", faster, None if faster is None else faster >= 20, "teacher p50 / shipped p50")
     vs_student = _ratio(student.get("latency_ms_p50"), shipped.get("latency_ms_p50"))
     add("shipped >= 1.5x faster than student_fp32", vs_student, None if vs_student is None else vs_student >= 1.5, "student p50 / shipped p50")
-    kd = None if student.get("sky_accuracy") is None or alone.get("sky_accuracy") is None else 100 * (student["sky_accuracy"] - alone["sky_accuracy"])
-    headroom = None if alone.get("sky_accuracy") is None or teacher.get("sky_accuracy") is None else 100 * (teacher["sky_accuracy"] - alone["sky_accuracy"])
-    # KD can only add what the student alone is missing of the teacher: say how much that was.
-    room = "" if headroom is None else f"; headroom teacher - student_alone {headroom:+.1f} points"
-    add("KD gain >= +2 points of sky accuracy", kd, None if kd is None else kd >= 2.0, f"points, student - student_alone (test split){room}")
-    for h in HORIZONS:
-        bss = shipped.get(f"rain_bss_persistence_h{h}")
-        add(f"rain Brier skill vs persistence > 0 at h{h}", bss, None if bss is None else bss > 0, "shipped")
-    for h in HORIZONS:
-        skill = shipped.get(f"temp_skill_persistence_h{h}")
-        add(f"temperature skill vs persistence >= 0.2 at h{h}", skill, None if skill is None else skill >= 0.2, "shipped")
+    groups = measured.scored.get("shipped", {}).get("groups", {})
+    for group in [g for g in groups if g == "later_season" or g.startswith("station:")]:
+        entries = {entry["h"]: entry for entry in groups[group]["horizons"]}
+        ci = groups[group]["ci"]
+        for key, limit, label in (("rain_bss_persistence", 0.0, "rain Brier skill vs persistence > 0"), ("temp_skill_persistence", 0.2, "temperature skill vs persistence >= 0.2")):
+            values = {h: entry.get(key) for h, entry in entries.items()}
+            if not values or any(v is None for v in values.values()):
+                add(f"{label}, every horizon, {group}", None, None, "undefined at some horizon")
+                continue
+            worst = min(values, key=values.get)
+            met = values[worst] > limit if key.startswith("rain") else values[worst] >= limit
+            add(f"{label}, every horizon, {group}", values[worst], met, f"worst at h{worst}; h1..h4 " + " / ".join(f"{values[h]:.2f}" for h in sorted(values)), ci.get(f"{key}_h{worst}"))
     return out
 
 
@@ -138,23 +164,36 @@ TABLE_COLUMNS = [
 ]
 
 
+GROUP_COLUMNS = [Column("group", align="left"), Column("n_samples", "n", format="d"), *TABLE_COLUMNS[5:]]
+
+
 def table(rows: list[dict]) -> str:
     return text_table(rows, TABLE_COLUMNS)
 
 
 def target_lines(status: list[dict]) -> str:
-    """One row per target: met / NOT met / n/a (not measurable), the number and what it is."""
+    """One row per target: met / NOT met / n/a (not measurable), the number, its 95% interval and what it is."""
     rows = [{**t, "status": "n/a" if t["met"] is None else ("met" if t["met"] else "NOT met")} for t in status]
-    return text_table(rows, [Column("status", align="left"), Column("target", align="left"), "value", Column("detail", align="left")])
+    interval = Column("interval", "95% interval", format=lambda ci: f"[{ci[0]:.2f}, {ci[1]:.2f}]")
+    return text_table(rows, [Column("status", align="left"), Column("target", align="left"), "value", interval, Column("detail", align="left")])
 
 
 def run(data_dir: Path, out: Path, runs: int = 1000, warmup: int = 20) -> dict:
-    rows = measure(data_dir, runs, warmup)
-    status = targets(rows)
-    result = {"data": str(data_dir.resolve()), "latency": {"batch": 1, "intra_op_threads": 1, "runs": runs, "warmup_runs": warmup}, "variants": rows, "targets": status}
+    measured = measure(data_dir, runs, warmup)
+    rows, status = measured.rows, targets(measured)
+    result = {
+        "data": str(data_dir.resolve()),
+        "estimate": "test split, rows from days and stations never trained on (skyedge.evaluation.scores.groups_of)",
+        "latency": {"batch": 1, "intra_op_threads": 1, "runs": runs, "warmup_runs": warmup},
+        "variants": rows,
+        "groups": {name: {group: scores.summary_row(group, doc) | {"n_samples": doc["n_samples"]} for group, doc in scored.get("groups", {}).items()} for name, scored in measured.scored.items()},
+        "targets": status,
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=lambda v: None if isinstance(v, float) and np.isnan(v) else v) + "\n")
     print(table(rows))
+    print("shipped, per group (seen vs unseen):")
+    print(text_table([{"group": g, **r} for g, r in result["groups"].get("shipped", {}).items()], GROUP_COLUMNS))
     print("targets:")
     print(target_lines(status))
     return result

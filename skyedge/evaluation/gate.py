@@ -107,7 +107,7 @@ def score_package(package_dir: Path, ingest_dir: Path, split: str, threads: int,
     data = load_ingested(ingest_dir)
     rows = data.split(split)
     outputs = inference.predict(inference.session(package.model, threads), inputs_for_model(data, rows, document["preprocessing"]))
-    return scores.score(outputs, data.samples.iloc[rows].reset_index(drop=True), document["climatology"], n_boot, seed)
+    return scores.grouped_score(outputs, data.samples.iloc[rows].reset_index(drop=True), document["climatology"], n_boot, seed)
 
 
 @dataclass(frozen=True)

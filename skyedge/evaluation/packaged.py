@@ -76,6 +76,7 @@ class Dataset:
     images: np.ndarray  # [M, S, S, 3] uint8; samples point at them with image_idx (-1: none)
     received: int
     quarantine: list[dict]
+    unlabelled: int  # index.csv photos without a class: nothing to score them against
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,7 @@ def read_dataset(model: Model, station_sources: list[Path], image_sources: list[
             files = [source]
         else:
             raise ValueError(f"--stations {source}: no such file or folder")
+        read.read_station_metadata(source if source.is_dir() else source.parent, outcome)
         with warnings.catch_warnings():  # pandas' note on ingest's offset regex group: not for users
             warnings.filterwarnings("ignore", "This pattern is interpreted as a regular expression", UserWarning)
             frames += [read.read_station_csv(path, outcome, now) for path in files]
@@ -196,8 +198,10 @@ def _fail_on_missing_columns(model: Model, outcome: read.Outcome) -> None:
 def _read_images(model: Model, records: pd.DataFrame, labelled: list, outcome: read.Outcome) -> tuple[dict, dict, dict]:
     """Photos referenced by station rows or index rows, loaded at the manifest's image size."""
     referenced = set(records["image_path"]) - {""} if not records.empty else set()
-    bad_labels = {path: (row, label) for row, path, label, _ in labelled if label not in SKY_CLASSES}
-    paths = sorted(referenced | {path for _, path, _, _ in labelled})
+    bad_labels = {path: (row, label) for row, path, label, _ in labelled if label and label not in SKY_CLASSES}
+    unlabelled = {path for _, path, label, _ in labelled if not label}  # nothing to score them against
+    paths = sorted(referenced | {path for _, path, _, _ in labelled} - (unlabelled - referenced))
+    outcome.ignored_files += sorted(unlabelled - referenced)
     outcome.received += len(paths)
     images, too_small = {}, []
     for path in paths:
@@ -216,13 +220,13 @@ def _read_images(model: Model, records: pd.DataFrame, labelled: list, outcome: r
             f"no photo can be resized to the model's {INPUT_IMAGE} [B, 3, {model.image_size}, {model.image_size}] "
             f"(manifest preprocessing.image.size): photos are smaller than {read.MIN_IMAGE_SIDE} px, e.g. {too_small[0]}"
         )
-    labels = {path: label for _, path, label, _ in labelled if path in images}
+    labels = {path: label for _, path, label, _ in labelled if path in images and label}
     stamps = {path: stamp for _, path, _, stamp in labelled if path in images}
     return images, labels, stamps
 
 
 def _samples(model: Model, records: pd.DataFrame, images: dict, labels: dict, stamps: dict, outcome: read.Outcome) -> Dataset:
-    stations, raw = samples.station_samples(records.assign(source=records["_file"]) if not records.empty else records)
+    stations, raw = samples.station_samples(records.assign(source=records["_file"]) if not records.empty else records, outcome.coordinates)
     windows, missing = samples.sensor_windows(stations, raw, model.manifest["preprocessing"]["sensors"], model.window_hours)
     stations["has_sensors"] = 1
     stations["window_missing_hours"] = missing
@@ -238,7 +242,7 @@ def _samples(model: Model, records: pd.DataFrame, images: dict, labels: dict, st
             f"nothing to evaluate: no station record or labelled photo was accepted ({outcome.received} received, "
             f"{len(outcome.quarantine)} quarantined{_rules(outcome)})"
         )
-    table = pd.concat([part for part in (stations, photos.drop(columns=["md5", "capture", "label"])) if not part.empty], ignore_index=True)
+    table = pd.concat([part for part in (stations, photos.drop(columns=["md5", "label"])) if not part.empty], ignore_index=True)
     table["station_id"] = table["station_id"].fillna("")
     for column in ("hour_of_day", "window_missing_hours", "rain_now", "temp_now", *(f"{kind}_h{h}" for h in HORIZONS for kind in ("rain", "temp"))):
         table[column] = table[column].astype(float) if column in table else np.nan
@@ -247,9 +251,29 @@ def _samples(model: Model, records: pd.DataFrame, images: dict, labels: dict, st
     index = {path: i for i, path in enumerate(image_paths)}
     table["image_idx"] = [index.get(p, -1) if isinstance(p, str) else -1 for p in table["image_path"]]
     table["sky_label"] = [SKY_CLASSES.index(labels[p]) if isinstance(p, str) and p in labels else -1 for p in table["image_path"]]
+    table["day_in_train"], table["station_in_train"] = seen_in_training(table, model.manifest.get("training_coverage"))
     size = model.image_size
     pixels = np.stack([images[p] for p in image_paths]) if image_paths else np.zeros((0, size, size, 3), np.uint8)
-    return Dataset(table, windows.astype(np.float32), pixels, outcome.received, outcome.quarantine)
+    return Dataset(table, windows.astype(np.float32), pixels, outcome.received, outcome.quarantine, len(outcome.ignored_files))
+
+
+def seen_in_training(table: pd.DataFrame, coverage: dict | None) -> tuple[np.ndarray, np.ndarray]:
+    """Per sample, 1 where the model's training saw its day (a station's trained time range, a
+    photo's capture day) and its station, from the manifest's `training_coverage`; without one,
+    every sample counts as unseen."""
+    if not coverage:
+        return np.zeros(len(table), int), np.zeros(len(table), int)
+    stations = table["station_id"].to_numpy()
+    station_seen = np.array([s in coverage["stations"] for s in stations]) | (stations == "")
+    stamps = pd.to_datetime(table["timestamp"].where(stations != "", None), utc=True, errors="coerce", format="ISO8601")
+    day_seen = np.array(
+        [
+            (station != "" and station in coverage["stations"] and pd.Timestamp(coverage["stations"][station][0]) <= stamp <= pd.Timestamp(coverage["stations"][station][1]))
+            or (station == "" and day in coverage["photo_days"])
+            for station, stamp, day in zip(stations, stamps, table["day"])
+        ]
+    )
+    return day_seen.astype(int), station_seen.astype(int)
 
 
 def _is_time(text: str) -> bool:
@@ -303,10 +327,10 @@ def evaluate(
     for name, values in outputs.items():
         if not np.all(np.isfinite(values)):
             raise ValueError(f"{model.onnx_path}: output {name} holds NaN or inf on this data")
-    found = scores.score(outputs, data.samples, model.manifest["climatology"], n_boot, seed, max_window_gap_hours)
+    found = scores.grouped_score(outputs, data.samples, model.manifest["climatology"], n_boot, seed, max_window_gap_hours)
     found["skipped"]["quarantined_input"] = len(data.quarantine)
     by_rule = pd.Series([q["rule"] for q in data.quarantine], dtype=str).value_counts().sort_index()
-    samples = data.samples
+    table = data.samples
     metrics = {
         "model": {
             "path": str(model.onnx_path),
@@ -321,11 +345,14 @@ def evaluate(
             "accepted": data.received - len(data.quarantine),
             "quarantined": len(data.quarantine),
             "quarantined_by_rule": {str(k): int(v) for k, v in by_rule.items()},
-            "station_samples": int((samples["has_sensors"] == 1).sum()),
-            "photo_only_samples": int((samples["has_sensors"] == 0).sum()),
-            "labelled_photos": int((samples["sky_label"] >= 0).sum()),
-            "stations": sorted(set(samples["station_id"]) - {""}),
+            "station_samples": int((table["has_sensors"] == 1).sum()),
+            "photo_only_samples": int((table["has_sensors"] == 0).sum()),
+            "labelled_photos": int((table["sky_label"] >= 0).sum()),
+            "stations": sorted(set(table["station_id"]) - {""}),
             "max_window_gap_hours": max_window_gap_hours,
+            "training_coverage": "manifest" if model.manifest.get("training_coverage") else "unknown: every sample counted as unseen",
+            "coordinates": samples.coordinates_report(data.samples) if "latitude" in data.samples else {},
+            "unlabelled_photos_not_scored": data.unlabelled,
             "bootstrap": {"n_boot": n_boot, "seed": seed, "level": 0.95, "groups": "day"},
         },
     }
@@ -334,7 +361,7 @@ def evaluate(
         metrics["model"]["matches_manifest"] = listed[model.onnx_path.name] == metrics["model"]["sha256"]
     if measure:
         metrics["runtime"] = measure_runtime(model.onnx_path, runtime_runs, warmup_runs)
-    return Evaluation(metrics, data, outputs, _scored_stations(samples, max_window_gap_hours))
+    return Evaluation(metrics, data, outputs, _scored_stations(table, max_window_gap_hours))
 
 
 def evaluate_model(model_path: Path, station_sources: list[Path], image_sources: list[Path], n_boot: int = 500, seed: int = 0, **options) -> dict:

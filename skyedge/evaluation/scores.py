@@ -120,12 +120,55 @@ def _skill_statistic(key: str, arrays: tuple[np.ndarray, ...]):
 
 
 def summary_row(name: str, scores: dict) -> dict:
-    """One flat row per model variant: the numbers the variant table and Pareto plots show."""
+    """One flat row per model variant: the numbers the variant table and Pareto plots show (the
+    field estimate; with groups, sky accuracy on seen days beside it)."""
     row = {"variant": name}
     sky = scores.get("sky")
     row["sky_accuracy"] = sky["accuracy"] if sky else None
     row["sky_macro_f1"] = sky["macro_f1"] if sky else None
+    seen = (scores.get("groups", {}).get("seen_days") or {}).get("sky")
+    if "groups" in scores:
+        row["sky_accuracy_seen_days"] = seen["accuracy"] if seen else None
     for entry in scores["horizons"]:
         row[f"rain_bss_persistence_h{entry['h']}"] = entry["rain_bss_persistence"]
         row[f"temp_skill_persistence_h{entry['h']}"] = entry["temp_skill_persistence"]
     return row
+
+
+def groups_of(samples) -> dict[str, np.ndarray]:
+    """Boolean masks of the groups reported side by side, for samples that carry `day_in_train`
+    and `station_in_train` (1: training saw that capture day / station):
+
+      unseen_days    photos and station hours of days training never saw: the field estimate
+      seen_days      photos of a day training also had (a class with one capture day only)
+      later_season   station hours of training stations, in a later block than training's
+      station:<id>   each held-out station, never trained on
+    """
+    stations = samples["station_id"].fillna("").to_numpy() != ""
+    day_seen = samples["day_in_train"].to_numpy() == 1
+    station_seen = samples["station_in_train"].to_numpy() == 1
+    groups = {"unseen_days": ~day_seen, "seen_days": day_seen & ~stations, "later_season": stations & station_seen & ~day_seen}
+    for station in sorted(set(samples["station_id"][stations & ~station_seen])):
+        groups[f"station:{station}"] = samples["station_id"].to_numpy() == station
+    return groups
+
+
+def grouped_score(outputs: dict[str, np.ndarray], samples, climatology: dict, n_boot: int = 500, seed: int = 0, max_window_gap_hours: int | None = None) -> dict:
+    """`score` on the field estimate (rows from days training never saw), with every group of
+    `groups_of` scored beside it under `groups` (an empty group is left out). `estimate` says
+    which rows the headline scores are: unseen days, or all rows when none is unseen (data the
+    model was trained on: say so, never pass it off as an estimate)."""
+    masks = groups_of(samples)
+    subset = lambda mask: ({name: values[mask] for name, values in outputs.items()}, samples[mask].reset_index(drop=True))  # noqa: E731
+    unseen = masks["unseen_days"]
+    headline = unseen if unseen.any() else np.ones(len(samples), bool)
+    result = score(*subset(headline), climatology, n_boot, seed, max_window_gap_hours)
+    result["estimate"] = "unseen_days" if unseen.any() else "all rows: none is from a day training never saw"
+    result["groups"] = {}
+    for name, mask in masks.items():
+        if mask.any():
+            try:
+                result["groups"][name] = {"n_samples": int(mask.sum()), **score(*subset(mask), climatology, n_boot, seed, max_window_gap_hours)}
+            except EmptyDatasetError:
+                continue
+    return result

@@ -3,8 +3,13 @@
 `NowcastNet(image, image_present, sensors) -> (sky_logits, rain_prob, temp_c)` is the contract of
 the shipped ONNX model (skyedge.core.contract). A missing photo (image_present = 0) swaps the image
 embedding for a learned "no image" vector, so a broken camera never stops the forecast.
-Temperature is predicted as a change from the latest reading, which makes persistence the
-starting point the model has to improve on.
+
+Both forecasts start from persistence, which the model has to improve on: temperature is the
+latest reading plus a learned change (with the change at zero, the model IS persistence), and
+the rain logit adds a learned weight of "raining now" to the fused features. Where validation
+skill at a horizon is below zero, the `fallback_rain` / `fallback_temp` buffers (0 or 1 per
+horizon, set on the exported graph by the quantize stage) make that head output persistence
+exactly.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import torchvision
 from torch import nn
 
 from skyedge.core.contract import HORIZONS, SKY_CLASSES
+from skyedge.core.features import N_ENCODED, RAIN_REFERENCE, TEMPERATURE_REFERENCE
 
 EFFICIENTNET_LITE = {"efficientnet_lite0": "efficientnet-lite0", "efficientnet_lite2": "efficientnet-lite2"}
 
@@ -140,47 +146,60 @@ def student_backbone(arch: str, width: int) -> Pooled:
 class NowcastNet(nn.Module):
     """Image backbone + sensor encoder + heads: sky class now, rain and temperature at t+1..t+4."""
 
-    def __init__(self, backbone: Pooled, window_hours: int, n_features: int, temp_mean: float, temp_std: float, hidden: int = 64):
+    def __init__(self, backbone: Pooled, window_hours: int, temp_std: float, hidden: int = 64):
         super().__init__()
         n_horizons, embed_dim = len(HORIZONS), backbone.channels
         self.backbone = backbone
         self.no_image = nn.Parameter(torch.zeros(embed_dim))
         self.sky_head = nn.Linear(embed_dim, len(SKY_CLASSES))
         self.image_proj = nn.Sequential(nn.Linear(embed_dim, hidden), nn.ReLU())
+        # The encoder reads the scaled readings, flags and time channels; the absolute references
+        # (temperature, rain now) only enter the persistence paths below.
         self.sensor_encoder = nn.Sequential(
-            nn.Flatten(), nn.Linear(window_hours * n_features, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU()
+            nn.Flatten(), nn.Linear(window_hours * N_ENCODED, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU()
         )
         self.fusion = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.ReLU())
         self.rain_head = nn.Linear(hidden, n_horizons)
+        self.rain_persistence = nn.Parameter(torch.zeros(n_horizons))  # logit weight of "raining now"
         self.temp_head = nn.Linear(hidden, n_horizons)
-        # The latest temperature is channel 0 of the last window step, normalised with these.
-        self.register_buffer("temp_mean", torch.tensor(float(temp_mean)))
-        self.register_buffer("temp_std", torch.tensor(float(temp_std)))
+        self.register_buffer("temp_std", torch.tensor(float(temp_std)))  # scale of the learned change
+        # Two shapes on purpose: the ONNX exporter merges identical constants, and each mask must
+        # stay a constant of its own that the quantize stage can find by name.
+        self.register_buffer("fallback_rain", torch.zeros(n_horizons))
+        self.register_buffer("fallback_temp", torch.zeros(1, n_horizons))
 
     def embed(self, image: torch.Tensor, image_present: torch.Tensor) -> torch.Tensor:
         return image_present * self.backbone(image) + (1 - image_present) * self.no_image
 
     def heads(self, embedding: torch.Tensor, sensors: torch.Tensor) -> dict[str, torch.Tensor]:
-        fused = self.fusion(torch.cat([self.image_proj(embedding), self.sensor_encoder(sensors)], dim=1))
-        temp_now = sensors[:, -1, 0:1] * self.temp_std + self.temp_mean
+        fused = self.fusion(torch.cat([self.image_proj(embedding), self.sensor_encoder(sensors[:, :, :N_ENCODED])], dim=1))
+        temp_now = sensors[:, -1, TEMPERATURE_REFERENCE : TEMPERATURE_REFERENCE + 1]
+        rain_now = sensors[:, -1, RAIN_REFERENCE : RAIN_REFERENCE + 1]
         return {
             "sky_logits": self.sky_head(embedding),
-            "rain_logits": self.rain_head(fused),
+            "rain_logits": self.rain_head(fused) + self.rain_persistence * rain_now,
             "temp_c": temp_now + self.temp_head(fused) * self.temp_std,
+            "temp_now": temp_now,
+            "rain_now": rain_now,
             "embedding": embedding,
         }
 
     def forward(self, image: torch.Tensor, image_present: torch.Tensor, sensors: torch.Tensor):
         out = self.heads(self.embed(image, image_present), sensors)
-        return out["sky_logits"], torch.sigmoid(out["rain_logits"]), out["temp_c"]
+        rain, temp = torch.sigmoid(out["rain_logits"]), out["temp_c"]
+        # Written as model + mask * (persistence - model) so that the masks stay graph constants
+        # the quantize stage can set on any exported candidate (no folding into other constants).
+        rain = rain + self.fallback_rain * (out["rain_now"] - rain)
+        temp = temp + self.fallback_temp * (out["temp_now"] - temp)
+        return out["sky_logits"], rain, temp
 
 
-def build_teacher(arch: str, weights: str, window_hours: int, n_features: int, temp_mean: float, temp_std: float) -> NowcastNet:
-    return NowcastNet(teacher_backbone(arch, weights), window_hours, n_features, temp_mean, temp_std, hidden=128)
+def build_teacher(arch: str, weights: str, window_hours: int, temp_std: float) -> NowcastNet:
+    return NowcastNet(teacher_backbone(arch, weights), window_hours, temp_std, hidden=128)
 
 
-def build_student(arch: str, width: int, window_hours: int, n_features: int, temp_mean: float, temp_std: float) -> NowcastNet:
-    return NowcastNet(student_backbone(arch, width), window_hours, n_features, temp_mean, temp_std, hidden=64)
+def build_student(arch: str, width: int, window_hours: int, temp_std: float) -> NowcastNet:
+    return NowcastNet(student_backbone(arch, width), window_hours, temp_std, hidden=64)
 
 
 def example_inputs(image_size: int, window_hours: int, n_features: int, batch: int = 1) -> tuple[torch.Tensor, ...]:

@@ -1,30 +1,37 @@
-"""Training loops shared by embed, distill and prune: masked multi-task losses and distillation.
+"""Training loops shared by embed, distill, prune and QAT: masked multi-task losses, augmentation,
+online distillation and early stopping on the grouped validation estimate.
 
 Each sample carries only some inputs and some labels (a photo without sensors has no rain label,
-a station hour without a photo has no sky label). Every loss term is therefore averaged over the
-samples that have its label: sky cross-entropy over samples with a photo and a sky label, rain
-binary cross-entropy and temperature Huber loss over the horizons whose future record exists.
-Distillation adds, on samples with a photo, the temperature-scaled KL divergence to the teacher's
-sky logits (weight alpha, Hinton et al.) and a cosine loss between a projection of the student's
-image embedding and the teacher's (FitNets-style embedding matching).
+a station hour without a photo has no sky label, a photo nobody labelled has no class). Every loss
+term is therefore averaged over the samples that have its label: sky cross-entropy over labelled
+photos, rain binary cross-entropy and temperature Huber loss over the horizons whose future
+record exists.
+
+Distillation follows "Knowledge distillation: a good teacher is patient and consistent" (Beyer et
+al., CVPR 2022): the teacher scores the very view the student sees, online, under strong
+augmentation (random resized crops, exposure, white balance, blur, noise, mixup; and the 8
+dihedral views for cameras looking straight up), for a long schedule, on every photo including
+those nobody labelled (their loss is the distillation term alone). The student matches the
+teacher's temperature-scaled sky distribution (weight alpha, Hinton et al.) and, through a
+projection, its image embedding (FitNets-style).
 
 Real sources are lopsided: SWIMCAT has ~400 training photos, Beijing ~140k station hours. Each
-epoch therefore repeats photo rows (drawn at random) until they make up `photo_share` of it,
-and with `augment` every batch of photos is shown in one of its 8 dihedral views (flips and
-90-degree turns: an upward sky photo has no "up"). The teacher's targets are averaged over the
-same views (embed stage), so the student matches a view-consistent teacher.
+epoch therefore repeats photo rows (drawn at random) until they make up `photo_share` of it:
+with online augmentation every repeat is a new view, which is what a patient teacher needs.
 
-After every epoch the BatchNorm running statistics are re-estimated as a plain average over
-training batches with the epoch's final weights (`recalibrate_batchnorm`). Running statistics are
-an exponential average taken while the weights moved; torchvision's MobileNetV3 updates them with
-momentum 0.01, so after a few hundred steps they still describe the early weights, and the model
-scores chance in eval mode while its training loss is low.
+After every epoch the BatchNorm running statistics are re-estimated as a plain average over clean
+training batches with the epoch's final weights (`recalibrate_batchnorm`): torchvision's
+MobileNetV3 updates them with momentum 0.01, so after a few hundred steps they still describe the
+early weights. The epoch kept is the one with the lowest loss on the grouped validation rows
+(days, stations and seasons training never saw), so early stopping reads the field estimate.
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -33,8 +40,31 @@ from torch import nn
 from tqdm import tqdm
 
 from skyedge.core import inputs
+from skyedge.core.config import Distill
+from skyedge.core.contract import SKY_CLASSES
 from skyedge.data.dataset import Ingested
+from skyedge.train import checkpoints
 from skyedge.train.models import NowcastNet
+
+N_VIEWS = 8  # the dihedral group of a square image: 4 turns, each also mirrored
+RECALIBRATION_BATCHES = 20  # training batches averaged into the BatchNorm statistics
+EVAL_BATCH = 512
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """How each training photo is perturbed (params `augment`); every value 0 turns that one off."""
+
+    dihedral: bool  # a random flip / quarter turn: only for cameras looking straight up
+    crop_scale: float  # random resized crops keep at least this share of the area (1: no crop)
+    exposure: float  # brightness gain drawn from [1 - exposure, 1 + exposure]
+    white_balance: float  # per-channel gain drawn from [1 - wb, 1 + wb]
+    blur: float  # probability of a 3x3 Gaussian blur
+    noise: float  # std of additive Gaussian noise on the 0..1 scale
+    mixup: float  # Beta(alpha, alpha) mixing of two photos of the batch (0: none)
+
+
+NO_AUGMENTATION = Augmentation(False, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0)
 
 
 @dataclass(frozen=True)
@@ -45,8 +75,23 @@ class FitConfig:
     seed: int
     image_dropout: float = 0.2
     photo_share: float = 0.0
-    augment: bool = False
+    augmentation: Augmentation = NO_AUGMENTATION
     device: str = "cpu"  # where the model trains (resolve_device); results match the CPU within float error
+
+
+@dataclass(frozen=True)
+class Teacher:
+    """The teacher, scored online on every augmented batch (eval mode, no gradient)."""
+
+    model: NowcastNet
+    temperature: float
+    alpha: float  # weight of the soft-target term; the hard cross-entropy gets 1 - alpha
+    embed_weight: float
+
+    @classmethod
+    def load(cls, module_path: Path, distill: Distill) -> Teacher:
+        """The embed stage's teacher with the distill section's weights."""
+        return cls(checkpoints.load_module(module_path), distill.kd_temperature, distill.kd_alpha, distill.embed_weight)
 
 
 def resolve_device(choice: str) -> str:
@@ -60,10 +105,6 @@ def resolve_device(choice: str) -> str:
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device | str) -> dict[str, torch.Tensor]:
     return {key: value.to(device) for key, value in batch.items()}
-
-
-N_VIEWS = 8  # the dihedral group of a square image: 4 turns, each also mirrored
-RECALIBRATION_BATCHES = 20  # training batches averaged into the BatchNorm statistics
 
 
 def dihedral(images: torch.Tensor, view: int) -> torch.Tensor:
@@ -83,19 +124,44 @@ def epoch_order(rows: np.ndarray, has_photo: np.ndarray, photo_share: float, rng
     return rng.permutation(rows)
 
 
-@dataclass(frozen=True)
-class TeacherTargets:
-    """The teacher's outputs per photo (indexed by image_idx), written by the embed stage."""
-
-    sky_logits: torch.Tensor  # [M, 5]
-    embeddings: torch.Tensor  # [M, E]
-    temperature: float
-    alpha: float
-    embed_weight: float
+def augment_photos(pixels: torch.Tensor, augmentation: Augmentation, generator: torch.Generator) -> torch.Tensor:
+    """Photometric and geometric augmentation of [B, 3, S, S] pixels in 0..1 (mixup is the batch's, elsewhere)."""
+    batch, _, size, _ = pixels.shape
+    if batch == 0:
+        return pixels
+    if augmentation.crop_scale < 1:
+        # A random resized crop as one affine resampling per photo: area share in [crop_scale, 1],
+        # aspect ratio in [3/4, 4/3], anywhere inside the frame.
+        area = torch.empty(batch).uniform_(augmentation.crop_scale, 1.0, generator=generator)
+        aspect = torch.exp(torch.empty(batch).uniform_(np.log(3 / 4), np.log(4 / 3), generator=generator))
+        width = torch.sqrt(area * aspect).clamp(max=1.0)
+        height = torch.sqrt(area / aspect).clamp(max=1.0)
+        shift_x = (1 - width) * torch.empty(batch).uniform_(-1, 1, generator=generator)
+        shift_y = (1 - height) * torch.empty(batch).uniform_(-1, 1, generator=generator)
+        theta = torch.zeros(batch, 2, 3)
+        theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = width, shift_x, height, shift_y
+        grid = F.affine_grid(theta, list(pixels.shape), align_corners=False)
+        pixels = F.grid_sample(pixels, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    if augmentation.exposure:
+        pixels = pixels * torch.empty(batch, 1, 1, 1).uniform_(1 - augmentation.exposure, 1 + augmentation.exposure, generator=generator)
+    if augmentation.white_balance:
+        pixels = pixels * torch.empty(batch, 3, 1, 1).uniform_(1 - augmentation.white_balance, 1 + augmentation.white_balance, generator=generator)
+    if augmentation.blur:
+        kernel = torch.tensor([1.0, 2.0, 1.0])
+        kernel = (kernel[:, None] * kernel[None, :] / 16).expand(3, 1, 3, 3)
+        blurred = F.conv2d(F.pad(pixels, (1, 1, 1, 1), mode="replicate"), kernel, groups=3)
+        chosen = torch.rand(batch, 1, 1, 1, generator=generator) < augmentation.blur
+        pixels = torch.where(chosen, blurred, pixels)
+    if augmentation.noise:
+        pixels = pixels + augmentation.noise * torch.randn(pixels.shape, generator=generator)
+    if augmentation.dihedral:
+        view = int(torch.randint(N_VIEWS, (1,), generator=generator))
+        pixels = dihedral(pixels, view)
+    return pixels.clamp(0.0, 1.0)
 
 
 class Batches:
-    """Minibatches of one split as tensors; photos are normalised on the fly from uint8."""
+    """Minibatches of one split as tensors; photos are augmented and normalised on the fly from uint8."""
 
     def __init__(self, data: Ingested, rows: np.ndarray):
         self.data = data
@@ -103,24 +169,42 @@ class Batches:
         self.spec = data.preprocessing["image"]
         self.windows = torch.as_tensor(data.windows)
         self.image_idx = torch.tensor(data.samples["image_idx"].to_numpy(np.int64))
-        self.sky = torch.tensor(data.samples["sky_label"].to_numpy(np.int64))
+        labelled = data.samples["labelled"].to_numpy(bool) if "labelled" in data.samples else data.samples["sky_label"].to_numpy() >= 0
+        self.sky = torch.tensor(np.where(labelled, data.samples["sky_label"].to_numpy(np.int64), -1))
         self.rain = torch.tensor(data.rain)
         self.temp = torch.tensor(data.temp)
 
-    def batch(self, rows: np.ndarray, drop: torch.Tensor | None = None, view: int = 0) -> dict[str, torch.Tensor]:
+    def batch(self, rows: np.ndarray, drop: torch.Tensor | None = None, augmentation: Augmentation = NO_AUGMENTATION, rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Inputs and targets of `rows`. `sky_target` is a class distribution (one-hot, or two
+        classes mixed), `sky_weight` 1 where the cross-entropy applies (a labelled photo, or two)."""
         index = torch.from_numpy(rows)
         image_idx = self.image_idx[index]
         present = image_idx >= 0
         if drop is not None:
             present = present & ~drop
-        pixels = self.data.images[image_idx.clamp(min=0).numpy()].astype(np.float32) / 255.0
-        image = dihedral(torch.from_numpy(inputs.normalise_image(pixels, self.spec)), view) * present.view(-1, 1, 1, 1)
+        pixels = torch.from_numpy(self.data.images[image_idx.clamp(min=0).numpy()]).permute(0, 3, 1, 2).float() / 255.0
+        sky = torch.where(present, self.sky[index], torch.full_like(image_idx, -1))
+        target = F.one_hot(sky.clamp(min=0), len(SKY_CLASSES)).float()
+        weight = (sky >= 0).float()
+        photos = torch.nonzero(present).squeeze(1)
+        if len(photos) and augmentation != NO_AUGMENTATION:
+            generator = torch.Generator().manual_seed(int(rng.integers(2**31)))
+            pixels[photos] = augment_photos(pixels[photos], augmentation, generator)
+            if augmentation.mixup and len(photos) > 1:
+                lam = float(rng.beta(augmentation.mixup, augmentation.mixup))
+                partner = photos[torch.randperm(len(photos), generator=generator)]
+                pixels[photos] = lam * pixels[photos] + (1 - lam) * pixels[partner]
+                target[photos] = lam * target[photos] + (1 - lam) * target[partner]
+                weight[photos] = weight[photos] * weight[partner]  # both labelled, or distillation only
+        image = torch.from_numpy(inputs.normalise_image(pixels.permute(0, 2, 3, 1).numpy(), self.spec)) * present.view(-1, 1, 1, 1)
         return {
             "image": image,
             "image_present": present.float().unsqueeze(1),
             "sensors": self.windows[index],
             "image_idx": image_idx,
-            "sky": torch.where(present, self.sky[index], torch.full_like(image_idx, -1)),
+            "sky": sky,
+            "sky_target": target,
+            "sky_weight": weight,
             "rain": self.rain[index],
             "temp": self.temp[index],
         }
@@ -128,20 +212,20 @@ class Batches:
     def epoch_rows(self, config: FitConfig, rng: np.random.Generator) -> np.ndarray:
         return epoch_order(self.rows, self.image_idx.numpy() >= 0, config.photo_share, rng)
 
-    def epoch(self, order: np.ndarray, config: FitConfig, rng: np.random.Generator):
+    def epoch(self, order: np.ndarray, config: FitConfig, rng: np.random.Generator, augment: bool = True):
         for start in range(0, len(order), config.batch_size):
             rows = order[start : start + config.batch_size]
             drop = torch.from_numpy(rng.random(len(rows)) < config.image_dropout)
-            yield self.batch(rows, drop, view=int(rng.integers(N_VIEWS)) if config.augment else 0)
+            yield self.batch(rows, drop, config.augmentation if augment else NO_AUGMENTATION, rng)
 
 
-def supervised_loss(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], temp_std: float, kd: TeacherTargets | None) -> torch.Tensor:
-    """Masked multi-task loss (see module docstring)."""
-    has_sky = batch["sky"] >= 0
+def supervised_loss(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], temp_std: float, hard_weight: float = 1.0) -> torch.Tensor:
+    """Masked multi-task loss (see module docstring); the sky term is scaled by hard_weight."""
     loss = out["rain_logits"].sum() * 0.0
-    if has_sky.any():
-        hard = F.cross_entropy(out["sky_logits"][has_sky], batch["sky"][has_sky])
-        loss = loss + (hard if kd is None else (1 - kd.alpha) * hard)
+    weight = batch["sky_weight"]
+    if weight.sum() > 0:
+        per_row = F.cross_entropy(out["sky_logits"], batch["sky_target"], reduction="none")
+        loss = loss + hard_weight * (per_row * weight).sum() / weight.sum()
     rain_known = ~torch.isnan(batch["rain"])
     if rain_known.any():
         loss = loss + F.binary_cross_entropy_with_logits(out["rain_logits"][rain_known], batch["rain"][rain_known])
@@ -152,17 +236,19 @@ def supervised_loss(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
     return loss
 
 
-def distillation_loss(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], kd: TeacherTargets, projector: nn.Module) -> torch.Tensor:
+def distillation_loss(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], teacher: Teacher, projector: nn.Module) -> torch.Tensor:
+    """The teacher's view of the same augmented photos: soft sky targets and embeddings."""
     present = batch["image_present"].squeeze(1) > 0
     if not present.any():
         return out["sky_logits"].sum() * 0.0
-    idx = batch["image_idx"][present]
-    t = kd.temperature
+    with torch.no_grad():
+        teacher_embedding = teacher.model.backbone(batch["image"][present])
+        teacher_logits = teacher.model.sky_head(teacher_embedding)
+    t = teacher.temperature
     student = F.log_softmax(out["sky_logits"][present] / t, dim=1)
-    teacher = F.softmax(kd.sky_logits[idx] / t, dim=1)
-    soft = F.kl_div(student, teacher, reduction="batchmean") * t * t
-    cosine = 1 - F.cosine_similarity(projector(out["embedding"][present]), kd.embeddings[idx], dim=1).mean()
-    return kd.alpha * soft + kd.embed_weight * cosine
+    soft = F.kl_div(student, F.softmax(teacher_logits / t, dim=1), reduction="batchmean") * t * t
+    cosine = 1 - F.cosine_similarity(projector(out["embedding"][present]), teacher_embedding, dim=1).mean()
+    return teacher.alpha * soft + teacher.embed_weight * cosine
 
 
 @torch.no_grad()
@@ -170,8 +256,9 @@ def recalibrate_batchnorm(
     model: NowcastNet, batches: Batches, config: FitConfig, rng: np.random.Generator, embed_cache: torch.Tensor | None = None, max_batches: int = RECALIBRATION_BATCHES
 ) -> None:
     """Every trained BatchNorm's running mean and variance := the plain average of its batch
-    statistics over up to max_batches training batches, drawn as in training, current weights.
-    With embed_cache the frozen backbone is not run, so its statistics are kept."""
+    statistics over up to max_batches clean training batches (no augmentation: what the model
+    sees when it is used), current weights. With embed_cache the frozen backbone is not run, so
+    its statistics are kept."""
     frozen = set(model.backbone.modules()) if embed_cache is not None else set()
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m not in frozen]
     if not norms:
@@ -184,7 +271,7 @@ def recalibrate_batchnorm(
     if embed_cache is not None:
         model.backbone.eval()
     device = next(model.parameters()).device
-    for batch in itertools.islice(batches.epoch(batches.epoch_rows(config, rng), config, rng), max_batches):
+    for batch in itertools.islice(batches.epoch(batches.epoch_rows(config, rng), config, rng, augment=False), max_batches):
         forward(model, to_device(batch, device), embed_cache)
     for norm, momentum in zip(norms, momenta):
         norm.momentum = momentum
@@ -193,13 +280,17 @@ def recalibrate_batchnorm(
 
 @torch.no_grad()
 def quick_scores(model: NowcastNet, batches: Batches, rows: np.ndarray, embed_cache: torch.Tensor | None = None) -> dict[str, float]:
-    """Validation scores during training: sky accuracy, mean rain Brier, mean temperature RMSE."""
+    """Validation scores during training: the supervised loss (what early stopping reads), sky
+    accuracy on labelled photos, mean rain Brier, mean temperature RMSE."""
     model.eval()
     device = next(model.parameters()).device
-    sky_hits, sky_n, brier, brier_n, sq, sq_n = 0, 0, 0.0, 0, 0.0, 0
-    for start in range(0, len(rows), 512):
-        batch = to_device(batches.batch(rows[start : start + 512]), device)
+    temp_std = float(model.temp_std)
+    loss, batches_seen, sky_hits, sky_n, brier, brier_n, sq, sq_n = 0.0, 0, 0, 0, 0.0, 0, 0.0, 0
+    for start in range(0, len(rows), EVAL_BATCH):
+        batch = to_device(batches.batch(rows[start : start + EVAL_BATCH]), device)
         out = forward(model, batch, embed_cache)
+        loss += float(supervised_loss(out, batch, temp_std)) * len(batch["sky"])
+        batches_seen += len(batch["sky"])
         has_sky = batch["sky"] >= 0
         sky_hits += int((out["sky_logits"].argmax(1)[has_sky] == batch["sky"][has_sky]).sum())
         sky_n += int(has_sky.sum())
@@ -210,6 +301,7 @@ def quick_scores(model: NowcastNet, batches: Batches, rows: np.ndarray, embed_ca
         sq += float(((out["temp_c"] - batch["temp"])[known] ** 2).sum())
         sq_n += int(known.sum())
     return {
+        "val_loss": loss / batches_seen if batches_seen else float("nan"),
         "val_sky_accuracy": sky_hits / sky_n if sky_n else float("nan"),
         "val_rain_brier": brier / brier_n if brier_n else float("nan"),
         "val_temp_rmse": (sq / sq_n) ** 0.5 if sq_n else float("nan"),
@@ -237,43 +329,43 @@ def fit(
     data: Ingested,
     config: FitConfig,
     desc: str,
-    kd: TeacherTargets | None = None,
+    teacher: Teacher | None = None,
     embed_cache: torch.Tensor | None = None,
 ) -> list[dict[str, float]]:
-    """Train on the train split, score on val after each epoch; returns the training curve."""
+    """Train on the train split, score the grouped val rows after each epoch, keep the best epoch
+    (lowest val loss); returns the training curve (`best` marks the epoch kept)."""
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     device = torch.device(config.device)
     train_batches = Batches(data, data.split("train"))
-    val_rows = data.split("val")
+    val_rows = data.grouped("val")
     temp_std = float(model.temp_std)
-    projector = nn.Linear(model.backbone.channels, kd.embeddings.shape[1]) if kd is not None else nn.Identity()
+    projector = nn.Linear(model.backbone.channels, teacher.model.backbone.channels) if teacher is not None else nn.Identity()
     model.to(device)
     projector.to(device)
-    if kd is not None:
-        kd = replace(kd, sky_logits=kd.sky_logits.to(device), embeddings=kd.embeddings.to(device))
+    if teacher is not None:
+        teacher.model.to(device).eval()
     if embed_cache is not None:
         embed_cache = embed_cache.to(device)
     parameters = [p for p in [*model.parameters(), *projector.parameters()] if p.requires_grad]
     optimiser = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=1e-4)
     # An epoch's length does not depend on which photos are drawn, so any generator will do here.
     batches_per_epoch = max(1, -(-len(train_batches.epoch_rows(config, np.random.default_rng(0))) // config.batch_size))
-    steps = config.epochs * batches_per_epoch
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=config.lr, total_steps=steps, pct_start=0.2)
-    history = []
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=config.lr, total_steps=config.epochs * batches_per_epoch, pct_start=0.2)
+    hard_weight = 1.0 if teacher is None else 1 - teacher.alpha
+    history, best_state, best_loss = [], None, float("inf")
     for epoch in range(1, config.epochs + 1):
         model.train()
         if embed_cache is not None:
             model.backbone.eval()
         total, count = 0.0, 0
         order = train_batches.epoch_rows(config, rng)
-        batches = train_batches.epoch(order, config, rng)
-        for batch in tqdm(batches, desc=f"{desc} epoch {epoch}/{config.epochs}", total=-(-len(order) // config.batch_size), leave=False):
+        for batch in tqdm(train_batches.epoch(order, config, rng), desc=f"{desc} epoch {epoch}/{config.epochs}", total=-(-len(order) // config.batch_size), leave=False):
             batch = to_device(batch, device)
             out = forward(model, batch, embed_cache)
-            loss = supervised_loss(out, batch, temp_std, kd)
-            if kd is not None:
-                loss = loss + distillation_loss(out, batch, kd, projector)
+            loss = supervised_loss(out, batch, temp_std, hard_weight)
+            if teacher is not None:
+                loss = loss + distillation_loss(out, batch, teacher, projector)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -282,9 +374,17 @@ def fit(
             count += len(batch["sky"])
         recalibrate_batchnorm(model, train_batches, config, np.random.default_rng([config.seed, epoch]), embed_cache)
         scores = quick_scores(model, train_batches, val_rows, embed_cache)
-        history.append({"epoch": epoch, "train_loss": total / max(count, 1), **scores})
+        history.append({"epoch": epoch, "train_loss": total / max(count, 1), **scores, "best": 0})
         print(f"{desc} epoch {epoch}: loss {history[-1]['train_loss']:.4f} " + " ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+        if not scores["val_loss"] > best_loss:  # NaN (no val rows) keeps the latest epoch
+            best_loss, best_state = scores["val_loss"], copy.deepcopy(model.state_dict())
+            for row in history:
+                row["best"] = int(row is history[-1])
+    if best_state is not None:
+        model.load_state_dict(best_state)
     model.to("cpu").eval()  # checkpoints and ONNX export are CPU-side
+    if teacher is not None:
+        teacher.model.to("cpu")
     return history
 
 
@@ -299,11 +399,3 @@ def backbone_features(model: NowcastNet, data: Ingested, batch_size: int = 256, 
         pixels = data.images[start : start + batch_size].astype(np.float32) / 255.0
         chunks.append(model.backbone(dihedral(torch.from_numpy(inputs.normalise_image(pixels, spec)).to(device), view)).cpu())
     return torch.cat(chunks) if chunks else torch.zeros(0, model.backbone.channels)
-
-
-@torch.no_grad()
-def view_averaged_targets(model: NowcastNet, data: Ingested, views: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sky logits [M, 5] and embeddings [M, E] per photo, each the mean over its first `views` dihedral views."""
-    features = [backbone_features(model, data, view=view) for view in range(views)]
-    logits = torch.stack([model.sky_head(f) for f in features]).mean(0)
-    return logits, torch.stack(features).mean(0)
