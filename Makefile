@@ -2,6 +2,7 @@
 # Both create .venv and install the project (versions pinned in pyproject.toml) on first use.
 PYTHON ?= python3
 VENV := .venv
+VEGA := .skyedge/vega
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 export PATH := $(CURDIR)/$(BIN):$(PATH)
@@ -9,13 +10,26 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 .PHONY: setup run test test-all clean serve
 .PHONY: bench bench-ingest
 
-setup: $(INSTALLED)
+setup: $(INSTALLED) $(VEGA)/vega.min.js
 
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[train,dev]'
 	touch $(INSTALLED)
+
+# DVC's HTML plots load Vega from a CDN when viewed, which leaves them blank offline. The three
+# scripts come once from the npm registry instead; docs/dvc-plots.html (.dvc/config
+# plots.html_template) points at them. `make plots` renders dvc_plots/index.html.
+$(VEGA)/vega.min.js:
+	mkdir -p $(VEGA)
+	cd $(VEGA) && npm pack --silent vega@5.33.1 vega-lite@5.23.0 vega-embed@6.29.0 > /dev/null \
+		&& for f in *.tgz; do tar xzf $$f --strip-components=2 package/build/$${f%-*}.min.js; done && rm -f *.tgz
+
+.PHONY: plots
+plots: setup
+	$(BIN)/dvc plots show
+	@echo "open dvc_plots/index.html (works offline: Vega from $(VEGA))"
 
 # The seven DVC stages on params.yaml (synthetic data, default profile) run by the retrain flow
 # with AUTO approval: gate, publish to the embedded local registry (.skyedge/registry), dvc push to

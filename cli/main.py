@@ -57,12 +57,18 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_repro(args: argparse.Namespace) -> int:
-    """`dvc repro` on params.yaml as it is, or an experiment with another profile."""
+    """The pipeline as a DVC experiment (`dvc exp run`: `dvc exp show` lists it), on another
+    profile when asked: validated first, then only common.profile is written."""
     _venv_on_path()
-    if args.profile == "default":
-        command = ["dvc", "repro", *args.stages]
-    else:
-        command = ["dvc", "exp", "run", "-S", f"common.profile={args.profile}", *args.stages]
+    from skyedge.core.config import ConfigError, select_profile
+
+    if args.profile:
+        try:
+            select_profile(Path("params.yaml"), args.profile)
+        except ConfigError as error:
+            print(f"repro: FAILED: {error}", file=sys.stderr)
+            return 2
+    command = ["dvc", "exp", "run", *args.stages]
     print("+", " ".join(command), flush=True)
     return subprocess.call(command)
 
@@ -169,9 +175,13 @@ def cmd_publish(args: argparse.Namespace) -> int:
         public_key = _trusted_public_key(args.public_key, "publish")
         if public_key is None:
             return 2
+        if args.force and not (args.reason or "").strip():
+            print("publish: --force needs --reason TEXT: why this version ships anyway (stored with it as override.json)", file=sys.stderr)
+            return 2
         store = _open_store(args)
         rollout = _rollout(args)
-        result = registry.publish(store, args.package, channel=args.channel, public_key=public_key, force=args.force, keys=args.keys, rollout=rollout)
+        override = {"by": os.environ.get("USER") or "operator", "reason": args.reason.strip(), "at": _now()} if args.force else None
+        result = registry.publish(store, args.package, channel=args.channel, public_key=public_key, force=args.force, keys=args.keys, rollout=rollout, override=override)
     except _store_errors() as error:
         print(f"publish: FAILED: {error}", file=sys.stderr)
         return 1
@@ -190,6 +200,12 @@ def cmd_publish(args: argparse.Namespace) -> int:
     if result["pointer"].get("rollout"):
         print(f"publish: staged rollout {result['pointer']['rollout']}")
     return 0
+
+
+def _now() -> str:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def _rollout(args: argparse.Namespace) -> dict | None:
@@ -266,25 +282,34 @@ def cmd_device_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_fleet(args: argparse.Namespace) -> int:
+    """One row per devices/<id>/status.json, with the version its channel says it should run."""
     import json
 
     from skyedge.release import registry
 
     try:
         store = _open_store(args)
-        rows = []
+        rows, pointers = [], {}
         for key in store.list(f"{registry.DEVICES}/"):
             if not key.endswith("/status.json"):
                 continue
             s = json.loads(store.get_bytes(key, max_bytes=64 * 1024))
-            rows.append([s.get("device_id"), s.get("channel"), s.get("version"), s.get("previous_version"), s.get("health"), s.get("state"), s.get("reason"), s.get("time"), (s.get("last_error") or "")[:60] or None])
+            channel = s.get("channel") or registry.PRODUCTION
+            if channel not in pointers:
+                pointers[channel] = registry.read_channel(store, channel)
+            expected = registry.expected_version(pointers[channel], s.get("device_id") or "") if pointers[channel] else None
+            check = "ok" if expected is None or expected == s.get("version") else f"MISMATCH: channel says {expected}"
+            rows.append([s.get("device_id"), channel, s.get("version"), expected, check, s.get("health"), s.get("state"), s.get("reason"), s.get("time"), (s.get("last_error") or "")[:60] or None])
     except _store_errors() as error:
         print(f"fleet: FAILED: {error}", file=sys.stderr)
         return 1
     if not rows:
         print(f"no device has reported to {store.url} yet")
         return 0
-    print(_table(["device", "channel", "version", "previous", "health", "state", "reason", "time", "last_error"], rows))
+    print(_table(["device", "channel", "version", "expected", "check", "health", "state", "reason", "time", "last_error"], rows))
+    mismatched = sum(row[4] != "ok" for row in rows)
+    if mismatched:
+        print(f"{mismatched} device(s) run a version other than their channel's: see reason / last_error, or whether the release was signed for devices")
     return 0
 
 
@@ -295,6 +320,9 @@ def cmd_registry_show(args: argparse.Namespace) -> int:
         state = registry.show(_open_store(args))
     except _store_errors() as error:
         print(f"registry show: FAILED: {error}", file=sys.stderr)
+        return 1
+    if not state["channels"] and not state["versions"]:
+        print(f"registry show: nothing is there: no channels/ and no models/ under {state['store']}; check the URL's prefix", file=sys.stderr)
         return 1
     print(f"registry {state['store']}")
     print()
@@ -326,11 +354,12 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
     try:
         store = _open_store(args)
-        result = registry.rollback(store, channel=args.channel)
+        result = registry.rollback(store, channel=args.channel, keys=args.keys)
     except _store_errors() as error:
         print(f"rollback: FAILED: {error}", file=sys.stderr)
         return 1
-    print(f"rollback: OK: {args.channel} -> version {result['version']} (was {result['rolled_back_from']}) in {store.url}")
+    signed = "signed for devices (TUF)" if "tuf" in result else "no TUF metadata on this store: devices read the pointer as is"
+    print(f"rollback: OK: {args.channel} -> version {result['version']} (was {result['rolled_back_from']}) in {store.url}; {signed}")
     return 0
 
 
@@ -341,31 +370,48 @@ def _venv_on_path() -> None:
         os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
 
 
-def cmd_retrain(args: argparse.Namespace) -> int:
-    """The retrain flow once: stages, gate, approval, publish, dvc push. Exit 1 when refused."""
-    _venv_on_path()
-    from flows.dvc import StageFailed
-    from flows.retrain import GateRefused, retrain
+# `skyedge retrain` exit codes: what happened, for scripts and cron.
+RETRAIN_EXIT = {"Published": 0, "NoChange": 0, "Rejected": 3, "NoDecision": 3, "GateRefused": 4}
+RETRAIN_EXIT_FAILED, RETRAIN_EXIT_CONFIG, RETRAIN_EXIT_PREFLIGHT = 1, 2, 5
 
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    """The retrain flow once. Exit 0 published or nothing new, 1 a stage or the publish failed,
+    2 bad params or profile, 3 rejected or no decision, 4 refused by the gate, 5 the store or keys
+    cannot publish (found before any stage ran)."""
+    _venv_on_path()
+    from skyedge.core.config import ConfigError, load_params
+
+    root = Path(args.workspace).resolve()
+    try:
+        params = load_params(root / "params.yaml", profile=args.profile)
+    except ConfigError as error:
+        print(f"retrain: FAILED: {error}", file=sys.stderr)
+        return RETRAIN_EXIT_CONFIG
+    from flows.retrain import PreflightFailed, check_publishable, resolve_store, retrain
+
+    try:
+        check_publishable(root, params, resolve_store(root, params, args.store))
+    except PreflightFailed as error:
+        print(f"retrain: FAILED: nothing ran: {error}", file=sys.stderr)
+        return RETRAIN_EXIT_PREFLIGHT
     if args.approval == "auto":
         print("approval: auto: the gate decides and no operator is asked", flush=True)
-    try:
-        result = retrain(workspace=str(args.workspace), profile=args.profile, store=args.store, approval=args.approval)
-    except GateRefused as error:
-        print(f"retrain: REFUSED: {error}", file=sys.stderr)
-        return 1
-    except StageFailed as error:
-        print(f"retrain: FAILED: {error}", file=sys.stderr)
-        return 1
-    if result.get("unchanged"):
+    state = retrain(workspace=str(root), profile=args.profile, store=args.store, approval=args.approval, return_state=True)
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, BaseException) or not isinstance(result, dict):
+        first_line = str(result).strip().splitlines()[0] if str(result).strip() else type(result).__name__
+        print(f"retrain: FAILED: {first_line} (flow run {state.name}; the run's log has the details)", file=sys.stderr)
+        return RETRAIN_EXIT_FAILED
+    code = RETRAIN_EXIT.get(state.name, RETRAIN_EXIT_FAILED)
+    if state.name == "Published":
+        print(f"retrain: OK: version {result['version']} published; DVC outputs pushed to {result['dvc_remote']}")
+    elif state.name == "NoChange":
         print(f"retrain: OK: the candidate is production version {result['version']} already: nothing published")
-        return 0
-    if not result["published"]:
-        decision = result["decision"]
-        print(f"retrain: not published: {decision['comment'] or 'rejected'} (reviewer: {decision['reviewer'] or '-'})", file=sys.stderr)
-        return 3
-    print(f"retrain: OK: version {result['version']} published; DVC outputs pushed to {result['dvc_remote']}")
-    return 0
+    else:
+        word = {"GateRefused": "REFUSED", "Rejected": "REJECTED", "NoDecision": "NO DECISION"}.get(state.name, state.name)
+        print(f"retrain: {word}: {state.message}", file=sys.stderr)
+    return code
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -387,7 +433,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     _venv_on_path()
     from flows import sweep
 
-    configs = sweep.grid(args.students, args.ratios, args.quant)
+    configs = sweep.grid(args.students, args.ratios, args.quant, args.widths, args.sizes)
     where = args.dask_address or f"a LocalCluster ({args.workers} workers, torch threads per configuration: {sweep.threads_per_worker(args.workers)})"
     print(f"sweep: {len(configs)} configurations on {where}", flush=True)
     try:
@@ -420,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     repro = commands.add_parser("repro", help="run the DVC pipeline (dvc repro), optionally on another profile")
     repro.add_argument("stages", nargs="*")
-    repro.add_argument("--profile", default="default", help="default | tiny | real (runs `dvc exp run -S common.profile=...`)")
+    repro.add_argument("--profile", help="default | tiny | real (profiles/): make it the active one in params.yaml first")
     repro.set_defaults(func=cmd_repro)
 
     report = commands.add_parser("report", help="print the variant table of the last evaluate stage")
@@ -455,7 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_store(publish)
     publish.add_argument("--channel", default="production")
     publish.add_argument("--public-key", type=Path, help="trusted ed25519 public key (PEM); default: the local signing key's")
-    publish.add_argument("--force", action="store_true", help="allow a version not newer than the channel's")
+    publish.add_argument("--force", action="store_true", help="publish a version the gate or an operator refused, or one not newer than the channel's (needs --reason)")
+    publish.add_argument("--reason", help="with --force: why; stored with the version (override.json)")
     publish.add_argument("--keys", type=Path, help="TUF keys dir (skyedge keys init) to sign the release for devices; default $SKYEDGE_TUF_KEYS")
     publish.add_argument("--rollout-percent", type=float, help="staged rollout: this percentage of devices (by hash of device id)")
     publish.add_argument("--rollout-devices", help="staged rollout: comma-separated device ids")
@@ -521,6 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
     rollback = commands.add_parser("rollback", help="re-point a channel to the version it replaced")
     add_store(rollback)
     rollback.add_argument("--channel", default="production")
+    rollback.add_argument("--keys", type=Path, help="TUF keys dir (skyedge keys init): devices only follow a rollback signed with them; default $SKYEDGE_TUF_KEYS")
     rollback.set_defaults(func=cmd_rollback)
 
     def add_flow_options(sub: argparse.ArgumentParser) -> None:
@@ -544,8 +592,10 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = commands.add_parser("sweep", help="compression sweep (student x prune ratio x quantization) on Dask")
     add_flow_options(sweep)
     sweep.add_argument("--students", nargs="+", default=["tinycnn", "mobilenet_v3_small"])
-    sweep.add_argument("--ratios", nargs="+", type=float, default=[0.3, 0.5], help="prune.ratio values")
+    sweep.add_argument("--ratios", nargs="+", type=float, default=[0.3, 0.5], help="prune.structured.ratio values")
     sweep.add_argument("--quant", nargs="+", default=["per_channel", "per_tensor"], help="quantization modes: per_channel | per_tensor")
+    sweep.add_argument("--widths", nargs="+", type=int, help="distill.width values (default: params.yaml's)")
+    sweep.add_argument("--sizes", nargs="+", type=int, help="data.image_size values: the input resolution (default: params.yaml's; each size re-runs ingest and the teacher)")
     sweep.add_argument("--out", type=Path, default=Path("reports/sweep"), help="sweep.json, sweep.csv, pareto.png and runs/ go here")
     sweep.add_argument("--dask-address", help="tcp://HOST:PORT of an existing Dask scheduler (default: a LocalCluster)")
     sweep.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes; each configuration gets cores / workers torch threads")

@@ -7,6 +7,7 @@ same lock and read the same failure rules. Orchestration only: imports no torch.
 from __future__ import annotations
 
 import fcntl
+import os
 import re
 import subprocess
 from contextlib import contextmanager
@@ -15,7 +16,7 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.tasks import exponential_backoff
 
-from skyedge.core.config import load_params
+from skyedge.core.config import select_profile
 
 # Failures worth retrying: another process holds DVC's lock, or the OS killed the stage (OOM).
 TRANSIENT = re.compile(r"Unable to acquire lock|is busy|Killed|Resource temporarily unavailable|Connection", re.I)
@@ -51,6 +52,24 @@ def repro(workspace: Path, *targets: str) -> str:
     return output
 
 
+# Who DVC names as the author of a saved experiment when git has no identity configured
+# (a fresh machine, a container): `dvc exp save` refuses to run otherwise.
+GIT_IDENTITY = {"GIT_AUTHOR_NAME": "skyedge retrain", "GIT_AUTHOR_EMAIL": "retrain@skyedge.invalid", "GIT_COMMITTER_NAME": "skyedge retrain", "GIT_COMMITTER_EMAIL": "retrain@skyedge.invalid"}
+
+
+@task(task_run_name="dvc exp save {name}")
+def save_experiment(workspace: Path, name: str) -> str:
+    """Record the workspace's params, metrics and outputs as a DVC experiment, so retrains can
+    be compared with `dvc exp show` and `dvc metrics diff`."""
+    configured = subprocess.run(["git", "config", "user.email"], cwd=workspace, capture_output=True, text=True).stdout.strip()
+    env = os.environ if configured else {**os.environ, **GIT_IDENTITY}
+    with workspace_lock(workspace):
+        result = subprocess.run(["dvc", "exp", "save", "--force", "-n", name], cwd=workspace, capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        raise StageFailed("exp save", result.stdout + result.stderr, transient=False)
+    return name
+
+
 def _retry_transient(task, task_run, state) -> bool:
     try:
         state.result()
@@ -72,11 +91,6 @@ def run_stage(stage: str, workspace: Path) -> str:
 
 @task
 def set_profile(workspace: Path, profile: str) -> None:
-    """Select the params profile the way `dvc exp run -S common.profile=…` does (one key), after
-    checking that the profile exists and validates: a typo never reaches params.yaml."""
-    path = workspace / "params.yaml"
-    load_params(path, profile=profile)
-    text = path.read_text()
-    updated = re.sub(r"(?m)^(common:\n(?:[ \t].*\n)*?[ \t]+profile:[ \t]*)\S+", rf"\g<1>{profile}", text, count=1)
-    if updated != text:
-        path.write_text(updated)
+    """Select the params profile the way `dvc exp run -S common.profile=…` does, but validated
+    first and without rewriting the rest of params.yaml (skyedge.core.config.select_profile)."""
+    select_profile(workspace / "params.yaml", profile)

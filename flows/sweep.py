@@ -45,18 +45,27 @@ DEFAULT_RATIOS = (0.3, 0.5)
 # Never copied into a configuration's workspace: environments and caches anywhere, and (below the
 # base) DVC's locks/state, the local registry and the sweep's own outputs.
 SKIPPED_NAMES = {".venv", "__pycache__", ".pytest_cache"}
-COLUMNS = ["variant", "student", "prune_ratio", "quant", "shipped", "size_bytes", "latency_ms_p50", "latency_ms_p95", "sky_accuracy", "sky_macro_f1"]
+COLUMNS = [
+    "rank", "variant", "student", "width", "image_size", "prune_ratio", "quant", "shipped", "macs", "size_bytes", "latency_ms_p50",
+    "val_sky_accuracy", "val_rain_brier", "val_temp_rmse", "sky_accuracy",
+]
+# The axis -> where it lives in params.yaml.
+AXES = {"student": ("distill", "student"), "width": ("distill", "width"), "image_size": ("data", "image_size"), "prune_ratio": ("prune", "structured", "ratio")}
 
 
-def grid(students: list[str], ratios: list[float], quants: list[str]) -> list[dict]:
-    """Every combination as {name, student, prune_ratio, quant}; names are workspace directory names."""
+def grid(students: list[str], ratios: list[float], quants: list[str], widths: list[int] | None = None, sizes: list[int] | None = None) -> list[dict]:
+    """Every combination as {name, student, [width], [image_size], prune_ratio, quant}; names are
+    workspace directory names. Width and input size are axes only when given (params otherwise)."""
     unknown = [q for q in quants if q not in QUANT_MODES]
     if unknown:
         raise ValueError(f"quantization mode {unknown[0]!r}: allowed: {', '.join(QUANT_MODES)}")
-    return [
-        {"name": f"{student}-p{ratio:g}-{quant}", "student": student, "prune_ratio": float(ratio), "quant": quant}
-        for student, ratio, quant in itertools.product(students, ratios, quants)
-    ]
+    configs = []
+    for student, width, size, ratio, quant in itertools.product(students, widths or [None], sizes or [None], ratios, quants):
+        parts = [student, *([f"w{width}"] if width else []), *([f"s{size}"] if size else []), f"p{ratio:g}", quant]
+        config = {"name": "-".join(parts), "student": student, "prune_ratio": float(ratio), "quant": quant}
+        config.update({key: value for key, value in (("width", width), ("image_size", size)) if value})
+        configs.append(config)
+    return configs
 
 
 def apply_config(params_file: Path, config: dict, threads: int | None = None) -> None:
@@ -64,7 +73,8 @@ def apply_config(params_file: Path, config: dict, threads: int | None = None) ->
     params.yaml, and into the active profile's overlay (profiles/<name>.yaml) where that overlay
     sets the same key (it would win otherwise)."""
     raw = yaml.safe_load(params_file.read_text())
-    values = {("distill", "student"): config["student"], ("prune", "structured", "ratio"): config["prune_ratio"], ("quantize", "per_channel"): config["quant"] == "per_channel"}
+    values = {AXES[axis]: config[axis] for axis in AXES if axis in config}
+    values["quantize", "per_channel"] = config["quant"] == "per_channel"
     if threads:
         values["common", "threads"] = threads
     profile_file = params_file.parent / PROFILES_DIR / f"{raw['common']['profile']}.yaml"
@@ -129,21 +139,44 @@ def run_config(base: Path, runs_dir: Path, config: dict, threads: int | None = N
 
 
 def result_row(workspace: Path, config: dict) -> dict:
-    """The shipped model of one configuration: size, latency, sky accuracy, skill per horizon."""
+    """The shipped model of one configuration: MACs, size, latency, its grouped-validation scores
+    (what the sweep ranks by) and its test scores (unseen days), skill per horizon."""
     stages = paths.Workspace(workspace)
+    params = load_params(stages.params)
     metrics = json.loads(stages.evaluate.metrics.read_text())
     shipped = metrics["variants"]["shipped"]
     report = json.loads(stages.quantize.report.read_text())
-    row = {"variant": config["name"], "student": config["student"], "prune_ratio": config["prune_ratio"], "quant": config["quant"], "shipped": report.get("shipped")}
+    chosen = next(c for c in report["candidates"] if c["name"] == report["shipped"])
+    row = {"variant": config["name"], "student": config["student"], "width": params.distill.width, "image_size": params.data.image_size}
+    row.update(prune_ratio=config["prune_ratio"], quant=config["quant"], shipped=report.get("shipped"))
+    row["macs"] = json.loads(stages.prune.metrics.read_text())["after"]["macs"]
+    row.update({key: chosen.get(key) for key in ("val_sky_accuracy", "val_rain_brier", "val_temp_rmse")})
     row.update({k: v for k, v in shipped.items() if not isinstance(v, (dict, list))})
     row["workspace"] = str(workspace)
     return row
 
 
+def rank(rows: list[dict]) -> list[dict]:
+    """Number the configurations by the field estimate on validation: grouped-val sky accuracy,
+    then rain Brier and temperature RMSE (lower is better). Test scores never pick anything."""
+    scored = [row for row in rows if "error" not in row]
+    order = sorted(scored, key=lambda r: (-(r.get("val_sky_accuracy") or 0.0), r.get("val_rain_brier") or 0.0, r.get("val_temp_rmse") or 0.0))
+    for position, row in enumerate(order, start=1):
+        row["rank"] = position
+    return rows
+
+
 def table(rows: list[dict]) -> str:
     """Aligned text: one row per configuration, skills per horizon after the fixed columns."""
     skills = sorted({k for row in rows for k in row if k.startswith(("rain_bss_persistence_h", "temp_skill_persistence_h"))})
-    return text_table(rows, [*(Column(c, align="left") if c in ("variant", "student", "quant", "shipped") else c for c in COLUMNS), *skills])
+    columns = [
+        Column(c, align="left") if c in ("variant", "student", "quant", "shipped")
+        else Column(c, "MMACs", ".2f", scale=1e-6) if c == "macs"
+        else Column(c, format="d") if c in ("rank", "width", "image_size")
+        else c
+        for c in COLUMNS
+    ]
+    return text_table(sorted(rows, key=lambda r: r.get("rank", len(rows) + 1)), [*columns, *skills])
 
 
 def write_results(rows: list[dict], out_dir: Path) -> dict[str, Path]:
@@ -193,6 +226,7 @@ def sweep(
         except Exception as error:  # one broken configuration must not hide the others' results
             get_run_logger().error("%s failed: %s", config["name"], error)
             rows.append({"variant": config["name"], "student": config["student"], "prune_ratio": config["prune_ratio"], "quant": config["quant"], "error": str(error)[-500:]})
+    rows = rank(rows)
     outputs = write_results(rows, out_dir)
     create_table_artifact([{k: v for k, v in row.items() if k != "workspace"} for row in rows], key="sweep-results", description="Compression sweep: shipped model per configuration")
     print(table(rows))

@@ -68,8 +68,17 @@ def run(params: Evaluate, common: Common, ingest_dir: Path, variants: dict[str, 
     files.write_rows(out.variants, rows)
     metrics = {**shipped, "variants": {row["variant"]: {k: v for k, v in row.items() if k != "variant"} for row in rows}}
     files.write_json(out.metrics, metrics)
+    files.write_json(out.summary, headline(next(row for row in rows if row["variant"] == "shipped")))
     out.report.write_text(markdown_report(rows, shipped))
     return metrics
+
+
+def headline(shipped: dict) -> dict:
+    """The shipped model's few numbers DVC tracks as its metric (the rest stays in metrics.json),
+    rounded so `dvc metrics show` and `dvc exp show` stay narrow."""
+    keep = ["sky_accuracy", *(f"{kind}_h{h}" for kind in ("rain_bss_persistence", "temp_skill_persistence") for h in HORIZONS)]
+    summary = {key.replace("_persistence", ""): None if shipped.get(key) is None else round(shipped[key], 4) for key in keep}
+    return {**summary, "size_kB": round(shipped["size_bytes"] / 1000, 1), "latency_ms_p50": round(shipped["latency_ms_p50"], 4)}
 
 
 def variant_columns(rows: list[dict]) -> list[Column]:

@@ -213,9 +213,9 @@ def test_staged_rollout_by_device_list_and_percentage(repo):
     registry.set_rollout(repo.store, "production", {"percent": 100}, keys=repo.keys)
     assert b.pull()["version"] == 2
     pointer = {"channel": "production", "version": 7, "rollout": {"percent": 30}}
-    share = sum(ag.in_cohort(f"station-{i}", pointer) for i in range(2000)) / 2000
+    share = sum(registry.in_cohort(f"station-{i}", pointer) for i in range(2000)) / 2000
     assert 0.25 < share < 0.35
-    assert all(ag.in_cohort(f"station-{i}", {**pointer, "rollout": {"percent": 60}}) for i in range(2000) if ag.in_cohort(f"station-{i}", pointer))
+    assert all(registry.in_cohort(f"station-{i}", {**pointer, "rollout": {"percent": 60}}) for i in range(2000) if registry.in_cohort(f"station-{i}", pointer))
 
 
 def test_operator_rollback_signed_with_keys_moves_devices_back(repo):
@@ -481,3 +481,81 @@ def test_device_modules_import_nothing_heavy():
     code = "import sys, skyedge.device.agent, skyedge.device.predict, skyedge.release.tuf; print([m for m in ('torch', 'prefect', 'dvc', 'pandas', 'onnx') if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# --- what the operator believes must be what happened ----------------------------------------------------
+
+
+def test_a_rollback_or_publish_without_keys_on_a_tuf_store_is_refused_naming_the_flag(repo, capsys):
+    repo.publish(1)
+    repo.publish(2)
+    device = repo.agent()
+    assert device.pull()["version"] == 2
+    assert cli_main(["rollback", "--store", repo.url]) == 1
+    err = capsys.readouterr().err
+    assert "rollback: FAILED" in err and "devices trust this store's TUF metadata" in err and "--keys" in err
+    assert registry.read_channel(repo.store, "production")["version"] == 2  # nothing moved
+    with pytest.raises(registry.RegistryError, match="pass --keys KEYS"):
+        registry.publish(repo.store, repo.package(3), public_key=repo.sign_key.public_key())
+    # With the keys, the rollback reaches the device.
+    assert cli_main(["rollback", "--store", repo.url, "--keys", str(repo.keys)]) == 0
+    assert "signed for devices (TUF)" in capsys.readouterr().out
+    assert device.pull()["version"] == 1
+
+
+def test_fleet_shows_a_device_whose_version_differs_from_its_channel(repo, capsys):
+    repo.publish(1)
+    device = repo.agent("st-1")
+    assert device.pull()["version"] == 1
+    repo.publish(2)  # the device has not pulled since
+    assert cli_main(["fleet", "--store", repo.url]) == 0
+    out = capsys.readouterr().out
+    assert "MISMATCH: channel says 2" in out and "1 device(s) run a version other than their channel's" in out
+
+
+def test_a_bucket_devices_cannot_read_and_a_missing_bucket_say_what_is_wrong(repo, tmp_path):
+    import boto3
+
+    client = boto3.client("s3")
+    repo.publish(1)
+    client.delete_bucket_policy(Bucket=repo.bucket)  # no anonymous GetObject any more
+    denied = ag.Agent(tmp_path / "denied", repo.base_url, device_id="d-1", trusted_root=repo.keys / "root.json").pull()
+    assert denied["reason"] == "access-denied" and "must allow anonymous GetObject" in denied["last_error"] and "--base-url" in denied["last_error"]
+    missing_base = f"{repo.endpoint}/no-such-bucket-{uuid.uuid4().hex[:6]}/registry"
+    missing = ag.Agent(tmp_path / "missing", missing_base, device_id="d-2", trusted_root=repo.keys / "root.json").pull()
+    assert missing["reason"] == "store-not-found" and "no such bucket" in missing["last_error"]
+
+
+def test_a_connection_cut_mid_metadata_ends_in_a_status_and_a_retry_never_a_crash(repo, on_v1, proxy):
+    repo.publish(2)
+    device = repo.agent(base_url=f"{proxy.url}/{repo.bucket}/registry")
+    proxy.cut["timestamp.json"] = 20  # the small signed files: python-tuf reads them whole
+    status = device.pull()
+    assert status["state"] == "error" and status["reason"] == "store-unreachable", status
+    assert status["version"] == 1 and "resumes" in status
+    proxy.cut[".production.json"] = 10  # the signed channel pointer
+    for _ in range(3):  # it retries, and the cut heals
+        status = device.pull()
+        if status["state"] == "updated":
+            break
+    assert status["state"] == "updated" and status["version"] == 2
+
+
+def test_predict_applies_the_ingest_rules_and_says_what_it_did(repo, on_v1, tmp_path):
+    """Kelvin is not degC and one hour is not a window: flagged with the ingest rule, never fed in."""
+    sensors = tmp_path / "records" / "kelvin.csv"
+    sensors.parent.mkdir()
+    sensors.write_text(
+        "station_id,timestamp,temperature_c,pressure_hpa,humidity_pct,wind_speed_ms,wind_dir_deg,precip_mm\n"
+        "st-1,2024-05-01T09:00:00Z,288.2,1012,140,3,180,0.0\n"
+    )
+    result = predict.forecast(on_v1.dir, sensors, latitude=47.4, longitude=8.5)
+    assert {(f["column"], f["rule"]) for f in result["flags"]} == {("temperature_c", "temperature_c_unit_kelvin"), ("humidity_pct", "humidity_pct_in_range")}
+    assert all(f["action"] == "treated as missing" for f in result["flags"])
+    assert result["window_rule"] == "gap_in_window" and result["coordinates"] == "given"
+    text = predict.format_forecast(result)
+    assert "temperature_c_unit_kelvin: temperature_c = '288.2'" in text and "gap_in_window: 5 of the model's 6 window hours" in text
+    assert "rain_prob: probability of more than 0.1 mm of rain in the hour ending at `time`" in text
+    # The same station's coordinates from stations.csv beside the records.
+    (sensors.parent / "stations.csv").write_text("station_id,latitude,longitude,elevation_m\nst-1,47.4,8.5,420\n")
+    assert predict.forecast(on_v1.dir, sensors)["coordinates"].endswith("stations.csv")

@@ -72,3 +72,76 @@ def test_dvc_repro_runs_all_seven_stages_then_does_nothing_then_only_what_change
     table = run([sys.executable, "-m", "cli.main", "report"], root, env)
     for variant in ("teacher", "student", "pruned", "quantized", "shipped"):
         assert variant in table
+
+
+def test_editing_another_profile_re_runs_nothing_and_a_bad_profile_never_reaches_params_yaml(project):
+    root, env = project
+    run([sys.executable, "-m", "cli.main", "repro", "--profile", "tiny"], root, env)
+    real = yaml.safe_load((root / "profiles" / "real.yaml").read_text())
+    real["distill"]["epochs"] = 99  # the real profile's distill, not the tiny one this workspace runs
+    (root / "profiles" / "real.yaml").write_text(yaml.safe_dump(real, sort_keys=False))
+    assert stages_run(run(["dvc", "repro"], root, env)) == []
+    before = (root / "params.yaml").read_text()
+    typo = subprocess.run([sys.executable, "-m", "cli.main", "repro", "--profile", "tin"], cwd=root, env=env, capture_output=True, text=True)
+    assert typo.returncode == 2 and "unknown profile 'tin'" in typo.stderr
+    assert (root / "params.yaml").read_text() == before  # validated before anything is written
+
+
+def test_dvc_metrics_and_experiments_fit_a_terminal(project):
+    root, env = project
+    run([sys.executable, "-m", "cli.main", "repro", "--profile", "tiny"], root, env)
+    metrics = run(["dvc", "metrics", "show"], root, env)
+    assert "data/evaluate/summary.json" in metrics and "sky_accuracy" in metrics
+    assert max(len(line) for line in metrics.splitlines()) <= 200, metrics
+    experiments = run(["dvc", "exp", "show", "--no-pager", "--only-changed"], root, env)
+    assert max(len(line) for line in experiments.splitlines()) <= 240, experiments
+
+
+def test_dvc_plots_render_offline_with_the_local_vega_template(project, tmp_path):
+    from tests.test_flow_browser import CHROMIUM, CHROMIUM_ARGS, require_chromium
+
+    require_chromium()
+    from playwright.sync_api import sync_playwright
+
+    root, env = project
+    vega = REPO / ".skyedge" / "vega"
+    assert (vega / "vega.min.js").is_file(), "make setup fetches Vega into .skyedge/vega"
+    (root / ".skyedge").mkdir(exist_ok=True)
+    if not (root / ".skyedge" / "vega").exists():
+        (root / ".skyedge" / "vega").symlink_to(vega)
+    run(["dvc", "plots", "show"], root, env)
+    page_path = root / "dvc_plots" / "index.html"
+    assert "cdn.jsdelivr.net" not in page_path.read_text()
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            context = browser.new_context(offline=True)
+            page = context.new_page()
+            page.goto(page_path.as_uri())
+            page.wait_for_selector("svg.marks, canvas.marks", timeout=30_000)  # vega-embed drew a chart
+            assert page.locator("svg.marks, canvas.marks").count() >= 1
+            page.screenshot(path=str(tmp_path / "dvc-plots.png"))
+        finally:
+            browser.close()
+
+
+def test_every_output_dvc_yaml_declares_is_named_in_skyedge_core_paths():
+    """File names inside data/<stage>/ have one home (skyedge.core.paths); dvc.yaml's must match."""
+    from skyedge.core import paths
+
+    workspace = paths.Workspace(Path("."))
+    named = set()
+    for stage in paths.STAGES:
+        directory = getattr(workspace, stage)
+        named.add(str(directory.dir))
+        for attribute in vars(type(directory)).values():
+            if isinstance(attribute, paths.File):
+                named.add(str(directory.dir / attribute.name))
+        for model in (*getattr(type(directory), "MODELS", ()), *getattr(type(directory), "VARIANTS", ())):
+            named |= {str(directory.module(model)), str(directory.onnx(model))}
+    declared = []
+    for stage in yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"].values():
+        for kind in ("outs", "metrics", "plots"):
+            for entry in stage.get(kind, []):
+                declared.append(next(iter(entry)) if isinstance(entry, dict) else entry)
+    assert declared and set(declared) <= named, set(declared) - named

@@ -105,7 +105,7 @@ def run_in_background(**kwargs) -> tuple[threading.Thread, dict]:
 
     def target() -> None:
         try:
-            outcome["result"] = retrain(**kwargs)
+            outcome["state"] = retrain(**kwargs, return_state=True)
         except BaseException as error:  # the test inspects what the flow raised
             outcome["error"] = error
 
@@ -131,7 +131,14 @@ def wait_for_paused_run(thread: threading.Thread, outcome: dict, timeout_s: floa
     raise AssertionError("the flow never paused for approval")
 
 
-def decide(workspace, approve: bool) -> dict:
+def run_retrain(**kwargs):
+    """The retrain flow's final state: its name says what happened, its result what was done."""
+    from flows.retrain import retrain
+
+    return retrain(**kwargs, return_state=True)
+
+
+def decide(workspace, approve: bool):
     from prefect.flow_runs import resume_flow_run
 
     thread, outcome = run_in_background(workspace=str(workspace["root"]), profile="tiny", store=workspace["store"], approval="required")
@@ -141,31 +148,35 @@ def decide(workspace, approve: bool) -> dict:
     assert "error" not in outcome, outcome.get("error")
     # The stages ran: other modules may copy this workspace instead of re-running them.
     workspace["marker"].write_text(json.dumps({"workspace": str(workspace["root"]), "signing_key": os.environ["SKYEDGE_SIGNING_KEY"]}))
-    return outcome["result"]
+    return outcome["state"]
 
 
 def test_rejecting_in_the_approval_form_publishes_nothing(workspace):
-    result = decide(workspace, approve=False)
+    state = decide(workspace, approve=False)
+    result = state.result()
+    assert state.name == "Rejected" and state.is_completed()
     assert result["published"] is False
     assert result["decision"]["reviewer"] == "ops@station"
     assert production(workspace["store"]) is None
 
 
 def test_no_decision_before_the_timeout_publishes_nothing(workspace):
-    from flows.retrain import retrain
-
     before = production(workspace["store"])
     set_gate(workspace["root"], approval_timeout_s=2)
     try:
-        result = retrain(workspace=str(workspace["root"]), store=workspace["store"], approval="required")
+        state = run_retrain(workspace=str(workspace["root"]), store=workspace["store"], approval="required")
     finally:
         set_gate(workspace["root"], approval_timeout_s=3600)
+    result = state.result()
+    assert state.name == "NoDecision"
     assert result["published"] is False and result["decision"]["timed_out"] is True
     assert production(workspace["store"]) == before
 
 
 def test_approving_publishes_and_moves_production(workspace):
-    result = decide(workspace, approve=True)
+    state = decide(workspace, approve=True)
+    result = state.result()
+    assert state.name == "Published"
     assert result["published"] is True
     assert production(workspace["store"]) == result["version"]
     from skyedge.release import registry
@@ -252,24 +263,29 @@ def test_the_deployment_is_served_on_its_cron_and_a_triggered_run_completes(work
 
 def test_a_candidate_below_a_threshold_is_refused_naming_the_criterion(workspace, capsys):
     from cli.main import main
-    from flows.retrain import GateRefused, retrain
 
     set_gate(workspace["root"], min_sky_accuracy=0.999)
     try:
-        with pytest.raises(GateRefused, match=r"sky_accuracy: .* < 0\.999"):
-            retrain(workspace=str(workspace["root"]), store=workspace["store"], approval="auto")
-        # `skyedge retrain`: a non-zero exit with the reason
-        assert main(["retrain", "--workspace", str(workspace["root"]), "--store", workspace["store"], "--approval", "auto"]) == 1
+        state = run_retrain(workspace=str(workspace["root"]), store=workspace["store"], approval="auto")
+        assert state.name == "GateRefused" and state.is_failed()
+        assert re.search(r"sky_accuracy: .* < 0\.999", state.message)
+        # `skyedge retrain`: its own exit code and one line with the reason
+        assert main(["retrain", "--workspace", str(workspace["root"]), "--store", workspace["store"], "--approval", "auto"]) == 4
         assert re.search(r"retrain: REFUSED: .*sky_accuracy: .* < 0\.999", capsys.readouterr().err)
     finally:
         set_gate(workspace["root"], **PERMISSIVE)
+    # The refusal is on record: publishing that package by hand says so and needs a reason.
+    package = str(workspace["root"] / "data" / "package")
+    assert main(["publish", package, "--store", workspace["store"]]) == 1
+    assert "was refused by gate" in capsys.readouterr().err
+    assert main(["publish", package, "--store", workspace["store"], "--force"]) == 2
+    assert "--force needs --reason" in capsys.readouterr().err
 
 
 def test_a_candidate_worse_than_production_is_refused(workspace, tmp_path):
     """Production becomes the (much better) teacher; the student must then lose to it."""
     import json
 
-    from flows.retrain import GateRefused, retrain
     from skyedge.core.config import load_params
     from skyedge.release import registry, signing
     from skyedge.release.store import open_store
@@ -285,8 +301,8 @@ def test_a_candidate_worse_than_production_is_refused(workspace, tmp_path):
     key = signing.load_private_key(signing.key_path_from_env()).public_key()
     registry.publish(open_store(workspace["store"]), tmp_path / "teacher_package", public_key=key, force=True)
 
-    with pytest.raises(GateRefused, match=r"vs_production_"):
-        retrain(workspace=str(root), store=workspace["store"], approval="auto")
+    state = run_retrain(workspace=str(root), store=workspace["store"], approval="auto")
+    assert state.name == "GateRefused" and "vs_production_sky_accuracy" in state.message
 
 
 def test_a_sweep_of_two_configs_on_a_two_worker_local_cluster(workspace, tmp_path):
@@ -315,6 +331,21 @@ def test_a_sweep_of_two_configs_on_a_two_worker_local_cluster(workspace, tmp_pat
     assert [r["variant"] for r in written] == [r["variant"] for r in rows]
     assert (tmp_path / "sweep" / "sweep.csv").read_text().count("\n") == 3
     assert (tmp_path / "sweep" / "pareto.png").stat().st_size > 1000
+    # ranked by the grouped-validation estimate, never by test scores
+    by_rank = sorted(rows, key=lambda r: r["rank"])
+    assert [r["rank"] for r in by_rank] == [1, 2] and by_rank[0]["val_sky_accuracy"] >= by_rank[1]["val_sky_accuracy"]
+    assert all(r["macs"] > 0 for r in rows) and rows[0]["macs"] > rows[1]["macs"]  # less pruned: more MACs
+
+
+def test_width_and_input_resolution_are_sweep_axes_written_where_params_keep_them(tmp_path):
+    from flows import sweep
+
+    configs = sweep.grid(["tinycnn"], [0.5], ["per_tensor"], widths=[8, 16], sizes=[32])
+    assert [c["name"] for c in configs] == ["tinycnn-w8-s32-p0.5-per_tensor", "tinycnn-w16-s32-p0.5-per_tensor"]
+    project = copy_project(tmp_path / "ws")
+    sweep.apply_config(project / "params.yaml", configs[0])
+    written = yaml.safe_load((project / "params.yaml").read_text())
+    assert (written["distill"]["width"], written["data"]["image_size"], written["quantize"]["per_channel"]) == (8, 32, False)
 
 
 def test_sweep_workers_share_the_cores_and_each_keeps_at_least_one_thread():

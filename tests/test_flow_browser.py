@@ -108,6 +108,14 @@ def wait_for_paused_run(api_url: str, retrain: subprocess.Popen, log: Path, time
     raise AssertionError("the flow never paused for approval")
 
 
+def run_state(api_url: str, run_id) -> str:
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: f"{api_url}/api"}), get_client(sync_client=True) as client:
+        return client.read_flow_run(run_id).state.name
+
+
 def test_an_operator_approves_in_the_prefect_ui_and_production_moves(prefect_server, moto_endpoint, tmp_path_factory, tmp_path, monkeypatch):
     require_chromium()
     import boto3
@@ -144,6 +152,7 @@ def test_an_operator_approves_in_the_prefect_ui_and_production_moves(prefect_ser
         )
         try:
             run = wait_for_paused_run(f"{prefect_server}/api", retrain, log_path)
+            candidate = json.loads((root / "data" / "package" / "manifest.json").read_text())["version"]
             with sync_playwright() as playwright:
                 browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
                 try:
@@ -153,10 +162,18 @@ def test_an_operator_approves_in_the_prefect_ui_and_production_moves(prefect_ser
                     expect(page.get_by_text("Paused").first).to_be_visible(timeout=30_000)
                     page.get_by_role("button", name="Resume").click()
                     form = page.get_by_role("dialog")
-                    expect(form.get_by_text("Promote this model?")).to_be_visible()
-                    expect(form.get_by_text("sky_accuracy").first).to_be_visible()  # the metrics diff
+                    # The evidence: the version, each criterion with what it means and pass/fail, size and latency.
+                    expect(form.get_by_text(f"Promote version {candidate} to")).to_be_visible()
+                    expect(form.get_by_text("share of sky photos classified right").first).to_be_visible()
+                    expect(form.get_by_text("every criterion passes").first).to_be_visible()
+                    expect(form.get_by_text("latency p50").first).to_be_visible()
                     form.get_by_role("switch").click()
                     expect(form.get_by_role("switch")).to_have_attribute("aria-checked", "true")
+                    # Reviewer is required: approving without a name is refused in the form, not thrown away later.
+                    expect(form.locator(".schema-form-property", has_text="Reviewer")).not_to_contain_text("Optional")
+                    form.get_by_role("button", name="Submit").click()
+                    expect(form).to_be_visible()
+                    assert run_state(prefect_server, run.id) == "Paused"
                     form.locator(".schema-form-property", has_text="Reviewer").locator("textarea").fill("ops@station")
                     form.locator(".schema-form-property", has_text="Comment").locator("textarea").fill("diff checked in the UI")
                     page.screenshot(path=str(tmp_path / "approval-form.png"))
@@ -165,9 +182,21 @@ def test_an_operator_approves_in_the_prefect_ui_and_production_moves(prefect_ser
                         shutil.copyfile(tmp_path / "approval-form.png", SCREENSHOT)
                     form.get_by_role("button", name="Submit").click()
                     expect(form).to_be_hidden(timeout=30_000)
+                    assert retrain.wait(timeout=600) == 0, log_path.read_text()[-3000:]
+                    # The runs list tells the story: the final state is named for what happened.
+                    page.goto(f"{prefect_server}/runs")
+                    expect(page.get_by_text("Published").first).to_be_visible(timeout=30_000)
+                    page.screenshot(path=str(tmp_path / "runs-list.png"))
+                    # The evaluation report renders in the UI, plots included (no file:// link).
+                    page.goto(f"{prefect_server}/runs/flow-run/{run.id}?tab=Artifacts")
+                    page.get_by_text("evaluate-report").first.click()
+                    expect(page.locator("img[src^='data:image/png']").first).to_be_visible(timeout=30_000)
+                    page.screenshot(path=str(tmp_path / "evaluate-report.png"), full_page=True)
+                    if os.environ.get("SKYEDGE_UPDATE_SCREENSHOT") == "1":
+                        for name in ("runs-list.png", "evaluate-report.png"):
+                            shutil.copyfile(tmp_path / name, SCREENSHOT.parent / name)
                 finally:
                     browser.close()
-            assert retrain.wait(timeout=600) == 0, log_path.read_text()[-3000:]
         finally:
             if retrain.poll() is None:
                 retrain.kill()

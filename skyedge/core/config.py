@@ -20,6 +20,7 @@ in tests.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -286,6 +287,15 @@ class Package(Section):
     latency_budget_ms: Annotated[float, Field(gt=0)]
 
 
+class Margins(Section):
+    """How much worse than production a candidate may be (candidate - production, lower end of
+    the paired 95% interval) and still pass: non-inferiority, not superiority."""
+
+    sky_accuracy: Annotated[float, Field(ge=0, le=1)]
+    rain_bss: Annotated[float, Field(ge=0)]
+    temp_skill: Annotated[float, Field(ge=0)]
+
+
 class Gate(Section):
     """Promotion thresholds and the approval policy (read by flows/, not by any DVC stage)."""
 
@@ -295,6 +305,7 @@ class Gate(Section):
     horizons: list[int]
     max_size_bytes: Annotated[int, Field(gt=0)]
     max_latency_ms_p95: Annotated[float, Field(gt=0)]
+    noninferiority_margin: Margins
     approval: Literal["required", "auto"]
     approval_timeout_s: Annotated[int, Field(ge=1)]
 
@@ -383,6 +394,20 @@ def read_raw(path: Path = PARAMS_FILE) -> dict:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
     return raw
+
+
+def select_profile(path: Path, profile: str) -> Params:
+    """Make `profile` the active one in params.yaml: validated first (a typo never reaches the
+    file), then the one key `common.profile` is rewritten in place, comments and layout kept."""
+    path = Path(path)
+    params = load_params(path, profile=profile)
+    text = path.read_text()
+    updated = re.sub(r"(?m)^(common:\n(?:[ \t].*\n)*?[ \t]+profile:[ \t]*)\S+", rf"\g<1>{profile}", text, count=1)
+    if updated == text and params.common.profile != load_params(path).common.profile:
+        raise ConfigError(f"{path}: no `profile:` key under `common:` to set")
+    if updated != text:
+        path.write_text(updated)
+    return params
 
 
 def load_params(path: Path = PARAMS_FILE, profile: str | None = None) -> Params:

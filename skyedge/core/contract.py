@@ -21,6 +21,12 @@ SENSOR_RANGES: dict[str, tuple[float | None, float | None]] = {
     "precip_mm": (0.0, None),
 }
 SENSOR_COLUMNS: tuple[str, ...] = tuple(SENSOR_RANGES)
+# Suspected wrong units: (sensor column, unit) -> the band of values that unit would give for valid
+# weather. A value outside the contract range but inside such a band is flagged as that unit.
+UNIT_BANDS: dict[str, dict[str, tuple[float, float]]] = {
+    "temperature_c": {"kelvin": (200.0, 350.0), "fahrenheit": (60.0, 140.0)},
+    "pressure_hpa": {"pa": (85000.0, 108500.0), "inhg": (25.0, 32.1)},
+}
 REQUIRED_COLUMNS: tuple[str, ...] = (STATION_ID, TIMESTAMP, *SENSOR_COLUMNS)
 STATION_COLUMNS: tuple[str, ...] = (*REQUIRED_COLUMNS, IMAGE)
 

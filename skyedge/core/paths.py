@@ -82,6 +82,7 @@ class Quantize(StageDir):
 
 
 class Evaluate(StageDir):
+    summary = File("summary.json")  # the DVC metric: headline numbers of the shipped model
     metrics = File("metrics.json")
     variants = File("variants.csv")
     report = File("report.md")

@@ -17,13 +17,13 @@ MISSING = "n/a"
 class Column:
     """One column: the row key it shows, its header, and how a value becomes text.
 
-    `format` is a format spec for numbers (".3f"), or a function of the value; `scale` multiplies
-    numbers first (bytes -> kB is 1e-3).
+    `format` is a format spec for numbers (".3f"), a function of the value, or None (integers as
+    they are, other numbers with 3 decimals); `scale` multiplies numbers first (bytes -> kB is 1e-3).
     """
 
     key: str
     header: str | None = None
-    format: str | Callable[[object], str] = ".3f"
+    format: str | Callable[[object], str] | None = None  # None: integers as they are, other numbers ".3f"
     scale: float = 1.0
     align: str = "right"
     missing: str = MISSING
@@ -39,13 +39,14 @@ class Column:
             return self.format(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return str(value)
-        if isinstance(value, int) and self.scale == 1.0 and not self.format.endswith(("f", "e", "%")):
-            return format(value, self.format)
-        return format(value * self.scale, self.format)
+        scaled = value if self.scale == 1.0 else value * self.scale  # an int stays an int for "d"
+        if self.format is None:
+            return str(scaled) if isinstance(scaled, int) else format(scaled, ".3f")
+        return format(scaled, self.format)
 
 
 def as_columns(columns: Sequence[Column | str]) -> list[Column]:
-    """Plain strings are columns of that key shown as they are (text) or with 3 decimals (floats)."""
+    """Plain strings are columns of that key with the default format."""
     return [c if isinstance(c, Column) else Column(c) for c in columns]
 
 

@@ -29,6 +29,7 @@ from skyedge.core.contract import (
     STATION_METADATA_FILE,
     STATION_METADATA_RANGES,
     TIMESTAMP,
+    UNIT_BANDS,
 )
 from skyedge.data import validation
 
@@ -44,7 +45,7 @@ SHOWN_COLUMNS = {
     "timestamp_not_future": TIMESTAMP,
     "unique_station_timestamp": TIMESTAMP,
     **{f"{c}_in_range": f"{c}_text" for c in SENSOR_RANGES},
-    **{f"{c}_unit_{u}": f"{c}_text" for c, units in validation.UNIT_BANDS.items() for u in units},
+    **{f"{c}_unit_{u}": f"{c}_text" for c, units in UNIT_BANDS.items() for u in units},
 }
 
 

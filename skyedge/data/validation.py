@@ -57,7 +57,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from skyedge.core.contract import SENSOR_RANGES, SKY_CLASSES, STATION_ID, STATION_METADATA_RANGES, TIMESTAMP
+from skyedge.core.contract import SENSOR_RANGES, SKY_CLASSES, STATION_ID, STATION_METADATA_RANGES, TIMESTAMP, UNIT_BANDS
 
 OFFSET_REGEX = r"(?:Z|[+-]\d{2}:?\d{2})$"
 NUMBER_REGEX = r"^\s*[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\s*$"
@@ -68,11 +68,6 @@ MIN_IMAGE_SIDE = 16
 USABLE_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr")
 UNIT_FILE_FRACTION = 0.05
 UNIT_FILE_MIN_ROWS = 10  # ...and at least this many: one outlier in a short file is not a unit
-# (sensor column, unit) -> band of values that unit would produce for valid weather.
-UNIT_BANDS: dict[str, dict[str, tuple[float, float]]] = {
-    "temperature_c": {"kelvin": (200.0, 350.0), "fahrenheit": (60.0, 140.0)},
-    "pressure_hpa": {"pa": (85000.0, 108500.0), "inhg": (25.0, 32.1)},
-}
 
 
 @dataclass(frozen=True)

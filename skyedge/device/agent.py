@@ -43,13 +43,14 @@ from skyedge.core.files import atomic_write, fsync_dir
 from skyedge.device import AGENT_VERSION
 from skyedge.device.fetch import DownloadFailed, EndlessData, Fetcher, Missing, Unreachable, join
 from skyedge.release import manifest as mf
+from skyedge.release.registry import in_cohort
 from skyedge.release.tuf import METADATA_PREFIX, object_key
 
 KILL_ENV_VAR = "SKYEDGE_DEVICE_TEST_KILL_AT"  # test hook: SIGKILL the agent at this step
 STEPS = ("metadata", "download-partial", "downloaded", "canary", "staged", "journal", "previous", "active", "health", "committed")
 INSTALL_FILE = "install.json"
 DOWNLOAD_ATTEMPTS = 3
-TRANSIENT = frozenset({"store-unreachable", "download-interrupted", "corrupted-download", "missing-object"})
+TRANSIENT = frozenset({"store-unreachable", "download-interrupted", "corrupted-download", "missing-object", "unexpected"})
 
 
 class Refused(RuntimeError):
@@ -96,26 +97,23 @@ def base_url_for(store_url: str, endpoint_url: str | None = None) -> str:
     return str(store_url).rstrip("/")
 
 
-def in_cohort(device_id: str, pointer: dict[str, Any]) -> bool:
-    """Whether a staged rollout on this channel pointer includes the device.
-
-    `rollout: {percent: P}` takes the devices whose hash of (channel, version, id) falls in the
-    first P% (widening P keeps everyone already in); `rollout: {devices: [ids]}` lists them; both
-    together are a union. No rollout field: every device.
-    """
-    rollout = pointer.get("rollout")
-    if not rollout:
-        return True
-    if device_id in (rollout.get("devices") or []):
-        return True
-    percent = rollout.get("percent")
-    if percent is None:
-        return False
-    digest = hashlib.sha256(f"{pointer.get('channel')}:{pointer['version']}:{device_id}".encode()).hexdigest()
-    return int(digest[:8], 16) % 10000 < float(percent) * 100
-
-
 # --- canary and health -------------------------------------------------------------------------
+
+
+def http_refusal(exc: Exception, base_url: str) -> Exception:
+    """Name what an HTTP error on the metadata means, and what to do about it."""
+    status, text = getattr(exc, "status_code", None), str(exc)
+    if status == 403 or "AccessDenied" in text:
+        return Refused(
+            "access-denied",
+            f"the store refused access ({text}): the bucket must allow anonymous GetObject on this prefix (README: the bucket policy devices need), "
+            "or give the device credentials, or a --base-url to a mirror that serves it",
+        )
+    if status == 404 and "NoSuchBucket" in text:
+        return Refused("store-not-found", f"no such bucket ({text}): check --store / --base-url ({base_url})")
+    if status == 404:
+        return Refused("not-published", f"nothing is published at {base_url}: no TUF metadata there ({text}); publish with --keys, or check the prefix")
+    return Unreachable(f"store answered HTTP {status}: {text}")
 
 
 def run_canary(package_dir: Path, document: dict[str, Any]) -> Any:
@@ -296,6 +294,8 @@ class Agent:
             status.update(state="error", reason=exc.reason, last_error=str(exc))
         except OSError as exc:
             status.update(state="error", reason="local-io", last_error=str(exc))
+        except Exception as exc:  # noqa: BLE001 - whatever breaks, the device reports it and tries again later
+            status.update(state="error", reason="unexpected", last_error=f"{type(exc).__name__}: {exc}")
         return self.report(status)
 
     def _updater(self):
@@ -329,9 +329,7 @@ class Agent:
         except tx.DownloadLengthMismatchError as exc:
             raise Refused("endless-data", f"metadata larger than allowed: {exc}") from exc
         except tx.DownloadHTTPError as exc:
-            if exc.status_code in (403, 404):
-                raise Refused("not-published", f"no TUF metadata in the store: {exc}") from exc
-            raise Unreachable(f"store answered HTTP {exc.status_code}: {exc}") from exc
+            raise http_refusal(exc, self.base_url) from exc
         except tx.DownloadError as exc:
             raise Unreachable(f"store unreachable: {exc}") from exc
         except tx.RepositoryError as exc:
@@ -527,6 +525,9 @@ class Agent:
             "health": "ok" if active else "no-model",
             "agent_version": AGENT_VERSION,
             "time": _now(),
+            # Downloads resumed or restarted in this agent's lifetime: kept when a pull fails too.
+            "resumes": self.resumes,
+            "retries": self.retries,
             **outcome,
         }
         _write_json(self.dir / "status.json", status)

@@ -53,6 +53,16 @@ class Missing(DownloadFailed):
     reason = "missing-object"
 
 
+def error_code(response: urllib3.BaseHTTPResponse) -> str:
+    """S3's error code from an error response's XML body (NoSuchBucket, NoSuchKey, AccessDenied), or ""."""
+    try:
+        body = response.read(4096, decode_content=True)
+    except (urllib3.exceptions.HTTPError, ConnectionError):
+        return ""
+    match = re.search(rb"<Code>([A-Za-z]+)</Code>", body or b"")
+    return match.group(1).decode() if match else ""
+
+
 def is_http(url: str) -> bool:
     return urlparse(url).scheme in ("http", "https")
 
@@ -86,9 +96,10 @@ class Fetcher(FetcherInterface):
         except urllib3.exceptions.HTTPError as exc:
             raise tuf_exceptions.DownloadError(f"{url}: {exc}") from exc
         if response.status >= 400:
+            code = error_code(response)
             response.release_conn()
-            raise tuf_exceptions.DownloadHTTPError(f"{url}: HTTP {response.status}", response.status)
-        return self._response_chunks(response)
+            raise tuf_exceptions.DownloadHTTPError(f"{url}: HTTP {response.status}{' ' + code if code else ''}", response.status)
+        return self._response_chunks(response, url)
 
     @staticmethod
     def _file_chunks(path: Path, offset: int) -> Iterator[bytes]:
@@ -98,9 +109,13 @@ class Fetcher(FetcherInterface):
                 yield chunk
 
     @staticmethod
-    def _response_chunks(response: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
+    def _response_chunks(response: urllib3.BaseHTTPResponse, url: str) -> Iterator[bytes]:
+        """The body in chunks; a connection cut mid-body is python-tuf's DownloadError (which the
+        agent reports and retries), never a urllib3 exception escaping the update."""
         try:
             yield from response.stream(CHUNK)
+        except (urllib3.exceptions.HTTPError, ConnectionError) as exc:
+            raise tuf_exceptions.DownloadError(f"{url}: connection dropped mid-body ({type(exc).__name__})") from exc
         finally:
             response.release_conn()
 
@@ -148,7 +163,8 @@ class Fetcher(FetcherInterface):
             raise Unreachable(f"{url}: {exc}") from exc
         try:
             if response.status in (403, 404):
-                raise Missing(f"{url}: HTTP {response.status}")
+                code = error_code(response)
+                raise Missing(f"{url}: HTTP {response.status}{' ' + code if code else ''}")
             if response.status == 416:  # the object is shorter than what we hold: start over
                 part.unlink(missing_ok=True)
                 raise Interrupted(f"{url}: range {offset}- not satisfiable; restarting")

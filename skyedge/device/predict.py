@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from skyedge.core import contract, features, inference, inputs
+from skyedge.core import contract, features, inference, inputs, readings
 from skyedge.core.tables import Column, text_table
 from skyedge.release import manifest as mf
 
@@ -43,8 +42,12 @@ def _parse_time(text: str, where: str) -> datetime:
     return moment.astimezone(timezone.utc)
 
 
-def read_station(csv_path: Path, station: str | None = None) -> tuple[str, np.ndarray, dict[str, np.ndarray]]:
-    """(station_id, epoch hours, sensor columns) of one station's records, oldest first."""
+def read_station(csv_path: Path, station: str | None = None) -> tuple[str, np.ndarray, dict[str, np.ndarray], list[dict[str, Any]]]:
+    """(station_id, epoch hours, sensor columns, flags) of one station's records, oldest first.
+
+    Each reading passes the ingest rules (skyedge.core.readings); one that breaks a rule (a
+    temperature in kelvin, a humidity of 140 %) is treated as missing and listed in `flags` with
+    the rule's name, never fed to the model as it was."""
     with open(csv_path, newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
         missing = [c for c in contract.REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
@@ -64,20 +67,17 @@ def read_station(csv_path: Path, station: str | None = None) -> tuple[str, np.nd
         raise PredictError(f"{csv_path}: no records for station {station!r}")
     hours = np.array(sorted(by_hour), dtype=np.int64)
     columns: dict[str, np.ndarray] = {}
+    flags: list[dict[str, Any]] = []
     for name in contract.SENSOR_COLUMNS:
-        low, high = contract.SENSOR_RANGES[name]
         values = []
         for h in hours:
-            text = (by_hour[int(h)].get(name) or "").strip()
-            try:
-                value = float(text) if text else math.nan
-            except ValueError:
-                value = math.nan  # unparseable: a gap, as ingest would quarantine the value
-            if not math.isnan(value) and ((low is not None and value < low) or (high is not None and value > high)):
-                value = math.nan
+            text = by_hour[int(h)].get(name)
+            value, rule = readings.check(name, text)
+            if rule:
+                flags.append({"time": datetime.fromtimestamp(int(h) * 3600, timezone.utc).isoformat(), "column": name, "rule": rule, "value": text, "action": "treated as missing"})
             values.append(value)
         columns[name] = np.array(values, dtype=np.float64)
-    return station, hours, columns
+    return station, hours, columns, flags
 
 
 def station_coordinates(csv_path: Path, station: str, latitude: float | None = None, longitude: float | None = None) -> tuple[float | None, float | None, str]:
@@ -118,7 +118,7 @@ def forecast(
     document = json.loads((slot / mf.MANIFEST_FILE).read_text())
     prep = document["preprocessing"]
     window = int(prep["sensors"]["window_hours"])
-    station_id, hours, columns = read_station(Path(sensors_csv), station)
+    station_id, hours, columns, flags = read_station(Path(sensors_csv), station)
     lat, lon, coordinates = station_coordinates(Path(sensors_csv), station_id, latitude, longitude)
     windows, missing_hours = features.build_windows(hours, features.raw_features(columns), prep["sensors"], window, lat, lon)
     spec = prep["image"]
@@ -141,7 +141,10 @@ def forecast(
         "station_id": station_id,
         "time": at.isoformat(),
         "image_used": image is not None,
+        "window_hours": window,
         "window_missing_hours": int(missing_hours[-1]),
+        "window_rule": readings.window_gaps(window - int(missing_hours[-1]), window)[1],
+        "flags": flags,
         "sky": {"class": classes[int(np.argmax(probs))], "probabilities": {c: round(float(p), 4) for c, p in zip(classes, probs)}},
         "coordinates": coordinates,
         "forecast": [
@@ -178,6 +181,10 @@ def format_forecast(result: dict[str, Any]) -> str:
     ]
     if any(row["rain_from"] == "persistence" or row["temp_from"] == "persistence" for row in result["forecast"]):
         lines.append("persistence: the model had no skill over persistence there on validation, so it forecasts the current reading")
+    for flag in result["flags"]:
+        lines.append(f"{flag['rule']}: {flag['column']} = {flag['value']!r} at {flag['time']} breaks the data contract: {flag['action']}")
+    if result["window_rule"]:
+        lines.append(f"{result['window_rule']}: {result['window_missing_hours']} of the model's {result['window_hours']} window hours have no record: the forecast rests on little history")
     if result["coordinates"] == features.UTC_FALLBACK:
         lines.append(f"coordinates {features.UTC_FALLBACK}: no stations.csv beside the records and no --latitude/--longitude; the time of day is UTC's")
     return "\n".join(lines)

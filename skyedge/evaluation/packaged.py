@@ -24,7 +24,7 @@ import onnxruntime as ort
 import pandas as pd
 
 from skyedge.core import features, inference, inputs
-from skyedge.core.contract import HORIZONS, INPUT_IMAGE, INPUT_IMAGE_PRESENT, INPUT_SENSORS, SENSOR_COLUMNS, SKY_CLASSES
+from skyedge.core.contract import HORIZONS, INPUT_IMAGE, INPUT_IMAGE_PRESENT, INPUT_SENSORS, REQUIRED_COLUMNS, SENSOR_COLUMNS, SKY_CLASSES
 from skyedge.core.tables import Column, text_table
 from skyedge.data import read, samples
 from skyedge.evaluation import scores
@@ -159,7 +159,9 @@ def read_dataset(model: Model, station_sources: list[Path], image_sources: list[
     for source in station_sources:
         source = Path(source)
         if source.is_dir():
-            files = read.station_files(source)
+            files = [path for path in read.station_files(source) if read.is_station_header(path)]
+            if not files:
+                raise ValueError(f"--stations {source}: no station CSV found there (a *.csv with the columns {', '.join(REQUIRED_COLUMNS)})")
         elif source.is_file():
             files = [source]
         else:

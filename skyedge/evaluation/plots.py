@@ -29,17 +29,21 @@ def confusion_matrix(confusion: list[list[int]], title: str, path: Path) -> Path
 
 
 def pareto(rows: list[dict], path: Path) -> Path:
-    """Size and latency against sky accuracy, one point per variant (log x: they span 100x)."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, key, label in ((axes[0], "size_bytes", "model file size (bytes)"), (axes[1], "latency_ms_p50", "latency p50, batch 1, 1 thread (ms)")):
+    """Size, latency (and MACs, when the rows have them) against sky accuracy on unseen days,
+    one point per variant (log x: they span 100x)."""
+    panels = [("size_bytes", "model file size (bytes)"), ("latency_ms_p50", "latency p50, batch 1, 1 thread (ms)")]
+    if any(row.get("macs") for row in rows):
+        panels.insert(0, ("macs", "multiply-accumulates per forecast"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
+    for ax, (key, label) in zip(axes, panels):
         for row in rows:
-            if row.get("sky_accuracy") is None:
+            if row.get("sky_accuracy") is None or row.get(key) is None:
                 continue
             ax.scatter(row[key], row["sky_accuracy"], s=40)
             ax.annotate(row["variant"], (row[key], row["sky_accuracy"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
         ax.set_xscale("log")
         ax.set_xlabel(label)
-        ax.set_ylabel("sky accuracy (test)")
+        ax.set_ylabel("sky accuracy, test, unseen days")
         ax.grid(alpha=0.3)
     fig.suptitle("Size and speed vs accuracy")
     return _save(fig, path)

@@ -33,7 +33,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from skyedge.release import manifest as mf
-from skyedge.release.store import NotFound, Store
+from skyedge.release.store import NotFound, Store, StoreError
 
 MODELS = "models"
 CHANNELS = "channels"
@@ -41,6 +41,9 @@ DEVICES = "devices"
 PRODUCTION = "production"
 PREVIOUS = "previous"
 DECISION_FILE = "decision.json"
+OVERRIDE_FILE = "override.json"  # why a refused version was published anyway (publish --force --reason)
+REFUSALS = "refusals"  # refusals/<version>.json: the gate or an operator said no to that version
+PROBES = "probes"
 POINTER_SCHEMA_VERSION = 1
 MAX_POINTER_BYTES = 64 * 1024
 DECISION_KEYS = ("approve", "reviewer", "comment", "decided_at")
@@ -273,6 +276,7 @@ def publish(
     force: bool = False,
     keys: Path | str | None = None,
     rollout: dict[str, Any] | None = None,
+    override: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Upload a package as models/<version>/ and move `channel` to it, last.
 
@@ -282,8 +286,10 @@ def publish(
     ({percent: P} and/or {devices: [ids]}) makes the release a staged rollout on the pointer.
 
     The package is verified first (file hashes always; the signature too given `public_key`).
-    Refused: a version not newer than the channel's current one (unless `force`), and a version
-    whose stored objects differ from this package. Publishing what is already published is a
+    Refused: a version not newer than the channel's current one (unless `force`), a version the
+    gate or an operator refused (unless `override` = {by, reason, at}: stored as override.json),
+    a version whose stored objects differ from this package, and on a store devices trust through
+    TUF, any publish without the keys. Publishing what is already published is a
     no-op that reports status 'unchanged'. Returns {status, channel, version, pointer, objects}.
     """
     check_channel(channel)
@@ -293,10 +299,17 @@ def publish(
         decision = check_decision(decision)
     if rollout is not None:
         rollout = check_rollout(rollout)
-    keys = _tuf_keys(keys)
+    keys = tuf_keys(keys)
+    require_keys(store, keys, "publish")
     package_dir = Path(package_dir)
     manifest_bytes, document = _local_package(package_dir, public_key)
     version, manifest_sha = document["version"], _sha256(manifest_bytes)
+    refusal = read_refusal(store, version)
+    if refusal is not None and override is None:
+        raise RegistryError(
+            f"version {version} was refused by {refusal['by']} at {refusal['refused_at']} ({refusal['reason']}): "
+            "publish it anyway only with --force and a --reason, which is stored with the version"
+        )
 
     current = read_channel(store, channel)
     already = current is not None and _ref(current) == {"version": version, "manifest_sha256": manifest_sha}
@@ -314,6 +327,9 @@ def publish(
     if decision is not None:
         data = _json_bytes(decision)
         uploads.append((DECISION_FILE, len(data), _sha256(data), lambda k, d=data: store.put_bytes(k, d)))
+    if override is not None:
+        data = _json_bytes({**override, "refusal": refusal})
+        uploads.append((OVERRIDE_FILE, len(data), _sha256(data), lambda k, d=data: store.put_bytes(k, d)))
     sig_path = package_dir / mf.SIGNATURE_FILE
     sig_data = sig_path.read_bytes()
     uploads.append((mf.SIGNATURE_FILE, len(sig_data), _sha256(sig_data), lambda k, d=sig_data: store.put_bytes(k, d)))
@@ -355,6 +371,33 @@ def publish(
     return result
 
 
+def in_cohort(device_id: str, pointer: dict[str, Any]) -> bool:
+    """Whether a staged rollout on this channel pointer includes the device.
+
+    `rollout: {percent: P}` takes the devices whose hash of (channel, version, id) falls in the
+    first P% (widening P keeps everyone already in); `rollout: {devices: [ids]}` lists them; both
+    together are a union. No rollout field: every device.
+    """
+    rollout = pointer.get("rollout")
+    if not rollout:
+        return True
+    if device_id in (rollout.get("devices") or []):
+        return True
+    percent = rollout.get("percent")
+    if percent is None:
+        return False
+    digest = hashlib.sha256(f"{pointer.get('channel')}:{pointer['version']}:{device_id}".encode()).hexdigest()
+    return int(digest[:8], 16) % 10000 < float(percent) * 100
+
+
+def expected_version(pointer: dict[str, Any], device_id: str) -> int | None:
+    """The version a device on this channel should run: the pointer's, or (outside a staged
+    rollout's cohort) the one it replaced."""
+    if in_cohort(device_id, pointer):
+        return pointer["version"]
+    return (pointer.get("previous") or {}).get("version")
+
+
 def check_rollout(rollout: Any) -> dict[str, Any]:
     """A staged rollout: {percent: 0..100} of devices by hash of their id, and/or {devices: [ids]}."""
     if not isinstance(rollout, dict) or not rollout or set(rollout) - {"percent", "devices"}:
@@ -378,17 +421,67 @@ def set_rollout(store: Store, channel: str, rollout: dict[str, Any] | None, keys
     if rollout is not None:
         pointer["rollout"] = check_rollout(rollout)
     pointer["published_at"] = _now()
+    keys = tuf_keys(keys)
+    require_keys(store, keys, "rollout change")
     _write_pointer(store, channel, pointer)
-    keys = _tuf_keys(keys)
     if keys is not None:
         _sign_tuf(store, keys, pointer["version"], [channel])
     return pointer
 
 
-def _tuf_keys(keys: Path | str | None) -> Path | None:
+def tuf_keys(keys: Path | str | None) -> Path | None:
+    """The TUF keys directory given, else $SKYEDGE_TUF_KEYS, else None."""
     if keys is None:
         keys = os.environ.get("SKYEDGE_TUF_KEYS", "").strip() or None
     return Path(keys) if keys is not None else None
+
+
+def signs_for_devices(store: Store) -> bool:
+    """Whether devices trust this store through TUF metadata (someone published with keys)."""
+    from skyedge.release import tuf
+
+    return store.exists(tuf.metadata_key("timestamp.json"))
+
+
+def require_keys(store: Store, keys: Path | None, action: str) -> None:
+    """Refuse, before writing anything, a change devices would never see: on a store with TUF
+    metadata, a pointer moved without re-signing is ignored by every device (it reports
+    up-to-date on the old release)."""
+    if keys is None and signs_for_devices(store):
+        raise RegistryError(
+            f"{store.url}: devices trust this store's TUF metadata, so a {action} without the TUF keys would never reach them: "
+            "pass --keys KEYS (the `skyedge keys init` directory) or set SKYEDGE_TUF_KEYS"
+        )
+
+
+def check_writable(store: Store) -> None:
+    """Write, read back and delete a probe object: a store that cannot be written (missing bucket,
+    denied, read-only directory) fails here, before any work, in one line."""
+    key = f"{PROBES}/{uuid.uuid4().hex}.txt"
+    data = f"skyedge write check {_now()}\n".encode()
+    try:
+        store.put_bytes(key, data)
+        if store.get_bytes(key) != data:
+            raise RegistryError(f"{store.describe(key)}: read back different bytes than written")
+    finally:
+        try:
+            store.delete(key)
+        except StoreError:
+            pass
+
+
+def record_refusal(store: Store, version: int, by: str, reason: str) -> dict[str, Any]:
+    """Remember that the gate or an operator refused `version`, so a hand publish says so."""
+    record = {"version": int(version), "by": by, "reason": reason, "refused_at": _now()}
+    store.put_bytes(f"{REFUSALS}/{int(version)}.json", _json_bytes(record))
+    return record
+
+
+def read_refusal(store: Store, version: int) -> dict[str, Any] | None:
+    try:
+        return json.loads(store.get_bytes(f"{REFUSALS}/{int(version)}.json", max_bytes=MAX_POINTER_BYTES))
+    except NotFound:
+        return None
 
 
 def _sign_tuf(store: Store, keys: Path, version: int, channels: list[str]) -> dict[str, Any]:
@@ -425,6 +518,8 @@ def rollback(store: Store, channel: str = PRODUCTION, keys: Path | str | None = 
     check_channel(channel)
     if channel == PREVIOUS:
         raise RegistryError(f"cannot roll back the {PREVIOUS!r} channel itself")
+    keys = tuf_keys(keys)
+    require_keys(store, keys, "rollback")
     current = read_channel(store, channel)
     if current is None:
         raise RegistryError(f"channel {channel!r} has never been published: nothing to roll back")
@@ -464,7 +559,6 @@ def rollback(store: Store, channel: str = PRODUCTION, keys: Path | str | None = 
     if channel == PRODUCTION:
         _write_pointer(store, PREVIOUS, undone)
     result = {"channel": channel, "version": target["version"], "rolled_back_from": current["version"], "pointer": pointer}
-    keys = _tuf_keys(keys)
     if keys is not None:  # devices accept this older version: the signed pointer says rollback
         result["tuf"] = _sign_tuf(store, keys, target["version"], [channel, PREVIOUS] if channel == PRODUCTION else [channel])
     return result
