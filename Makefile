@@ -63,9 +63,11 @@ test-all: setup
 clean:
 	rm -rf data/ingest data/embed data/distill data/prune data/quantize data/evaluate data/package
 
-# Ingest all of ../shared/datasets (Beijing + SWIMCAT); prints records/s and peak RSS.
+# Ingest at 1x and 10x ../shared/datasets (Beijing replayed as 10x the stations in a temp folder,
+# SWIMCAT once), each in its own process: records/s and peak RSS per scale, a table and
+# reports/bench_ingest.json (targets: RSS at 10x within 1.2x of 1x, time linear). Skips without ../shared.
 bench-ingest: setup
-	$(BIN)/python -m stages.ingest --bench ../shared/datasets/beijing ../shared/datasets/swimcat --out $${TMPDIR:-/tmp}/skyedge-bench-ingest --bench-report reports/bench_ingest.json
+	$(BIN)/python -m skyedge.evaluation.ingest_bench --shared ../shared/datasets --out reports/bench_ingest.json
 
 bench: bench-ingest
 
@@ -93,3 +95,18 @@ bench-models: setup
 	$(BIN)/python -m skyedge.evaluation.bench --data $(BENCH_DATA) --out reports/bench.json
 
 bench: bench-models
+
+# Bytes over the air (the model container, deltas, gzip/zstd baselines), decode cost, and what
+# weight sharing costs in accuracy -> reports/bench_ota.json. Needs a pipeline run (make run).
+.PHONY: bench-ota bench-fleet
+bench-ota: setup
+	$(BIN)/python -m skyedge.evaluation.bench_ota --data $(BENCH_DATA) --out reports/bench_ota.json
+
+bench: bench-ota
+
+# 200 simulated stations x 72 hours with faults: a good release reaches everyone, a bad one is
+# aborted at the first ring -> reports/bench_fleet.json. Needs a package (make run).
+bench-fleet: setup
+	$(BIN)/python -m flows.fleet_bench --package $(BENCH_DATA)/package --out reports/bench_fleet.json
+
+bench: bench-fleet

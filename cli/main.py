@@ -168,6 +168,50 @@ def _table(headers: list[str], rows: list[list[object]]) -> str:
     return text_table([dict(zip(headers, row)) for row in rows], [Column(h, align="left", format=str, missing="-") for h in headers], rule=True)
 
 
+def cmd_package_inspect(args: argparse.Namespace) -> int:
+    import json
+
+    from skyedge.core.tables import Column, text_table
+    from skyedge.release import container, manifest, registry
+
+    document = json.loads((args.package / manifest.MANIFEST_FILE).read_text())
+    coded = document.get("container")
+    if coded is None:
+        print(f"package inspect: {args.package} has no container (packaged before model.skc existed): stations download model.onnx whole", file=sys.stderr)
+        return 1
+    rows = container.inspect((args.package / coded["path"]).read_bytes())
+    print(f"{args.package / coded['path']}: version {document['version']}, coded tensors (float32 initializers of at least {container.MIN_CODED_BYTES} bytes)")
+    columns = [
+        Column("name", align="left"),
+        Column("shape", format=lambda v: "x".join(map(str, v)) or "scalar"),
+        Column("sparsity", format=".1%"),
+        Column("distinct"),
+        Column("bits"),
+        Column("coding", align="left"),
+        Column("raw_bytes", "raw B"),
+        Column("coded_bytes", "coded B"),
+    ]
+    print(text_table(rows, columns, rule=True))
+    model_bytes = (args.package / manifest.MODEL_FILE).stat().st_size
+    downloads = [{"from": "nothing (new station)", "object": "model.onnx", "bytes": model_bytes}, {"from": "nothing (new station)", "object": coded["path"], "bytes": coded["size_bytes"]}]
+    if args.store:
+        store = _open_store(args)
+        for key, (size, _) in sorted(registry.delta_objects(store, document["version"]).items()):
+            downloads.append({"from": f"version {key.rsplit('from-', 1)[1].removesuffix('.skd')}", "object": key, "bytes": size})
+    for row in downloads:
+        row["of_model"] = row["bytes"] / model_bytes
+    print()
+    print("what a station downloads to install this version")
+    print(text_table(downloads, [Column("from", align="left"), Column("object", align="left"), Column("bytes"), Column("of_model", "of model.onnx", format=".1%")], rule=True))
+    return 0
+
+
+def _params_delta_bases() -> int:
+    from skyedge.core.config import load_params
+
+    return load_params(Path("params.yaml")).flow.delta_bases if Path("params.yaml").exists() else 0
+
+
 def cmd_publish(args: argparse.Namespace) -> int:
     from skyedge.release import registry
 
@@ -181,7 +225,10 @@ def cmd_publish(args: argparse.Namespace) -> int:
         store = _open_store(args)
         rollout = _rollout(args)
         override = {"by": os.environ.get("USER") or "operator", "reason": args.reason.strip(), "at": _now()} if args.force else None
-        result = registry.publish(store, args.package, channel=args.channel, public_key=public_key, force=args.force, keys=args.keys, rollout=rollout, override=override)
+        delta_bases = args.delta_bases if args.delta_bases is not None else _params_delta_bases()
+        result = registry.publish(
+            store, args.package, channel=args.channel, public_key=public_key, force=args.force, keys=args.keys, rollout=rollout, override=override, delta_bases=delta_bases
+        )
     except _store_errors() as error:
         print(f"publish: FAILED: {error}", file=sys.stderr)
         return 1
@@ -265,9 +312,93 @@ def cmd_device_pull(args: argparse.Namespace) -> int:
 
 
 def cmd_device_run(args: argparse.Namespace) -> int:
-    from skyedge.device import agent
+    from skyedge.device import agent, station
 
-    agent.run(_agent(args), interval_s=args.interval, retry_s=args.retry, iterations=args.iterations, on_status=_print_status)
+    device = _agent(args)
+    if args.feed is None:
+        agent.run(device, interval_s=args.interval, retry_s=args.retry, iterations=args.iterations, on_status=_print_status)
+        return 0
+    try:
+        config = station.load_config(args.state)
+    except ValueError as error:
+        print(f"device run: FAILED: {error}", file=sys.stderr)
+        return 2
+    with station.open_journal(args.state, config) as journal:
+        site = station.Station(device, journal, config, args.store, args.endpoint_url)
+        # Each cycle: the feed's new readings into the journal, uploads, then the pull and its report.
+        agent.run(device, interval_s=args.interval, retry_s=args.retry, iterations=args.iterations, on_status=_print_status, step=lambda: site.cycle(args.feed))
+    return 0
+
+
+def cmd_device_provision(args: argparse.Namespace) -> int:
+    """Make the device's upload key and registration, and station.json from params.yaml's station section."""
+    from skyedge.core.config import ConfigError, load_params
+    from skyedge.device import station
+
+    try:
+        params = load_params(args.params)
+        config = station.StationConfig(
+            device_id=args.device_id, station_id=args.station, photo_budget_bytes=int(params.station.photo_budget_mb * 1e6),
+            batch_readings=params.station.batch_readings, latitude=args.latitude, longitude=args.longitude,
+        )
+        station.provision(args.state, config)
+    except (ConfigError, ValueError) as error:
+        print(f"device provision: FAILED: {error}", file=sys.stderr)
+        return 2
+    print(f"device {args.device_id} of station {args.station} provisioned in {args.state}")
+    print(f"the operator registers it (once): skyedge fleet register --store s3://BUCKET/PREFIX {args.state / 'device.json'}")
+    return 0
+
+
+def cmd_device_observe(args: argparse.Namespace) -> int:
+    """Record readings (a contract CSV, + a photo for its last row) in the journal, forecast, score."""
+    from skyedge.device import station
+
+    try:
+        config = station.load_config(args.state)
+    except ValueError as error:
+        print(f"device observe: FAILED: {error}", file=sys.stderr)
+        return 2
+    readings = station.feed_readings(args.sensors)
+    if args.image is not None and readings:
+        row, _, source = readings[-1]
+        readings[-1] = (row, args.image, source)
+    with station.open_journal(args.state, config) as journal:
+        for row, photo, _ in readings:
+            try:
+                result = journal.observe(row, photo)
+            except ValueError as error:
+                print(f"device observe: {args.sensors}: {error}", file=sys.stderr)
+                return 1
+            flags = ", ".join(f"{f['field']}: {f['rule']}" for f in result.flags) or "none"
+            made = f"forecast by version {result.forecast['model']['version']}" if result.forecast else f"no forecast ({result.forecast_skipped})"
+            print(f"reading {result.seq} ({row.get('timestamp')}): flags {flags}; {made}")
+    return 0
+
+
+def cmd_device_status(args: argparse.Namespace) -> int:
+    """The station's last status: version, field skill per horizon, drift, uplink."""
+    import json
+
+    from skyedge.device import station
+
+    try:
+        config = station.load_config(args.state)
+    except ValueError as error:
+        print(f"device status: FAILED: {error}", file=sys.stderr)
+        return 2
+    status_path = args.state / "status.json"
+    status = json.loads(status_path.read_text()) if status_path.exists() else {}
+    with station.open_journal(args.state, config) as journal:
+        from skyedge.device.journal import status_sections
+
+        manifest_path = args.state / "active" / "manifest.json"
+        reference = json.loads(manifest_path.read_text()).get("training_statistics") if manifest_path.exists() else None
+        status.update(status_sections(journal, reference))
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    print(station.format_status(config, status))
     return 0
 
 
@@ -282,35 +413,89 @@ def cmd_device_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_fleet(args: argparse.Namespace) -> int:
-    """One row per devices/<id>/status.json, with the version its channel says it should run."""
-    import json
+    """Per station: version (and what its channel says), health, field skill per horizon, drift
+    flags, last seen, readings waiting to upload."""
+    from skyedge.evaluation import fleet
 
-    from skyedge.release import registry
-
+    if args.fleet_command is None and not args.store:
+        print("fleet: --store s3://BUCKET/PREFIX (or a directory) is required", file=sys.stderr)
+        return 2
     try:
         store = _open_store(args)
-        rows, pointers = [], {}
-        for key in store.list(f"{registry.DEVICES}/"):
-            if not key.endswith("/status.json"):
-                continue
-            s = json.loads(store.get_bytes(key, max_bytes=64 * 1024))
-            channel = s.get("channel") or registry.PRODUCTION
-            if channel not in pointers:
-                pointers[channel] = registry.read_channel(store, channel)
-            expected = registry.expected_version(pointers[channel], s.get("device_id") or "") if pointers[channel] else None
-            check = "ok" if expected is None or expected == s.get("version") else f"MISMATCH: channel says {expected}"
-            rows.append([s.get("device_id"), channel, s.get("version"), expected, check, s.get("health"), s.get("state"), s.get("reason"), s.get("time"), (s.get("last_error") or "")[:60] or None])
+        rows = fleet.station_rows(store)
     except _store_errors() as error:
         print(f"fleet: FAILED: {error}", file=sys.stderr)
         return 1
     if not rows:
         print(f"no device has reported to {store.url} yet")
         return 0
-    print(_table(["device", "channel", "version", "expected", "check", "health", "state", "reason", "time", "last_error"], rows))
-    mismatched = sum(row[4] != "ok" for row in rows)
+    print(fleet.station_table(rows))
+    mismatched = sum(row["check"] != "ok" for row in rows)
     if mismatched:
-        print(f"{mismatched} device(s) run a version other than their channel's: see reason / last_error, or whether the release was signed for devices")
+        print(f"{mismatched} device(s) run a version other than their channel's: see the last pull's reason, or whether the release was signed for devices")
     return 0
+
+
+def cmd_fleet_register(args: argparse.Namespace) -> int:
+    """Upload a device's registration (from `skyedge device provision`): its batches are accepted from then on."""
+    import json
+
+    from skyedge.core import batches
+
+    try:
+        data = args.registration.read_bytes()
+        device_id = str(json.loads(data)["device_id"])
+        station_id, _ = batches.parse_registration(data, device_id)
+        store = _open_store(args)
+        store.put_bytes(batches.registration_key(device_id), data)
+    except (OSError, ValueError, KeyError, *_store_errors()) as error:
+        print(f"fleet register: FAILED: {args.registration}: {error}", file=sys.stderr)
+        return 1
+    print(f"fleet register: OK: device {device_id} of station {station_id} at {store.describe(batches.registration_key(device_id))}")
+    return 0
+
+
+def cmd_fleet_report(args: argparse.Namespace) -> int:
+    from skyedge.core.config import load_params
+    from skyedge.evaluation import fleet
+
+    params = load_params(args.params)
+    try:
+        page = fleet.report_html(_open_store(args), args.channel, params.rollout.n_boot, params.rollout.seed)
+    except _store_errors() as error:
+        print(f"fleet report: FAILED: {error}", file=sys.stderr)
+        return 1
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(page)
+    print(f"fleet report: {args.out}")
+    return 0
+
+
+def cmd_fleet_simulate(args: argparse.Namespace) -> int:
+    """Replay station feeds hour by hour through real agents against the store, with faults, while
+    the rollout flow decides; prints what happened."""
+    _venv_on_path()
+    import json
+    import tempfile
+
+    from flows import fleet_sim
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="skyedge-fleet-"))
+    feeds = args.feeds
+    if feeds is None:
+        from skyedge.data import synthetic
+
+        feeds = work / "feeds"
+        synthetic.generate(feeds, stations=min(args.stations, 8), days=max(1, -(-args.hours // 24)), seed=0, image_size=64, unlabelled_share=0.0)
+    down = tuple(int(x) for x in args.down_hours.split(":")) if args.down_hours else None
+    result = fleet_sim.run(
+        Path(args.params).resolve().parent, args.store, args.endpoint_url, feeds, args.package, args.stations, args.hours, args.scenario,
+        args.release_at, args.pull_every, fleet_sim.Faults(down, args.cut_rate, args.kill_rate, args.seed), work, use_flow=not args.no_flow,
+    )
+    print(fleet_sim.summary(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    return 0 if result["readings_taken"] == result["readings_in_store"] and not result["devices_ever_without_verified_model"] else 1
 
 
 def cmd_registry_show(args: argparse.Namespace) -> int:
@@ -361,6 +546,79 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     signed = "signed for devices (TUF)" if "tuf" in result else "no TUF metadata on this store: devices read the pointer as is"
     print(f"rollback: OK: {args.channel} -> version {result['version']} (was {result['rolled_back_from']}) in {store.url}; {signed}")
     return 0
+
+
+def _rollout_context(args: argparse.Namespace):
+    """(store, params, now) for the rollout commands."""
+    from datetime import datetime, timezone
+
+    from skyedge.core.config import load_params
+
+    params = load_params(Path(args.params))
+    return _open_store(args), params, datetime.now(timezone.utc)
+
+
+def cmd_rollout(args: argparse.Namespace) -> int:
+    """start | status | advance | abort a staged rollout (skyedge.evaluation.rollout)."""
+    from skyedge.core.config import ConfigError
+    from skyedge.evaluation import rollout
+    from skyedge.release import registry
+
+    try:
+        store, params, now = _rollout_context(args)
+        if args.rollout_command == "start":
+            if args.package:
+                public_key = _trusted_public_key(args.public_key, "rollout start")
+                if public_key is None:
+                    return 2
+                published = registry.publish(
+                    store, args.package, channel=args.channel, public_key=public_key, keys=args.keys,
+                    rollout={"percent": params.rollout.rings[0]}, delta_bases=params.flow.delta_bases,
+                )
+                print(f"rollout: published version {published['version']} to {args.channel} for {params.rollout.rings[0]:g}% of the fleet")
+            state = rollout.start(store, args.channel, params.rollout, now, keys=args.keys)
+            print(f"rollout: OK: version {state['version']} replacing {state['previous_version']} on {args.channel}, rings {' -> '.join(f'{r:g}%' for r in state['rings'])}")
+            print(f"the rollout flow (`skyedge rollout check`, or its deployment on {params.rollout.cron!r}) decides from here; `skyedge rollout status` shows why")
+            return 0
+        state = rollout.read_state(store, args.channel)
+        if state is None:
+            print(f"rollout: no rollout on {args.channel} in {store.url} (start one with `skyedge rollout start --package DIR`)", file=sys.stderr)
+            return 1
+        if args.rollout_command == "status":
+            print(f"rollout of version {state['version']} (replacing {state['previous_version']}) on {args.channel}: {state['state']}, ring {state['rings'][state['ring']]:g}% of {', '.join(f'{r:g}%' for r in state['rings'])}")
+            print()
+            print(rollout.ring_history(state))
+            if state["state"] == rollout.RUNNING:
+                pointer = registry.read_channel(store, args.channel)
+                decision = rollout.decide(state, params.rollout, pointer, rollout.device_statuses(store), now)
+                print()
+                print("the rollout flow would decide now (nothing changed by this command):")
+                print(rollout.describe(state, decision))
+            return 0
+        if state["state"] != rollout.RUNNING:
+            print(f"rollout: the rollout of version {state['version']} is {state['state']}: nothing to {args.rollout_command}", file=sys.stderr)
+            return 1
+        if not (args.reason or "").strip():
+            print(f"rollout {args.rollout_command}: needs --reason TEXT (recorded in the rollout's history)", file=sys.stderr)
+            return 2
+        decision = rollout.operator_decision(state, rollout.ADVANCE if args.rollout_command == "advance" else rollout.ABORT, args.reason.strip(), now)
+        updated = rollout.apply(store, state, decision, now, keys=args.keys)
+        where = f"ring {updated['rings'][updated['ring']]:g}%" if updated["state"] == rollout.RUNNING else updated["state"]
+        print(f"rollout: OK: {decision.action}: version {state['version']} on {args.channel} is now {where}")
+        return 0
+    except (ConfigError, rollout.RolloutError, *_store_errors()) as error:
+        print(f"rollout {args.rollout_command}: FAILED: {error}", file=sys.stderr)
+        return 1
+
+
+def cmd_rollout_check(args: argparse.Namespace) -> int:
+    """One run of the rollout flow now (what its deployment does on rollout.cron)."""
+    _venv_on_path()
+    from flows.rollout import rollout_check
+
+    state = rollout_check(workspace=str(Path(args.params).resolve().parent), store=args.store, channel=args.channel, keys=str(args.keys) if args.keys else None, return_state=True)
+    print(f"rollout check: {state.name}: {state.message}")
+    return 0 if state.is_completed() else 1
 
 
 def _venv_on_path() -> None:
@@ -496,6 +754,14 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--store", required=True, help="s3://BUCKET/PREFIX or a local directory")
         sub.add_argument("--endpoint-url", help="S3 endpoint (MinIO, moto); default: $AWS_ENDPOINT_URL, else AWS")
 
+    package = commands.add_parser("package", help="look inside a model package")
+    package_commands = package.add_subparsers(dest="package_command", required=True, metavar="COMMAND")
+    package_inspect = package_commands.add_parser("inspect", help="per tensor: shape, sparsity, bits, coded bytes; bytes a station downloads")
+    package_inspect.add_argument("package", type=Path)
+    package_inspect.add_argument("--store", help="registry (s3://BUCKET/PREFIX or a directory): also list the deltas published for this version")
+    package_inspect.add_argument("--endpoint-url", help="S3 endpoint (MinIO, moto); default: $AWS_ENDPOINT_URL, else AWS")
+    package_inspect.set_defaults(func=cmd_package_inspect)
+
     publish = commands.add_parser("publish", help="upload a package to the registry and move a channel to it")
     publish.add_argument("package", type=Path)
     add_store(publish)
@@ -506,7 +772,29 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--keys", type=Path, help="TUF keys dir (skyedge keys init) to sign the release for devices; default $SKYEDGE_TUF_KEYS")
     publish.add_argument("--rollout-percent", type=float, help="staged rollout: this percentage of devices (by hash of device id)")
     publish.add_argument("--rollout-devices", help="staged rollout: comma-separated device ids")
+    publish.add_argument("--delta-bases", type=int, help="write a delta from each of the last K releases; default: params.yaml flow.delta_bases (0 without params.yaml)")
     publish.set_defaults(func=cmd_publish)
+
+    rollout = commands.add_parser("rollout", help="staged rollouts decided on field skill: start, status, advance, abort, check")
+    rollout_commands = rollout.add_subparsers(dest="rollout_command", required=True, metavar="COMMAND")
+    for name, text in (
+        ("start", "publish a package to the first ring (--package) or take the channel's staged release, and start deciding"),
+        ("status", "the rollout's ring, its decisions so far, and what the flow would decide now"),
+        ("advance", "widen to the next ring now (an operator's decision, recorded with --reason)"),
+        ("abort", "roll the channel back to the release it replaced (recorded with --reason)"),
+        ("check", "one run of the rollout flow now: decide and carry it out"),
+    ):
+        command = rollout_commands.add_parser(name, help=text)
+        add_store(command)
+        command.add_argument("--channel", default="production")
+        command.add_argument("--params", type=Path, default=Path("params.yaml"), help="rings, soak, margins: the rollout section")
+        command.add_argument("--keys", type=Path, help="TUF keys dir to sign the rollout's pointer changes; default $SKYEDGE_TUF_KEYS")
+        if name == "start":
+            command.add_argument("--package", type=Path, help="publish this package to the first ring first")
+            command.add_argument("--public-key", type=Path, help="trusted ed25519 public key (PEM); default: the local signing key's")
+        if name in ("advance", "abort"):
+            command.add_argument("--reason", help="why (recorded in the rollout's history)")
+        command.set_defaults(func=cmd_rollout_check if name == "check" else cmd_rollout)
 
     keys = commands.add_parser("keys", help="TUF signing keys for over-the-air updates")
     keys_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
@@ -544,7 +832,25 @@ def build_parser() -> argparse.ArgumentParser:
     device_run.add_argument("--interval", type=float, default=900.0, help="seconds between checks (jittered ±50%%)")
     device_run.add_argument("--retry", type=float, default=5.0, help="first retry delay after a transient failure (doubles)")
     device_run.add_argument("--iterations", type=int, help="stop after N pulls (default: forever)")
+    device_run.add_argument("--feed", type=Path, help="the logger's folder of contract CSVs (+ photos): record, forecast, score and upload them each cycle (needs `device provision`)")
     device_run.set_defaults(func=cmd_device_run)
+    device_provision = device_commands.add_parser("provision", help="make the device's upload key and registration; station.json from params.yaml")
+    device_provision.add_argument("--state", type=Path, required=True)
+    device_provision.add_argument("--device-id", required=True)
+    device_provision.add_argument("--station", required=True, help="the station_id its readings carry")
+    device_provision.add_argument("--latitude", type=float, help="for the forecast's local solar time")
+    device_provision.add_argument("--longitude", type=float)
+    device_provision.add_argument("--params", type=Path, default=Path("params.yaml"), help="its station section: photo budget, batch size")
+    device_provision.set_defaults(func=cmd_device_provision)
+    device_observe = device_commands.add_parser("observe", help="record readings in the journal: forecast with the active model, score matured forecasts")
+    device_observe.add_argument("--state", type=Path, required=True)
+    device_observe.add_argument("--sensors", type=Path, required=True, help="contract CSV: each row is recorded")
+    device_observe.add_argument("--image", type=Path, help="the sky photo taken with the last row")
+    device_observe.set_defaults(func=cmd_device_observe)
+    device_status = device_commands.add_parser("status", help="version, field skill per horizon, drift and uplink of this station")
+    device_status.add_argument("--state", type=Path, required=True)
+    device_status.add_argument("--json", action="store_true", help="the whole status.json (schema in the README)")
+    device_status.set_defaults(func=cmd_device_status)
     device_predict = device_commands.add_parser("predict", help="print the 4-hour forecast from the active model")
     device_predict.add_argument("--state", type=Path, required=True)
     device_predict.add_argument("--sensors", type=Path, required=True, help="station CSV (data contract); the latest record is t")
@@ -555,9 +861,39 @@ def build_parser() -> argparse.ArgumentParser:
     device_predict.add_argument("--json", action="store_true")
     device_predict.set_defaults(func=cmd_device_predict)
 
-    fleet = commands.add_parser("fleet", help="print what every device runs and its last report")
-    add_store(fleet)
-    fleet.set_defaults(func=cmd_fleet)
+    fleet = commands.add_parser("fleet", help="per station: version, health, field skill, drift, last seen, readings waiting")
+    fleet.add_argument("--store", help="s3://BUCKET/PREFIX or a local directory")
+    fleet.add_argument("--endpoint-url", help="S3 endpoint (MinIO, moto); default: $AWS_ENDPOINT_URL, else AWS")
+    fleet.set_defaults(func=cmd_fleet, fleet_command=None)
+    fleet_commands = fleet.add_subparsers(dest="fleet_command", metavar="COMMAND")
+    fleet_register = fleet_commands.add_parser("register", help="upload a device's registration (skyedge device provision wrote it)")
+    add_store(fleet_register)
+    fleet_register.add_argument("registration", type=Path, help="STATE/device.json")
+    fleet_register.set_defaults(func=cmd_fleet_register)
+    fleet_report = fleet_commands.add_parser("report", help="the fleet report (HTML): field skill per release, drift over time, ring history")
+    add_store(fleet_report)
+    fleet_report.add_argument("--channel", default="production")
+    fleet_report.add_argument("--params", type=Path, default=Path("params.yaml"))
+    fleet_report.add_argument("--out", type=Path, default=Path("reports/fleet-report.html"))
+    fleet_report.set_defaults(func=cmd_fleet_report)
+    simulate = fleet_commands.add_parser("simulate", help="replay station feeds through real agents against the store, with faults, while rollouts decide")
+    add_store(simulate)
+    simulate.add_argument("--stations", type=int, required=True)
+    simulate.add_argument("--hours", type=int, required=True)
+    simulate.add_argument("--package", type=Path, default=Path("data/package"), help="the release stations start on (default: the pipeline's)")
+    simulate.add_argument("--feeds", type=Path, help="folder of contract CSVs with photos (default: synthetic stations)")
+    simulate.add_argument("--scenario", choices=["good", "bad"], default="good", help="what the new release is: the same model, or one degraded on purpose")
+    simulate.add_argument("--release-at", type=int, default=12, help="simulated hour the new release starts its rollout")
+    simulate.add_argument("--pull-every", type=int, default=3, help="hours between a station's cycles (staggered across the fleet)")
+    simulate.add_argument("--down-hours", help="FROM:TO simulated hours the store is unreachable")
+    simulate.add_argument("--cut-rate", type=float, default=0.0, help="share of responses cut mid-body")
+    simulate.add_argument("--kill-rate", type=float, default=0.0, help="share of cycles whose agent is killed at a random install step")
+    simulate.add_argument("--seed", type=int, default=0)
+    simulate.add_argument("--params", type=Path, default=Path("params.yaml"))
+    simulate.add_argument("--work", type=Path, help="state directories and releases (default: a temp dir)")
+    simulate.add_argument("--no-flow", action="store_true", help="decide rollouts with the library calls instead of Prefect flow runs")
+    simulate.add_argument("--json", type=Path, help="write the measurements here")
+    simulate.set_defaults(func=cmd_fleet_simulate)
 
     registry = commands.add_parser("registry", help="inspect the model registry")
     registry_commands = registry.add_subparsers(dest="registry_command", required=True, metavar="COMMAND")

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -93,17 +94,42 @@ def gate_candidate(workspace: Path, params: Params, store_url: str) -> dict:
     return {"verdict": verdict, "pointer": pointer}
 
 
+# The server's pause outlives the operator's deadline by this much: at the deadline the run resumes
+# itself (a run whose pause expired on the server can only fail, never end as NoDecision).
+PAUSE_GRACE_S = 120
+NO_DECISION_REVIEWER = "(nobody: the approval deadline passed)"
+
+
 def ask_operator(description: str, timeout_s: int) -> dict:
-    """Pause until an operator resumes the run in the Prefect UI with a PromotionDecision."""
+    """Pause until an operator resumes the run in the Prefect UI with a PromotionDecision, or the
+    deadline passes (then the run resumes itself and nothing is approved)."""
+    from prefect.flow_runs import resume_flow_run
+
+    run_id = get_run_context().flow_run.id
+    deadline = threading.Event()
+
+    def give_up() -> None:
+        deadline.set()
+        try:
+            resume_flow_run(run_id, run_input={"approve": False, "reviewer": NO_DECISION_REVIEWER, "comment": f"no decision within {timeout_s} s"})
+        except Exception:  # noqa: BLE001 - the operator resumed it in the same instant: their decision stands
+            deadline.clear()
+
+    timer = threading.Timer(timeout_s, give_up)
+    timer.daemon = True
+    timer.start()
     try:
         decision = pause_flow_run(
             wait_for_input=PromotionDecision.with_initial_data(description=description, approve=False, comment=""),
-            timeout=timeout_s,
+            timeout=timeout_s + PAUSE_GRACE_S,
             poll_interval=2,
         )
     except FlowPauseTimeout:
         return {"approve": False, "reviewer": "", "comment": f"no decision within {timeout_s} s", "timed_out": True}
-    return {"approve": decision.approve, "reviewer": decision.reviewer.strip(), "comment": decision.comment, "timed_out": False}
+    finally:
+        timer.cancel()
+    timed_out = deadline.is_set() and decision.reviewer == NO_DECISION_REVIEWER
+    return {"approve": decision.approve and not timed_out, "reviewer": "" if timed_out else decision.reviewer.strip(), "comment": decision.comment, "timed_out": timed_out}
 
 
 @task
@@ -113,7 +139,7 @@ def publish_candidate(workspace: Path, params: Params, store_url: str, decision:
     key_path = key_path if key_path.is_absolute() else workspace / key_path
     public_key = signing.load_private_key(key_path).public_key()
     record = {key: decision[key] for key in ("approve", "reviewer", "comment", "decided_at")}
-    return registry.publish(store, paths.Workspace(workspace).package.dir, params.flow.channel, public_key=public_key, decision=record)
+    return registry.publish(store, paths.Workspace(workspace).package.dir, params.flow.channel, public_key=public_key, decision=record, delta_bases=params.flow.delta_bases)
 
 
 @task

@@ -30,14 +30,16 @@ from skyedge.evaluation import plots, scores
 def variant_paths(embed_dir: Path, distill_dir: Path, prune_dir: Path, quantize_dir: Path) -> dict[str, Path]:
     """The ONNX file of every variant evaluate scores, by the name its row has."""
     distilled, pruned, quantized = paths.Distill(distill_dir), paths.Prune(prune_dir), paths.Quantize(quantize_dir)
-    return {
+    variants = {
         "teacher": paths.Embed(embed_dir).teacher_onnx,
         "student_alone": distilled.onnx("student_alone"),
         "student": distilled.onnx("student"),
         "pruned": pruned.onnx("pruned"),
         "quantized": quantized.int8,
+        "shared": quantized.candidate("shared"),  # weight sharing (Deep Compression) of `pruned`
         "shipped": quantized.shipped,
     }
+    return {name: path for name, path in variants.items() if name != "shared" or path.exists()}
 
 
 def run(params: Evaluate, common: Common, ingest_dir: Path, variants: dict[str, Path], out_dir: Path) -> dict:

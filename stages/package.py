@@ -1,6 +1,7 @@
 """package: the chosen model as ONNX + a signed manifest (ARCHITECTURE §5).
 
-Writes under data/package/: model.onnx, canary.npz (inputs a device runs as its smoke test),
+Writes under data/package/: model.onnx, model.skc (the same model entropy coded: what a station
+downloads; it rebuilds model.onnx bit for bit), canary.npz (inputs a device runs as its smoke test),
 manifest.json and manifest.sig.json (ed25519 over the exact manifest bytes). The signing key
 comes from $SKYEDGE_SIGNING_KEY or .skyedge/signing_key.pem, generated on first use and never
 committed.
@@ -24,7 +25,7 @@ from skyedge.core import inference, paths
 from skyedge.core.config import Package, Params, load_params
 from skyedge.core.contract import INPUT_IMAGE, INPUT_IMAGE_PRESENT
 from skyedge.data.dataset import load_ingested, model_inputs, training_coverage
-from skyedge.release import manifest, signing
+from skyedge.release import container, manifest, signing
 
 
 def io_signature(model_path: Path) -> tuple[list[dict], list[dict]]:
@@ -55,6 +56,12 @@ def canary_inputs(data, count: int) -> dict[str, np.ndarray]:
     return inputs
 
 
+def container_entry(out: paths.Package) -> dict:
+    """The manifest's pointer to model.skc: signed like every file, and what it decodes to."""
+    entry = manifest.file_entry(out.container, out.dir)
+    return {**entry, "format_version": container.FORMAT_VERSION, "decodes_to": out.model.name}
+
+
 def lineage(params: Params) -> dict:
     """Git commit, DVC stage hashes and the resolved params that made this model."""
     try:
@@ -78,6 +85,7 @@ def run(params: Params, ingest_dir: Path, quantize_dir: Path, evaluate_dir: Path
     out = paths.Package(out_dir)
     quantized = paths.Quantize(quantize_dir)
     shutil.copyfile(quantized.shipped, out.model)
+    out.container.write_bytes(container.encode(out.model.read_bytes()))
 
     inputs = canary_inputs(data, config.canaries)
     np.savez(out.canary, **inputs)
@@ -106,11 +114,12 @@ def run(params: Params, ingest_dir: Path, quantize_dir: Path, evaluate_dir: Path
         quantization={"shipped": quantize_report["shipped"], "reason": quantize_report["reason"]},
         fallback=quantize_report["fallback"],
         training_coverage=training_coverage(data),
+        container=container_entry(out),
     )
     manifest.write_manifest(out_dir, document)
     manifest.sign_package(out_dir, signing.load_or_create_private_key(key_path))
     manifest.verify_package(out_dir, signing.load_private_key(key_path).public_key())
-    return {"version": version, "model_bytes": out.model.stat().st_size, "shipped": quantize_report["shipped"]}
+    return {"version": version, "model_bytes": out.model.stat().st_size, "container_bytes": out.container.stat().st_size, "shipped": quantize_report["shipped"]}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,9 +1,10 @@
 """quantize: build every quantization candidate, measure them, and ship by measurement.
 
-Each candidate of `quantize.candidates` (fp32, ORT static / dynamic int8, fp16, QAT; a typed config
-each) is built by skyedge.compress.quantization.quantize, scored on the val split and timed with
-the others in turns (ONNX Runtime, batch 1, 1 intra-op thread, warm-up excluded: the timing code
-`make bench` uses). skyedge.compress.selection picks what ships and says why.
+Each candidate of `quantize.candidates` (fp32, ORT static / dynamic int8, fp16, QAT, weight
+sharing; a typed config each) is built by skyedge.compress.quantization.quantize, scored on the val
+split, timed with the others in turns (ONNX Runtime, batch 1, 1 intra-op thread, warm-up excluded:
+the timing code `make bench` uses) and sized as a station downloads it (the model container,
+skyedge.release.container). skyedge.compress.selection picks what ships and says why.
 
 Writes under data/quantize/ (skyedge.core.paths.Quantize): candidates/<name>.onnx, model_int8.onnx
 (evaluate's `quantized` row), shipped.onnx (a copy of the choice), report.json (the candidate
@@ -22,15 +23,17 @@ import torch
 from skyedge.compress import selection
 from skyedge.compress.quantization import Calibration, FloatModel, quantize, stratified_rows
 from skyedge.core import files, inference, paths
-from skyedge.core.config import Augment, Common, Data, Quantize, load_params
+from skyedge.core.config import Augment, Common, Data, Distill, Quantize, load_params
 from skyedge.core.tables import Column, text_table
 from skyedge.data.dataset import load_ingested, model_inputs
-from skyedge.train.training import Augmentation, resolve_device
+from skyedge.release import container
+from skyedge.train.training import Augmentation, Teacher, resolve_device
 
 CANDIDATE_COLUMNS = [
     Column("name", "candidate", align="left"),
     Column("method", align="left"),
     Column("size_bytes", "size_kB", ".1f", scale=1e-3),
+    Column("ota_bytes", "ota_kB", ".1f", scale=1e-3),
     Column("val_sky_accuracy", "val_sky_acc", ".4f"),
     Column("val_rain_brier", format=".4f"),
     Column("val_temp_rmse", format=".4f"),
@@ -40,7 +43,7 @@ CANDIDATE_COLUMNS = [
 ]
 
 
-def run(params: Quantize, data_params: Data, augment: Augment, common: Common, ingest_dir: Path, prune_dir: Path, out_dir: Path) -> dict:
+def run(params: Quantize, data_params: Data, augment: Augment, common: Common, distill: Distill, ingest_dir: Path, embed_dir: Path, prune_dir: Path, out_dir: Path) -> dict:
     torch.set_num_threads(common.threads)
     data = load_ingested(ingest_dir)
     out = paths.Quantize(out_dir)
@@ -52,6 +55,7 @@ def run(params: Quantize, data_params: Data, augment: Augment, common: Common, i
         feeds=[model_inputs(data, calibration_rows[i : i + 1]) for i in range(len(calibration_rows))],
         data=data, seed=common.seed, photo_share=data_params.photo_share, augmentation=Augmentation(**augment.model_dump()),
         threads=common.threads, device=resolve_device(common.device),
+        teacher=Teacher.load(paths.Embed(embed_dir).teacher_module, distill),
     )
     model = FloatModel(pruned.onnx("pruned"), pruned.module("pruned"))
     val = data.grouped("val")  # days, stations and seasons never trained on: what the field will see
@@ -67,7 +71,8 @@ def run(params: Quantize, data_params: Data, augment: Augment, common: Common, i
             candidates.append({"name": name, "method": config.method, "error": f"{type(error).__name__}: {error}"[:500]})
             print(f"quantize: candidate {name} failed: {candidates[-1]['error']}")
             continue
-        candidates.append({"name": name, "path": str(path), **built, **selection.val_scores(path, data, val)})
+        ota_bytes = len(container.encode(path.read_bytes()))  # what a station downloads (model.skc)
+        candidates.append({"name": name, "path": str(path), **built, "ota_bytes": ota_bytes, **selection.val_scores(path, data, val)})
     measured = [c for c in candidates if "error" not in c]
     speeds = inference.interleaved_latency_ms({c["name"]: Path(c["path"]) for c in measured}, model_inputs(data, val[:1]), params.latency_runs)
     for candidate in measured:
@@ -112,12 +117,13 @@ def _outcome(candidate: dict, shipped: dict, int8: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ingest", type=Path, required=True)
+    parser.add_argument("--embed", type=Path, required=True)
     parser.add_argument("--prune", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args(argv)
     params = load_params(args.params)
-    run(params.quantize, params.data, params.augment, params.common, args.ingest, args.prune, args.out)
+    run(params.quantize, params.data, params.augment, params.common, params.distill, args.ingest, args.embed, args.prune, args.out)
 
 
 if __name__ == "__main__":

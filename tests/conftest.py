@@ -58,7 +58,7 @@ def pipeline(tiny: Params, tmp_path_factory: pytest.TempPathFactory) -> Pipeline
     embed.run(tiny.embed, tiny.data, tiny.augment, tiny.common, d.ingest, d.embed)
     distill.run(tiny.distill, tiny.data, tiny.augment, tiny.common, d.ingest, d.embed, d.distill)
     prune.run(tiny.prune, tiny.distill, tiny.data, tiny.augment, tiny.common, d.ingest, d.embed, d.distill, d.prune)
-    quantize.run(tiny.quantize, tiny.data, tiny.augment, tiny.common, d.ingest, d.prune, d.quantize)
+    quantize.run(tiny.quantize, tiny.data, tiny.augment, tiny.common, tiny.distill, d.ingest, d.embed, d.prune, d.quantize)
     evaluate.run(tiny.evaluate, tiny.common, d.ingest, evaluate.variant_paths(d.embed, d.distill, d.prune, d.quantize), d.evaluate)
     package.run(tiny, d.ingest, d.quantize, d.evaluate, d.package, root / "keys" / "signing_key.pem")
     return d

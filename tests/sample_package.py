@@ -40,7 +40,9 @@ def tiny_model(path: Path, image_size: int = 16, window: int = 6, bias: float = 
         vector("b_sky", [bias] * 5), vector("b_rain", [bias * 0.1] * 4), vector("b_temp", [15.0 + bias] * 4),
     ]
     if pad_bytes:
-        inits.append(helper.make_tensor("pad", TensorProto.FLOAT, [pad_bytes // 4], rng.normal(size=pad_bytes // 4).astype(np.float32).tolist()))
+        # raw_data, as torch's exporter writes weights (what the model container codes); 16 shared values
+        pad = np.round(rng.normal(size=pad_bytes // 4) * 4).clip(-8, 7).astype(np.float32) / 4
+        inits.append(helper.make_tensor("pad", TensorProto.FLOAT, [pad_bytes // 4], pad.tobytes(), raw=True))
     nodes = [
         helper.make_node("ReduceMean", ["sensors"], ["s"], axes=[1], keepdims=0),
         helper.make_node("ReduceMean", ["image"], ["i"], axes=[2, 3], keepdims=0),
@@ -82,9 +84,10 @@ def build_package(
     latency_budget_ms: float = 1000.0,
     canary_offset: float = 0.0,
     min_agent_version: str = "0.1.0",
+    container: bool = False,
 ) -> Path:
     """A signed package dir shaped like stages/package.py's; `canary_offset` != 0 makes the
-    manifest's expected canary outputs wrong (a canary-mismatch release)."""
+    manifest's expected canary outputs wrong (a canary-mismatch release); `container` adds model.skc."""
     from skyedge.core import inference
 
     out_dir = Path(out_dir)
@@ -101,6 +104,12 @@ def build_package(
     canary[contract.INPUT_IMAGE][1] = 0.0
     np.savez(out_dir / manifest.CANARY_FILE, **canary)
     expected = inference.predict(inference.session(model_path), canary)
+    container_entry = None
+    if container:
+        from skyedge.release import container as skc
+
+        (out_dir / "model.skc").write_bytes(skc.encode(model_path.read_bytes()))
+        container_entry = {**manifest.file_entry(out_dir / "model.skc", out_dir), "format_version": skc.FORMAT_VERSION, "decodes_to": manifest.MODEL_FILE}
     signature = lambda names, shapes: [{"name": n, "dtype": "float32", "shape": s} for n, s in zip(names, shapes)]  # noqa: E731
     document = manifest.build_manifest(
         out_dir,
@@ -121,6 +130,7 @@ def build_package(
         canary_atol=1e-4,
         latency_budget_ms=latency_budget_ms,
         min_agent_version=min_agent_version,
+        container=container_entry,
     )
     manifest.write_manifest(out_dir, document)
     manifest.sign_package(out_dir, private_key)

@@ -95,6 +95,26 @@ def test_a_candidate_faster_by_less_than_the_margin_does_not_ship():
     assert best["name"] == "fp16"  # 1.135x
 
 
+def test_among_candidates_as_fast_as_the_choice_the_fewest_bytes_over_the_air_ship():
+    fp32 = {**_candidate("fp32", 0.90, 1.00), "ota_bytes": 180_000}
+    shared = {**_candidate("shared", 0.895, 1.03), "method": "shared", "ota_bytes": 30_000}  # fp32 compute: same speed within noise
+    best, reason = choose([fp32, shared], max_accuracy_drop=0.02, max_error_increase=0.02, min_speedup=1.1)
+    assert best["name"] == "shared" and "6.0x fewer bytes over the air" in reason
+    too_costly = {**shared, "val_sky_accuracy": 0.85}  # outside the accuracy budget: bytes do not buy it
+    assert choose([fp32, too_costly], max_accuracy_drop=0.02, max_error_increase=0.02, min_speedup=1.1)[0]["name"] == "fp32"
+    fast_int8 = {**_candidate("static", 0.90, 0.40), "ota_bytes": 60_000}  # clearly faster: speed comes first
+    assert choose([fp32, shared, fast_int8], max_accuracy_drop=0.02, max_error_increase=0.02, min_speedup=1.1)[0]["name"] == "static"
+
+
+def test_the_weight_shared_candidate_is_built_scored_and_sized_beside_the_others(pipeline):
+    report = json.loads((pipeline.quantize / "report.json").read_text())
+    shared = next(c for c in report["candidates"] if c["name"] == "shared")
+    fp32 = next(c for c in report["candidates"] if c["name"] == "fp32")
+    assert shared["method"] == "shared" and shared["details"]["teacher"] is True
+    assert all(layer["distinct"] <= 2 ** layer["bits"] for layer in shared["details"]["layers"])
+    assert shared["ota_bytes"] < fp32["ota_bytes"] / 3  # the container codes shared values as a few bits each
+
+
 def test_the_candidates_are_typed_configs_validated_with_the_allowed_values():
     raw = json.loads(json.dumps(__import__("yaml").safe_load((REPO / "params.yaml").read_text())))
     raw["quantize"]["candidates"] = {"fp32": {"method": "fp32"}, "kl": {"method": "static", "activations": "uint8", "weights": "int8", "format": "QDQ", "calibration": "KL"}}

@@ -78,8 +78,10 @@ class Repo:
     def package(self, version: int, **kw) -> Path:
         return sample_package.build_package(self.tmp / f"pkg-{version}-{uuid.uuid4().hex[:6]}", version, self.sign_key, **kw)
 
-    def publish(self, version: int, force: bool = False, rollout=None, **kw) -> dict:
-        return registry.publish(self.store, self.package(version, **kw), public_key=self.sign_key.public_key(), keys=self.keys, force=force, rollout=rollout)
+    def publish(self, version: int, force: bool = False, rollout=None, delta_bases: int = 0, **kw) -> dict:
+        return registry.publish(
+            self.store, self.package(version, **kw), public_key=self.sign_key.public_key(), keys=self.keys, force=force, rollout=rollout, delta_bases=delta_bases
+        )
 
     def agent(self, device_id: str = "dev-1", base_url: str | None = None) -> ag.Agent:
         return ag.Agent(self.tmp / f"state-{device_id}", base_url or self.base_url, device_id=device_id, trusted_root=self.keys / "root.json", status_store=self.store)
@@ -192,6 +194,53 @@ def test_first_pull_provisions_then_updates_keeping_previous(repo):
     assert stored["version"] == 2 and stored["health"] == "ok" and stored["last_error"] is None and stored["time"]
     assert not (device.dir / "journal.json").exists()
     assert sorted(p.name.split("-")[0] for p in (device.dir / "slots").iterdir()) == ["1", "2"]
+
+
+# --- over-the-air bytes: container and deltas (issue 15) ----------------------------------------------
+
+CODED = {"container": True, "pad_bytes": 64 * 1024}  # one tensor big enough to be entropy coded
+
+
+def test_a_station_rebuilds_the_signed_model_from_the_container_then_from_a_delta(repo):
+    repo.publish(1, **CODED)
+    device = repo.agent()
+    first = device.pull()
+    assert first["state"] == "updated" and first["model_source"]["source"] == "container", first
+    assert first["model_source"]["downloaded_bytes"] < first["model_source"]["model_bytes"]
+    assert_working(device, 1)  # the rebuilt model.onnx has the sha256 the manifest signs
+    published = repo.publish(2, delta_bases=2, **CODED)
+    assert "deltas/from-1.skd" in published["objects"]
+    second = device.pull()
+    assert second["state"] == "updated" and second["model_source"]["source"] == "delta", second
+    assert second["model_source"]["downloaded_bytes"] < first["model_source"]["downloaded_bytes"] / 4  # only the biases changed
+    assert_working(device, 2)
+
+
+def test_a_corrupted_delta_falls_back_to_the_container_and_a_corrupted_container_to_the_full_model(repo):
+    repo.publish(1, **CODED)
+    device = repo.agent()
+    device.pull()
+    repo.publish(2, delta_bases=1, **CODED)
+    for key in ("models/2/deltas/from-1.skd", "models/2/model.skc"):
+        data = bytearray(repo.store.get_bytes(key))
+        data[len(data) // 2] ^= 0x01
+        repo.store.put_bytes(key, bytes(data))
+    status = device.pull()
+    assert status["state"] == "updated" and status["model_source"]["source"] == "full", status
+    gave_up = status["model_source"]["gave_up"]
+    assert [g.split(":")[0] for g in gave_up] == ["delta", "container"] and all("sha256" in g for g in gave_up), gave_up
+    assert_working(device, 2)
+
+
+def test_a_station_without_a_delta_from_its_release_downloads_the_container(repo):
+    repo.publish(1, **CODED)
+    device = repo.agent()
+    device.pull()
+    repo.publish(2, **CODED)
+    repo.publish(3, delta_bases=1, **CODED)  # a delta from 2 only: the station on 1 has no base for it
+    status = device.pull()
+    assert status["version"] == 3 and status["model_source"]["source"] == "container", status
+    assert_working(device, 3)
 
 
 def test_unprovisioned_device_needs_a_trusted_root(repo, tmp_path):

@@ -138,10 +138,10 @@ def run_retrain(**kwargs):
     return retrain(**kwargs, return_state=True)
 
 
-def decide(workspace, approve: bool):
+def decide(workspace, approve: bool, store: str | None = None):
     from prefect.flow_runs import resume_flow_run
 
-    thread, outcome = run_in_background(workspace=str(workspace["root"]), profile="tiny", store=workspace["store"], approval="required")
+    thread, outcome = run_in_background(workspace=str(workspace["root"]), profile="tiny", store=store or workspace["store"], approval="required")
     paused = wait_for_paused_run(thread, outcome)
     resume_flow_run(paused.id, run_input={"approve": approve, "reviewer": "ops@station", "comment": "looked at the diff"})
     thread.join(timeout=300)
@@ -151,13 +151,19 @@ def decide(workspace, approve: bool):
     return outcome["state"]
 
 
-def test_rejecting_in_the_approval_form_publishes_nothing(workspace):
-    state = decide(workspace, approve=False)
+def test_rejecting_in_the_approval_form_publishes_nothing_and_records_the_refusal(workspace):
+    from skyedge.release import registry
+    from skyedge.release.store import open_store
+
+    store = str(workspace["root"].parent / "rejected-registry")  # its own: the refusal would block the approval tests
+    state = decide(workspace, approve=False, store=store)
     result = state.result()
     assert state.name == "Rejected" and state.is_completed()
     assert result["published"] is False
     assert result["decision"]["reviewer"] == "ops@station"
-    assert production(workspace["store"]) is None
+    assert production(store) is None
+    refusal = registry.read_refusal(open_store(store), result["version"])
+    assert refusal["by"] == "ops@station" and refusal["reason"] == "looked at the diff"
 
 
 def test_no_decision_before_the_timeout_publishes_nothing(workspace):

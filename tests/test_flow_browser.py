@@ -188,7 +188,8 @@ def test_an_operator_approves_in_the_prefect_ui_and_production_moves(prefect_ser
                     expect(page.get_by_text("Published").first).to_be_visible(timeout=30_000)
                     page.screenshot(path=str(tmp_path / "runs-list.png"))
                     # The evaluation report renders in the UI, plots included (no file:// link).
-                    page.goto(f"{prefect_server}/runs/flow-run/{run.id}?tab=Artifacts")
+                    page.goto(f"{prefect_server}/runs/flow-run/{run.id}")
+                    page.get_by_text("Artifacts", exact=True).first.click()
                     page.get_by_text("evaluate-report").first.click()
                     expect(page.locator("img[src^='data:image/png']").first).to_be_visible(timeout=30_000)
                     page.screenshot(path=str(tmp_path / "evaluate-report.png"), full_page=True)

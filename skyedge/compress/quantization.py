@@ -1,10 +1,11 @@
 """Quantization: `quantize(model, candidate, calibration, out_path)` builds one candidate.
 
 What a candidate is comes from its typed config (skyedge.core.config: Fp32, StaticInt8,
-DynamicInt8, Float16, QuantizationAware), named in params `quantize.candidates`; how it is built
-is here. ONNX Runtime does the post-training methods on the fp32 ONNX graph; quantization-aware
-training fine-tunes the torch module with fake quantization (skyedge.compress.qat) and exports
-QDQ. Which candidate ships is skyedge.compress.selection's decision, not this module's.
+DynamicInt8, Float16, QuantizationAware, WeightSharing), named in params `quantize.candidates`;
+how it is built is here. ONNX Runtime does the post-training methods on the fp32 ONNX graph;
+quantization-aware training fine-tunes the torch module with fake quantization
+(skyedge.compress.qat) and exports QDQ; weight sharing clusters the torch module's weights and
+fine-tunes the shared values with the teacher (skyedge.compress.sharing). Which candidate ships is skyedge.compress.selection's decision, not this module's.
 
 Only Conv, MatMul and Gemm are quantized: they hold the compute, while the residual temperature
 path (latest reading + predicted change) stays in float so quantization cannot add a fixed error
@@ -23,9 +24,9 @@ import numpy as np
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from skyedge.core.config import DynamicInt8, Float16, Fp32, QuantizationAware, QuantizeCandidate, StaticInt8
+from skyedge.core.config import DynamicInt8, Float16, Fp32, QuantizationAware, QuantizeCandidate, StaticInt8, WeightSharing
 from skyedge.data.dataset import Ingested
-from skyedge.train.training import Augmentation
+from skyedge.train.training import Augmentation, Teacher
 
 QUANT_TYPES = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
 FORMATS = {"QDQ": QuantFormat.QDQ, "QOperator": QuantFormat.QOperator}
@@ -44,7 +45,8 @@ class FloatModel:
 @dataclass(frozen=True)
 class Calibration:
     """What the quantizers may look at: calibration feeds (one sample each, training split,
-    stratified by sky class) and, for QAT, the training data and how to sample it."""
+    stratified by sky class) and, for QAT and weight sharing, the training data, how to sample it
+    and the teacher."""
 
     feeds: list[dict[str, np.ndarray]]
     data: Ingested
@@ -53,6 +55,7 @@ class Calibration:
     augmentation: Augmentation
     threads: int
     device: str
+    teacher: Teacher | None = None
 
 
 class _Reader(CalibrationDataReader):
@@ -95,6 +98,10 @@ def quantize(model: FloatModel, candidate: QuantizeCandidate, calibration: Calib
         from skyedge.compress import qat
 
         details.update(qat.train_and_export(model.module, candidate, calibration, out_path))
+    elif isinstance(candidate, WeightSharing):
+        from skyedge.compress import sharing
+
+        details.update(sharing.train_and_export(model.module, candidate, calibration, out_path))
     report: dict = {"method": candidate.method, "details": details}
     report["size_bytes_before"] = model.onnx.stat().st_size
     report["size_bytes"] = out_path.stat().st_size

@@ -10,7 +10,10 @@ skyedge.core.inference). The reference is fp32, the model every other is a compr
 - shipped: the fastest candidate within budget, but a candidate other than fp32 only when it is
   at least `min_speedup` times faster than fp32. Timings of the same file differ by a few percent
   from run to run; shipping a quantized model for a 3 % "gain" that is noise costs accuracy for
-  nothing.
+  nothing. Then bytes: among the candidates within budget that are as fast as that choice (within
+  the same factor: no measurable difference), the one a station downloads in the fewest bytes
+  (`ota_bytes`, its model container) ships. That is how a weight-shared model, fp32 compute with
+  a fraction of the bytes, replaces fp32.
 - int8 (evaluate's `quantized` row): the fastest int8 candidate within budget, else the most
   accurate one.
 """
@@ -56,7 +59,14 @@ def choose(candidates: list[dict], max_accuracy_drop: float, max_error_increase:
         c for c in measured
         if c is reference or (within_budget(c, reference, max_accuracy_drop, max_error_increase) and reference["latency_ms_p50"] / c["latency_ms_p50"] >= min_speedup)
     ]
-    best = min(fast_enough, key=lambda c: c["latency_ms_p50"])
+    fastest = min(fast_enough, key=lambda c: c["latency_ms_p50"])
+    best = _fewest_bytes(fastest, [c for c in measured if within_budget(c, reference, max_accuracy_drop, max_error_increase)], min_speedup)
+    if best is not fastest:
+        return best, (
+            f"{best['name']} ships: as fast as {fastest['name']} ({best['latency_ms_p50']:.3f} vs {fastest['latency_ms_p50']:.3f} ms, "
+            f"within {min_speedup:g}x) and {fastest['ota_bytes'] / best['ota_bytes']:.1f}x fewer bytes over the air "
+            f"({best['ota_bytes']} vs {fastest['ota_bytes']}) at val sky accuracy {_accuracy(best):.3f} (fp32 {_accuracy(reference):.3f})"
+        )
     if best is not reference:
         speedup = reference["latency_ms_p50"] / best["latency_ms_p50"]
         return best, f"{best['name']} ships: {speedup:.2f}x faster than fp32 at val sky accuracy {_accuracy(best):.3f} (fp32 {_accuracy(reference):.3f})"
@@ -69,6 +79,15 @@ def choose(candidates: list[dict], max_accuracy_drop: float, max_error_increase:
             "of activations and per-op overhead cost more than the integer kernels save"
         )
     return reference, reason
+
+
+def _fewest_bytes(fastest: dict, allowed: list[dict], min_speedup: float) -> dict:
+    """The candidate as fast as `fastest` (within min_speedup) with the fewest over-the-air bytes."""
+    if fastest.get("ota_bytes") is None:
+        return fastest
+    as_fast = [c for c in allowed if c.get("ota_bytes") is not None and c["latency_ms_p50"] <= fastest["latency_ms_p50"] * min_speedup]
+    smallest = min(as_fast, key=lambda c: c["ota_bytes"], default=fastest)
+    return smallest if smallest["ota_bytes"] < fastest["ota_bytes"] else fastest
 
 
 def best_int8(candidates: list[dict], max_accuracy_drop: float, max_error_increase: float) -> dict:

@@ -83,8 +83,14 @@ def batch_key(device_id: str, first_seq: int, last_seq: int) -> str:
     return f"{observations_prefix(device_id)}{first_seq:0{SEQ_DIGITS}d}-{last_seq:0{SEQ_DIGITS}d}.json"
 
 
+def photo_name(seq: int, suffix: str = ".png") -> str:
+    """A photo's key relative to the observations prefix, and so to the batch that names it: what a
+    row's `image` column holds (the contract's "path relative to the CSV")."""
+    return f"photos/{seq:0{SEQ_DIGITS}d}{suffix}"
+
+
 def photo_key(device_id: str, seq: int, suffix: str = ".png") -> str:
-    return f"{observations_prefix(device_id)}photos/{seq:0{SEQ_DIGITS}d}{suffix}"
+    return f"{observations_prefix(device_id)}{photo_name(seq, suffix)}"
 
 
 def parse_batch_key(key: str) -> tuple[str, int, int] | None:
@@ -99,6 +105,27 @@ def parse_batch_key(key: str) -> tuple[str, int, int] | None:
 def canonical(document: dict[str, Any]) -> bytes:
     """The exact bytes a signature covers: sorted keys, no whitespace, ASCII."""
     return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+
+
+def batch_document(device_id: str, station_id: str, rows: list[dict[str, Any]], photos: list[dict[str, Any]], dropped_photos: list[int]) -> dict[str, Any]:
+    """The document of one batch (format above) from rows with consecutive `seq`; ValueError when
+    the rows leave a gap or another station speaks in them (the fleet would refuse the batch)."""
+    seqs = [row["seq"] for row in rows]
+    if not seqs or seqs != list(range(seqs[0], seqs[0] + len(seqs))):
+        raise ValueError(f"batch rows must have consecutive seq numbers, got {seqs[:3]}...{seqs[-3:]}")
+    others = {row.get("station_id") for row in rows} - {station_id}
+    if others:
+        raise ValueError(f"rows name station(s) {sorted(map(str, others))}, the batch speaks for {station_id!r}")
+    return {
+        "format": FORMAT,
+        "device_id": check_device_id(device_id),
+        "station_id": station_id,
+        "first_seq": seqs[0],
+        "last_seq": seqs[-1],
+        "rows": rows,
+        "photos": photos,
+        "dropped_photos": dropped_photos,
+    }
 
 
 def seal(document: dict[str, Any], private_key: Ed25519PrivateKey) -> bytes:

@@ -76,7 +76,7 @@ class SyntheticSource(Section):
     stations: Annotated[int, Field(ge=1)]
     days: Annotated[int, Field(ge=2)]
     seed: int
-    image_size: Annotated[int, Field(ge=64, le=128)]
+    image_size: Annotated[int, Field(ge=64, le=256)]  # rendered side; ingest resizes to data.image_size
     unlabelled_share: Annotated[float, Field(ge=0, lt=1)]  # photos whose index.csv label is left empty
 
 
@@ -102,7 +102,19 @@ class S3Source(Section):
     profile: str | None = None
 
 
-Source = Annotated[SyntheticSource | FolderSource | S3Source, Field(discriminator="type")]
+class FleetSource(Section):
+    """The fleet's observation store: every registered device's signed batches under
+    `store`/devices/<id>/observations/ (skyedge.core.batches; read by skyedge.data.fleet).
+    Connection fields as for `s3` (unset: the standard AWS environment)."""
+
+    type: Literal["fleet"]
+    store: Annotated[str, Field(pattern=r"^s3://[a-z0-9][a-z0-9.\-]{1,62}(/.*)?$")]
+    endpoint_url: str | None = None
+    region: str | None = None
+    profile: str | None = None
+
+
+Source = Annotated[SyntheticSource | FolderSource | S3Source | FleetSource, Field(discriminator="type")]
 
 
 class SplitFractions(Section):
@@ -131,8 +143,8 @@ class Ingest(Section):
     # Run the Great Expectations suites in bulk and build Data Docs under data-docs/ (a few
     # seconds). The quarantine comes from the same rule table's masks either way.
     great_expectations: bool
-    # S3 sources: attempts per object before it is quarantined (`object_downloaded`), with
-    # exponential backoff from backoff_seconds.
+    # S3 and fleet sources: attempts per object before it is quarantined (`object_downloaded`),
+    # with exponential backoff from backoff_seconds.
     s3_attempts: Annotated[int, Field(ge=1, le=10)]
     s3_backoff_seconds: Annotated[float, Field(ge=0)]
 
@@ -189,6 +201,24 @@ class LowRank(Section):
 
 PruneMethod = Annotated[StructuredPruning | UnstructuredPruning | LowRank, Field(discriminator="method")]
 
+SharingBits = Annotated[int, Field(ge=2, le=8)]  # the container's shared coding holds at most 2**8 values
+
+
+class WeightSharing(Section):
+    """Deep Compression's trained quantization (skyedge.compress.sharing): each Conv2d/Linear weight
+    (BatchNorm folded in) clustered into at most 2**bits shared values, which are then fine-tuned
+    with the teacher while every weight keeps its cluster; pruned zeros stay zero. A quantize
+    candidate: fp32 compute, fewer bytes over the air (the model container codes the indices)."""
+
+    method: Literal["shared"]
+    bits: SharingBits  # every layer, unless an override names it
+    # Layer-name glob (fnmatch, e.g. "backbone.*", "sky_head") -> bits; the first pattern that
+    # matches a layer wins, and a pattern that matches no layer is an error.
+    overrides: dict[str, SharingBits]
+    epochs: Annotated[int, Field(ge=0)]  # centroid fine-tuning (0: clustering only)
+    lr: Annotated[float, Field(gt=0)]
+    batch_size: Annotated[int, Field(ge=1)]
+
 
 class Prune(Section):
     # The structured result is `pruned`, the model quantize calibrates and the pipeline ships;
@@ -241,7 +271,7 @@ class QuantizationAware(Section):
     batch_size: Annotated[int, Field(ge=1)]
 
 
-QuantizeCandidate = Annotated[Fp32 | StaticInt8 | DynamicInt8 | Float16 | QuantizationAware, Field(discriminator="method")]
+QuantizeCandidate = Annotated[Fp32 | StaticInt8 | DynamicInt8 | Float16 | QuantizationAware | WeightSharing, Field(discriminator="method")]
 INT8_METHODS = ("static", "dynamic", "qat")
 
 
@@ -318,6 +348,42 @@ class Flow(Section):
     channel: str
     cron: str
     stage_retries: Annotated[int, Field(ge=0, le=10)]
+    # publish writes a delta from each of the last K releases: a station on one of them downloads only what changed
+    delta_bases: Annotated[int, Field(ge=0, le=16)]
+
+
+class RolloutMargins(Section):
+    """How much field skill a new release may lose against the old one (new - old, pooled over
+    horizons, paired by hour) and still advance."""
+
+    rain_bss: Annotated[float, Field(ge=0)]
+    temp_skill: Annotated[float, Field(ge=0)]
+
+
+class Rollout(Section):
+    """Staged rollouts that decide themselves on field skill (skyedge.evaluation.rollout)."""
+
+    rings: list[Annotated[float, Field(gt=0, le=100)]]  # percent of the fleet, widening; the last is 100
+    soak_hours: Annotated[float, Field(ge=0)]  # a ring runs at least this long before it may advance
+    min_matured_forecasts: Annotated[int, Field(ge=1)]  # scored forecasts of the new release in paired hours
+    max_failure_rate: Annotated[float, Field(ge=0, le=1)]  # refused / health-check-failed / error share of the ring
+    noninferiority_margin: RolloutMargins
+    n_boot: Annotated[int, Field(ge=10)]
+    seed: int
+    cron: str  # how often the rollout flow checks (its own deployment)
+
+    @model_validator(mode="after")
+    def _rings_widen_to_everyone(self) -> "Rollout":
+        if not self.rings or self.rings[-1] != 100 or any(a >= b for a, b in zip(self.rings, self.rings[1:])):
+            raise ValueError(f"rings {self.rings}: percentages that only grow and end at 100")
+        return self
+
+
+class Station(Section):
+    """What a station's agent does with its readings (skyedge.device.journal, skyedge.device.uplink)."""
+
+    photo_budget_mb: Annotated[float, Field(ge=0)]  # photos not yet uploaded; past it the oldest go (rows stay)
+    batch_readings: Annotated[int, Field(ge=1)]  # readings per uploaded batch
 
 
 class Params(Section):
@@ -333,6 +399,8 @@ class Params(Section):
     package: Package
     gate: Gate
     flow: Flow
+    rollout: Rollout
+    station: Station
 
 
 def deep_merge(base: dict, overlay: dict) -> dict:

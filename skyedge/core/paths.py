@@ -97,6 +97,7 @@ class Package(StageDir):
     """A model package: what the registry stores and a device installs (ARCHITECTURE §5)."""
 
     model = File("model.onnx")
+    container = File("model.skc")  # model.onnx entropy coded (skyedge.release.container): what stations download
     canary = File("canary.npz")
     manifest = File("manifest.json")
     signature = File("manifest.sig.json")

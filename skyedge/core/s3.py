@@ -37,16 +37,18 @@ def split_url(url: str) -> tuple[str, str]:
     return bucket, f"{prefix}/" if prefix else ""
 
 
-def make_client(endpoint_url: str | None = None, region: str | None = None, profile: str | None = None) -> Any:
+def make_client(endpoint_url: str | None = None, region: str | None = None, profile: str | None = None, attempts: int = 3) -> Any:
     """A boto3 S3 client; None fields fall back to the AWS environment and config files.
 
-    Callers retry whole objects themselves; botocore's standard mode covers throttling.
+    Callers retry whole objects themselves; botocore's standard mode covers throttling. A station
+    passes attempts=1: its next cycle is the retry, and backing off inside one cycle would only
+    hold up its forecasts while the store is down.
     """
     import boto3
     from botocore.config import Config
 
     session = boto3.session.Session(profile_name=profile) if profile else boto3.session.Session()
-    config = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=10, read_timeout=60)
+    config = Config(retries={"max_attempts": attempts, "mode": "standard"}, connect_timeout=10, read_timeout=60)
     endpoint = endpoint_url or os.environ.get(ENDPOINT_ENV_VAR) or None
     return session.client("s3", endpoint_url=endpoint, region_name=region, config=config)
 

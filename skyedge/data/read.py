@@ -1,16 +1,28 @@
-"""Reading and validating sources into accepted records + a quarantine with reasons.
+"""Reading and validating sources into accepted records + a quarantine with reasons, in chunks.
 
 Every received item (a CSV row, an image file) gets exactly one outcome: accepted, or one row in
 the quarantine naming the rule that rejected it. Rules are checked in order; the first failure wins.
 An empty sensor value is not a reason to drop a row (gaps are real and handled as missing), and a
 bad image never costs a row its sensors, nor the reverse.
+
+Streaming: a station CSV is parsed CHUNK_ROWS rows at a time (`iter_station_chunks`), each chunk
+validated and handed to the ingest's `Intake` (skyedge.data.spool), which keeps only what later
+passes need, on disk; rejections go straight to quarantine.csv (`QuarantineFile`). One rule is a
+property of a whole file (a file in the wrong unit, skyedge.data.validation), so a file longer than
+one chunk is scanned once for it first (`scan_units`). Photos are decoded as the first accepted
+row (or index.csv row) names them, once per path.
+
+The whole-file helpers (`parse_station_file`, `read_station_csv`, `drop_repeated_records`,
+`read_index`, `load_image`) serve `skyedge evaluate`, which scores what it is given in memory.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import itertools
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +51,9 @@ METADATA_FILE = "metadata.csv"  # optional per-image metadata beside index.csv (
 MIN_IMAGE_SIDE = validation.MIN_IMAGE_SIDE  # smaller photos carry too little to resize up from
 SURROGATES = re.compile("[\udc80-\udcff]")  # undecodable bytes kept by errors="surrogateescape"
 IMAGE_META_COLUMNS = ["path", "label", "exists", "bytes", "width", "height", "mode", "decode"]
+# Rows parsed and validated at a time: the text of a chunk and its prepared columns cost about
+# 2 kB a row while it is worked on, so this bounds a station file's share of ingest's memory.
+CHUNK_ROWS = 20_000
 # The quarantine shows the text the row had, not the parsed value, for these rules.
 SHOWN_COLUMNS = {
     "timestamp_parseable": TIMESTAMP,
@@ -49,9 +64,35 @@ SHOWN_COLUMNS = {
 }
 
 
+class QuarantineFile:
+    """quarantine.csv, written row by row as rejections come (nothing is held in memory)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._handle = self.path.open("w", newline="", encoding="utf-8", errors="backslashreplace")
+        self._writer = csv.writer(self._handle)
+        self._writer.writerow(QUARANTINE_COLUMNS)
+
+    def write(self, entry: dict) -> None:
+        self._writer.writerow([entry[column] for column in QUARANTINE_COLUMNS])
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> QuarantineFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 @dataclass
 class Outcome:
-    """What one source produced: accepted station rows, accepted images and the quarantine."""
+    """What one source produced: counts, the quarantine and what the in-memory readers keep.
+
+    With a `sink` (ingest), each rejection is written to quarantine.csv and only counted here;
+    without one (`skyedge evaluate`), rejections are kept in `quarantine`.
+    """
 
     source: str
     records: pd.DataFrame = field(default_factory=pd.DataFrame)
@@ -63,11 +104,21 @@ class Outcome:
     quarantine: list[dict] = field(default_factory=list)
     received: int = 0
     ignored_files: list[str] = field(default_factory=list)  # CSVs that are not station data
+    sink: QuarantineFile | None = None
+    by_rule: dict[str, int] = field(default_factory=dict)
+    details: dict = field(default_factory=dict)  # source-specific report entries (the fleet's batches)
 
     def reject(self, file: Path | str, row: int | None, rule: str, value: object) -> None:
-        self.quarantine.append(
-            {"source": self.source, "file": str(file), "row": "" if row is None else row, "rule": rule, "value": str(value)[:200]}
-        )
+        entry = {"source": self.source, "file": str(file), "row": "" if row is None else row, "rule": rule, "value": str(value)[:200]}
+        self.by_rule[rule] = self.by_rule.get(rule, 0) + 1
+        if self.sink is not None:
+            self.sink.write(entry)
+        else:
+            self.quarantine.append(entry)
+
+    @property
+    def quarantined(self) -> int:
+        return sum(self.by_rule.values())
 
 
 def station_files(folder: Path) -> list[Path]:
@@ -93,92 +144,140 @@ def is_station_header(path: Path) -> bool:
     return bool(header & set(REQUIRED_COLUMNS))
 
 
-def parse_station_file(path: Path, outcome: Outcome, required: tuple[str, ...] = REQUIRED_COLUMNS) -> pd.DataFrame:
-    """The rows of one station CSV (or stations.csv, with its `required` columns) as text, with
-    `_file` and `_row` (line number, header = 1).
+def _text_lines(handle) -> Iterator[str]:
+    """The file's lines, the byte-order mark dropped from the first."""
+    first = next(handle, None)
+    if first is None:
+        return
+    yield first.lstrip("\ufeff")
+    yield from handle
+
+
+def iter_station_chunks(
+    path: Path, outcome: Outcome, required: tuple[str, ...] = REQUIRED_COLUMNS, chunk_rows: int = CHUNK_ROWS, name: str | None = None
+) -> Iterator[pd.DataFrame]:
+    """The rows of one station CSV (or stations.csv, with its `required` columns) as text, up to
+    chunk_rows at a time, with `_file` (`name`, default the path) and `_row` (line number,
+    header = 1); empty cells are "".
 
     Parse-level rules, checked before any validation: `file_parseable` (empty or unreadable file:
     one item, row empty), `row_utf8` (a line that is not UTF-8: that row only), `row_column_count`
     (a ragged row), `missing_column:<name>` (every row of the file, under the first missing
     required column). Blank lines are not records and are not counted.
     """
+    path = Path(path)
+    name = str(path) if name is None else name
     try:
-        data = path.read_bytes()
+        # Undecodable bytes become surrogates, so each bad line can be found and quarantined.
+        handle = path.open("r", encoding="utf-8", errors="surrogateescape", newline="")
     except OSError as error:
         outcome.received += 1
-        outcome.reject(path, None, "file_parseable", error)
-        return pd.DataFrame()
-    try:
-        text, checked = data.decode("utf-8"), False
-    except UnicodeDecodeError:
-        # Keep the undecodable bytes as surrogates so each bad line can be found and quarantined.
-        text, checked = data.decode("utf-8", errors="surrogateescape"), True
-    text = text.lstrip("\ufeff")
-    reader = csv.reader(io.StringIO(text, newline=""))
-    try:
-        header = next(reader)
-    except (StopIteration, csv.Error) as error:
-        outcome.received += 1
-        outcome.reject(path, None, "file_parseable", error or "empty file")
-        return pd.DataFrame()
-    header = [name.strip() for name in header]
-    if checked and SURROGATES.search(",".join(header)):
-        outcome.received += 1
-        outcome.reject(path, None, "file_parseable", "header is not UTF-8")
-        return pd.DataFrame()
-    rows, numbers = [], []
-    width = len(header)
-    line = reader.line_num
-    while True:
+        outcome.reject(name, None, "file_parseable", error)
+        return
+    with handle:
+        reader = csv.reader(_text_lines(handle))
         try:
-            fields = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as error:  # e.g. a NUL byte: that line only
+            header = next(reader)
+        except (StopIteration, csv.Error, OSError) as error:
             outcome.received += 1
-            outcome.reject(path, reader.line_num, "row_column_count", error)
-            continue
-        start, line = line + 1, reader.line_num
-        if not fields:
-            continue
-        outcome.received += 1
-        if checked and SURROGATES.search("".join(fields)):
-            shown = ",".join(fields).encode("utf-8", errors="surrogateescape").decode("utf-8", errors="backslashreplace")
-            outcome.reject(path, start, "row_utf8", shown)
-        elif len(fields) != width:
-            outcome.reject(path, start, "row_column_count", f"{len(fields)} fields, header has {width}")
-        else:
-            rows.append(fields)
-            numbers.append(start)
-    missing = [column for column in required if column not in header]
-    if missing:
-        for row in numbers:
-            outcome.reject(path, row, f"missing_column:{missing[0]}", missing[0])
-        if not numbers:  # a header-only file is still one received item with one outcome
+            outcome.reject(name, None, "file_parseable", error or "empty file")
+            return
+        header = [column.strip() for column in header]
+        if SURROGATES.search(",".join(header)):
             outcome.received += 1
-            outcome.reject(path, None, f"missing_column:{missing[0]}", missing[0])
-        return pd.DataFrame()
-    frame = pd.DataFrame(rows, columns=header, dtype=str) if rows else pd.DataFrame(columns=header, dtype=str)
-    frame = frame.loc[:, ~frame.columns.duplicated()]
+            outcome.reject(name, None, "file_parseable", "header is not UTF-8")
+            return
+        missing = [column for column in required if column not in header]
+        width = len(header)
+        keep = [i for i, column in enumerate(header) if column not in header[:i]]  # a repeated column: the first
+        columns = [header[i] for i in keep]
+        rows: list[list[str]] = []
+        numbers: list[int] = []
+        line = reader.line_num
+        parsed = 0
+        while True:
+            try:
+                fields = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as error:  # e.g. a NUL byte: that line only
+                outcome.received += 1
+                outcome.reject(name, reader.line_num, "row_column_count", error)
+                continue
+            start, line = line + 1, reader.line_num
+            if not fields:
+                continue
+            outcome.received += 1
+            if SURROGATES.search("".join(fields)):
+                shown = ",".join(fields).encode("utf-8", errors="surrogateescape").decode("utf-8", errors="backslashreplace")
+                outcome.reject(name, start, "row_utf8", shown)
+            elif len(fields) != width:
+                outcome.reject(name, start, "row_column_count", f"{len(fields)} fields, header has {width}")
+            elif missing:
+                parsed += 1
+                outcome.reject(name, start, f"missing_column:{missing[0]}", missing[0])
+            else:
+                rows.append(fields if len(keep) == width else [fields[i] for i in keep])
+                numbers.append(start)
+                if len(rows) >= chunk_rows:
+                    yield _text_frame(rows, numbers, columns, name)
+                    rows, numbers = [], []
+        if missing and not parsed:  # a header-only file is still one received item with one outcome
+            outcome.received += 1
+            outcome.reject(name, None, f"missing_column:{missing[0]}", missing[0])
+        if rows:
+            yield _text_frame(rows, numbers, columns, name)
+
+
+def _text_frame(rows: list[list[str]], numbers: list[int], columns: list[str], name: str) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=columns, dtype=str)
     frame["_row"] = np.asarray(numbers, dtype=np.int64)
-    frame["_file"] = str(path)
+    frame["_file"] = name
     return frame
 
 
+def parse_station_file(path: Path, outcome: Outcome, required: tuple[str, ...] = REQUIRED_COLUMNS) -> pd.DataFrame:
+    """All rows of one CSV as text (`iter_station_chunks` in one frame: for small files)."""
+    chunks = list(iter_station_chunks(path, outcome, required))
+    return pd.concat(chunks, ignore_index=True) if chunks else pd.DataFrame()
+
+
+def scan_units(path: Path, chunk_rows: int = CHUNK_ROWS, name: str | None = None) -> validation.UnitTally:
+    """The whole-file unit tally of a station CSV (a first, read-only pass over a long file)."""
+    tally = validation.UnitTally()
+    for raw in iter_station_chunks(path, Outcome(source="scan"), chunk_rows=chunk_rows, name=name):
+        files = raw["_file"]
+        for column in UNIT_BANDS:
+            tally.add(column, validation.numeric_text(raw[column])[1], files)
+    return tally
+
+
 def validate_stations(
-    raw: pd.DataFrame, outcome: Outcome, now: pd.Timestamp, rules: list | None = None, runner: validation.SuiteRunner | None = None
+    raw: pd.DataFrame,
+    outcome: Outcome,
+    now: pd.Timestamp,
+    rules: list | None = None,
+    runner: validation.SuiteRunner | None = None,
+    units: validation.UnitTally | None = None,
 ) -> pd.DataFrame:
-    """Accepted rows of parsed station text (one or many files); the others go to the quarantine.
+    """Accepted rows of parsed station text (one or many files, or a chunk of one file with its
+    file's `units` tally); the others go to the quarantine.
 
     Rules come from skyedge.data.validation's table (the GE station suite), first failure wins; with a
-    runner, the same chunk is also validated by Great Expectations for the Data Docs.
+    runner, the same rows are also validated by Great Expectations for the Data Docs. Returns
+    station_id, hour, timestamp (UTC), the sensors, image_path (resolved against the CSV's folder,
+    or the text as given for a name that is not a file path), _file, _row.
     """
     if raw.empty:
         return pd.DataFrame()
+    raw = raw.fillna("")
+    for column in REQUIRED_COLUMNS:
+        if column not in raw.columns:
+            raw[column] = ""
     rules = rules if rules is not None else validation.station_rules(now)
-    prepared = validation.prepare_stations(raw, now)
+    prepared = validation.prepare_stations(raw, now, units)
     if runner is not None:
-        runner.check("station_records", rules, prepared.drop(columns=["_file", "_row", "timestamp_utc"]))
+        runner.check("station_records", rules, prepared)
     failed, values = validation.first_failures(rules, prepared, SHOWN_COLUMNS)
     for index in np.flatnonzero(failed != ""):
         outcome.reject(prepared["_file"].iat[index], int(prepared["_row"].iat[index]), failed[index], values[index])
@@ -192,16 +291,20 @@ def validate_stations(
     )
     for column in SENSOR_RANGES:
         accepted[column] = prepared[column]
-    image_text = raw[IMAGE].fillna("").str.strip().to_numpy() if IMAGE in raw.columns else np.full(len(raw), "")
-    folders = {name: Path(name).parent for name in raw["_file"].unique()}
-    accepted["image_path"] = [
-        str((folders[file] / name).resolve()) if name and ok else "" for file, name, ok in zip(raw["_file"], image_text, keep)
-    ]
+    image_text = raw[IMAGE].str.strip().to_numpy() if IMAGE in raw.columns else np.full(len(raw), "")
+    accepted["image_path"] = [_image_path(file, name) if name and ok else "" for file, name, ok in zip(raw["_file"], image_text, keep)]
     accepted["_file"] = prepared["_file"]
     accepted["_row"] = prepared["_row"]
     accepted = accepted[keep].reset_index(drop=True)
     accepted["hour"] = accepted["hour"].astype(np.int64)
     return accepted
+
+
+def _image_path(file: str, name: str) -> str:
+    """A row's photo: a URL as it is (fleet batches name their objects), a path relative to its CSV."""
+    if "://" in name:
+        return name
+    return str((Path(file).parent / name).resolve())
 
 
 def drop_repeated_records(frames: list[pd.DataFrame], outcome: Outcome) -> pd.DataFrame:
@@ -221,16 +324,48 @@ def read_station_csv(path: Path, outcome: Outcome, now: pd.Timestamp) -> pd.Data
     return validate_stations(parse_station_file(Path(path), outcome), outcome, now)
 
 
+def read_station_file(
+    path: Path,
+    outcome: Outcome,
+    now: pd.Timestamp,
+    rules: list,
+    runner: validation.SuiteRunner | None = None,
+    chunk_rows: int = CHUNK_ROWS,
+    name: str | None = None,
+) -> Iterator[pd.DataFrame]:
+    """Validated rows of one station CSV, chunk by chunk; a file of more than one chunk is first
+    scanned for its whole-file unit tally."""
+    chunks = iter_station_chunks(path, outcome, chunk_rows=chunk_rows, name=name)
+    first = next(chunks, None)
+    if first is None:
+        return
+    second = next(chunks, None)
+    units = None if second is None else scan_units(path, chunk_rows, name)
+    for raw in itertools.chain([first], [] if second is None else [second], chunks):
+        yield validate_stations(raw, outcome, now, rules, runner, units)
+
+
+# --- photos ------------------------------------------------------------------------------------
+
+EMPTY_META = {"exists": None, "bytes": None, "width": None, "height": None, "mode": None, "decode": None}
+
+
 def inspect_image(path: Path, image_size: int) -> tuple[np.ndarray | None, dict]:
     """Decode one photo; return the RGB array (or None) and its metadata row for the image suite."""
-    meta = {"exists": path.exists(), "bytes": None, "width": None, "height": None, "mode": None, "decode": None}
+    meta = {**EMPTY_META, "exists": path.exists()}
     if not meta["exists"]:
         return None, meta
-    meta["bytes"] = path.stat().st_size
-    if meta["bytes"] == 0:
+    return inspect_image_bytes(path, path.stat().st_size, image_size, meta)
+
+
+def inspect_image_bytes(source: Path | bytes, size: int, image_size: int, meta: dict | None = None) -> tuple[np.ndarray | None, dict]:
+    """Decode a photo from a file or from bytes (fleet photos fetched from the store)."""
+    meta = {**EMPTY_META, "exists": True} if meta is None else meta
+    meta["bytes"] = size
+    if size == 0:
         return None, meta
     try:
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
             meta.update(width=image.size[0], height=image.size[1], mode=image.mode)
             if image.mode not in validation.USABLE_MODES or min(image.size) < MIN_IMAGE_SIDE:
                 meta["decode"] = "skipped"
@@ -248,13 +383,8 @@ def inspect_image(path: Path, image_size: int) -> tuple[np.ndarray | None, dict]
     return None, meta
 
 
-def image_failure(meta: dict, rules: list | None = None) -> tuple[str, str]:
-    """(rule, detail) for one image's metadata by the image suite's table; ("", "") when usable."""
-    rules = rules if rules is not None else validation.image_rules()
-    frame = pd.DataFrame([{**meta}]).reindex(columns=sorted({e.column for r in rules for e in r.expectations} | set(meta)))
-    failed, values = validation.first_failures(rules, frame)
-    if not failed[0]:
-        return "", ""
+def image_detail(rule: str, meta: dict) -> str:
+    """What the quarantine shows for a photo rejected by one image rule."""
     details = {
         "image_exists": lambda: str(meta.get("path", "")),
         "image_not_empty": lambda: "0 bytes",
@@ -263,7 +393,17 @@ def image_failure(meta: dict, rules: list | None = None) -> tuple[str, str]:
         "image_not_truncated": lambda: meta.get("error", "truncated"),
         "image_mode_usable": lambda: f"mode {meta['mode']}",
     }
-    return failed[0], details.get(failed[0], lambda: str(values[0]))()
+    return details.get(rule, lambda: str(meta.get(rule, "")))()
+
+
+def image_failure(meta: dict, rules: list | None = None) -> tuple[str, str]:
+    """(rule, detail) for one image's metadata by the image suite's table; ("", "") when usable."""
+    rules = rules if rules is not None else validation.image_rules()
+    frame = pd.DataFrame([{**meta}]).reindex(columns=sorted({e.column for r in rules for e in r.expectations} | set(meta)))
+    failed, _ = validation.first_failures(rules, frame)
+    if not failed[0]:
+        return "", ""
+    return failed[0], image_detail(failed[0], meta)
 
 
 def load_image(path: Path, image_size: int) -> tuple[np.ndarray | None, str, str]:
@@ -279,6 +419,32 @@ def load_image(path: Path, image_size: int) -> tuple[np.ndarray | None, str, str
     if rule:
         return None, rule, detail
     return array, "", ""
+
+
+@dataclass(frozen=True)
+class IndexRow:
+    """One labelled-photo index row: where it is, its class ("" when nobody wrote it down), its
+    capture time, and its place in the source's index (photo samples keep that order)."""
+
+    file: str
+    row: int
+    label: str
+    timestamp: str
+    position: int
+
+
+# A photo loader: the pixels (or None) and metadata of one photo, or a rule that rejects it
+# before the image suite (a fleet photo whose hash does not match, an object never downloaded)
+# as (rule, value, file shown in the quarantine).
+Loader = Callable[[str], tuple[np.ndarray | None, dict, tuple[str, str, str] | None]]
+
+
+def file_loader(image_size: int) -> Loader:
+    def load(path: str):
+        array, meta = inspect_image(Path(path), image_size)
+        return array, meta, None
+
+    return load
 
 
 def read_index(folder: Path, outcome: Outcome) -> list[tuple[int, str, str, str]]:
@@ -317,6 +483,15 @@ def read_index(folder: Path, outcome: Outcome) -> list[tuple[int, str, str, str]
     return rows
 
 
+def index_rows(folder: Path, outcome: Outcome) -> dict[str, IndexRow]:
+    """A folder's index.csv by resolved photo path (a path listed twice: its last row)."""
+    file = str(folder / INDEX_FILE)
+    rows: dict[str, IndexRow] = {}
+    for position, (row, path, label, stamp) in enumerate(read_index(folder, outcome)):
+        rows[path] = IndexRow(file, row, label, stamp, rows[path].position if path in rows else position)
+    return rows
+
+
 def read_station_metadata(folder: Path, outcome: Outcome, runner: validation.SuiteRunner | None = None) -> None:
     """Coordinates of the stations in folder's stations.csv files into outcome.coordinates.
 
@@ -324,13 +499,15 @@ def read_station_metadata(folder: Path, outcome: Outcome, runner: validation.Sui
     first file (in path order) that names a station wins.
     """
     for path in sorted(folder.rglob(STATION_METADATA_FILE)):
-        raw = parse_station_file(path, outcome, required=STATION_METADATA_COLUMNS)
-        if raw.empty:
-            continue
+        read_station_metadata_file(path, outcome, runner)
+
+
+def read_station_metadata_file(path: Path, outcome: Outcome, runner: validation.SuiteRunner | None = None, name: str | None = None) -> None:
+    rules = validation.station_metadata_rules()
+    for raw in iter_station_chunks(path, outcome, required=STATION_METADATA_COLUMNS, name=name):
         frame = validation.prepare_station_metadata(raw.fillna(""))
-        rules = validation.station_metadata_rules()
         if runner is not None:
-            runner.check("station_metadata", rules, frame.drop(columns=["_file", "_row"]))
+            runner.check("station_metadata", rules, frame)
         failed, values = validation.first_failures(rules, frame, {f"{c}_in_range": f"{c}_text" for c in STATION_METADATA_RANGES})
         for index in np.flatnonzero(failed != ""):
             outcome.reject(frame["_file"].iat[index], int(frame["_row"].iat[index]), failed[index], values[index])
@@ -340,68 +517,24 @@ def read_station_metadata(folder: Path, outcome: Outcome, runner: validation.Sui
                 outcome.coordinates[station] = {column: float(getattr(row, column)) for column in STATION_METADATA_RANGES}
 
 
-def read_folder(folder: Path, source: str, image_size: int, now: pd.Timestamp, runner: validation.SuiteRunner | None = None) -> Outcome:
-    """Station CSVs (with their images) and a labelled index.csv under one folder.
+def read_folder(folder: Path, outcome: Outcome, intake, now: pd.Timestamp, runner: validation.SuiteRunner | None = None, loader: Loader | None = None) -> Outcome:
+    """Station CSVs (with their images) and a labelled index.csv under one folder, into the
+    ingest's intake (skyedge.data.spool.Intake), chunk by chunk.
 
-    Station files are parsed and validated one at a time and only their accepted rows (numbers)
-    are kept, so memory follows the largest file, not the source. A (station, hour) seen in an
-    earlier file of the same source is a duplicate too (caught after the per-file pass).
+    index.csv is read first, so a photo that a station row names gets its label when the row
+    brings it in; the photos only index.csv names come after the station files. Memory follows
+    one chunk, whatever the folder holds.
     """
-    outcome = Outcome(source=source)
     read_station_metadata(folder, outcome, runner)
+    loader = loader or file_loader(intake.image_size)
+    index = index_rows(folder, outcome)
     rules = validation.station_rules(now)
-    accepted = []
-    for path in tqdm(station_files(folder), desc=f"read {Path(source).name or source}", unit="file", disable=None, leave=False):
+    name = Path(outcome.source).name or outcome.source
+    for path in tqdm(station_files(folder), desc=f"read {name}", unit="file", disable=None, leave=False):
         if not is_station_header(path):
             outcome.ignored_files.append(str(path))
             continue
-        raw = parse_station_file(path, outcome)
-        if raw.empty:
-            continue
-        raw = raw.fillna("")
-        for column in REQUIRED_COLUMNS:
-            if column not in raw.columns:
-                raw[column] = ""
-        accepted.append(validate_stations(raw, outcome, now, rules, runner))
-        del raw
-    records = drop_repeated_records([frame for frame in accepted if not frame.empty], outcome)
-
-    labelled = read_index(folder, outcome)
-    referenced = set(records["image_path"]) - {""} if not records.empty else set()
-    label_of = {path: label or None for _, path, label, _ in labelled}  # empty: an unlabelled photo
-    index_row = {path: row for row, path, _, _ in labelled}
-    images_to_read = sorted(referenced | set(label_of))
-    outcome.received += len(images_to_read)
-    metas, arrays = [], {}
-    for path in tqdm(images_to_read, desc=f"images {Path(source).name or source}", unit="img", disable=None, leave=False):
-        label = label_of.get(path)
-        if label is not None and label not in SKY_CLASSES:
-            # A bad label is the index row's fault: no need to decode, quarantined under the index.
-            meta = {"exists": None, "bytes": None, "width": None, "height": None, "mode": None, "decode": None}
-        else:
-            arrays[path], meta = inspect_image(Path(path), image_size)
-        metas.append({"path": path, "label": label, **meta})
-    image_frame = pd.DataFrame(metas, columns=IMAGE_META_COLUMNS)
-    if runner is not None:
-        runner.check("image_metadata", validation.image_rules(), image_frame)
-    failed, _ = validation.first_failures(validation.image_rules(), image_frame)
-    for meta, rule in zip(metas, failed):
-        path = meta["path"]
-        if rule == "label_in_classes":
-            outcome.reject(folder / INDEX_FILE, index_row[path], rule, meta["label"])
-        elif rule:
-            outcome.reject(path, None, rule, image_failure(meta)[1] if rule != "image_exists" else path)
-        else:
-            outcome.images[path] = arrays[path]
-    for _, path, label, stamp in labelled:
-        if path in outcome.images:
-            if label:
-                outcome.labels[path] = label
-            else:
-                outcome.unlabelled.append(path)
-            outcome.timestamps[path] = stamp
-    if not records.empty:
-        # The row keeps its sensors when its photo was rejected; it just has no image.
-        records.loc[~records["image_path"].isin(list(outcome.images)), "image_path"] = ""
-    outcome.records = records
+        for accepted in read_station_file(path, outcome, now, rules, runner):
+            intake.add_records(accepted, outcome, loader, index)
+    intake.add_index_photos(index, outcome, loader)
     return outcome

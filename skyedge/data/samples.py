@@ -10,7 +10,7 @@ seen on two sides of a split. What a sample is scored or split by is its capture
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,13 +73,30 @@ def sensor_windows(samples: pd.DataFrame, raw: np.ndarray, normalisation: dict, 
     hours = samples["hour"].to_numpy(np.int64)
     for _, rows in samples.groupby(STATION_ID, sort=False).indices.items():
         latitude, longitude = samples["latitude"].iat[rows[0]], samples["longitude"].iat[rows[0]]
-        known = bool(np.isfinite(latitude) and np.isfinite(longitude))
-        station_windows, station_missing = features.build_windows(
-            hours[rows], raw[rows], normalisation, window_hours, float(latitude) if known else None, float(longitude) if known else None
-        )
-        windows.append(station_windows)
-        missing.append(station_missing)
+        for station_windows, station_missing in window_blocks(hours[rows], raw[rows], normalisation, window_hours, latitude, longitude):
+            windows.append(station_windows)
+            missing.append(station_missing)
     return np.concatenate(windows), np.concatenate(missing)
+
+
+WINDOW_BLOCK = 4096  # samples per block: [4096, W, 19] float32 and its float64 intermediates stay a few MB
+
+
+def window_blocks(
+    hours: np.ndarray, raw: np.ndarray, normalisation: dict, window_hours: int, latitude: float, longitude: float, block: int = WINDOW_BLOCK
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """ONE station's windows and missing-hour counts (features.build_windows), `block` samples at a
+    time, hours in ascending order. Each block is built with the records of the W-1 hours before
+    it, so the blocks are exactly one call's result; memory follows the block, not the station.
+    A station without finite coordinates takes the UTC fallback."""
+    known = bool(np.isfinite(latitude) and np.isfinite(longitude))
+    for start in range(0, len(hours), block):
+        stop = min(start + block, len(hours))
+        first = int(np.searchsorted(hours, hours[start] - window_hours + 1, side="left"))
+        windows, missing = features.build_windows(
+            hours[first:stop], raw[first:stop], normalisation, window_hours, float(latitude) if known else None, float(longitude) if known else None
+        )
+        yield windows[start - first :], missing[start - first :]
 
 
 @dataclass(frozen=True)
@@ -118,16 +135,73 @@ def photo_samples(photos: Iterable[Photo], exclude: set[str] = frozenset(), dedu
 
 def climatology(samples: pd.DataFrame) -> dict:
     """Training base rate of rain and hour-of-day mean temperature: the climatology baselines."""
-    train = samples[(samples["split"] == "train") & samples[STATION_ID].ne("")]
-    if "rain_now" not in train or train.empty:  # no station records at all (photos only)
-        return {"rain_base_rate": 0.0, "temp_by_hour_c": [0.0] * 24}
-    rain = train["rain_now"].dropna()
-    by_hour = train.groupby("hour_of_day")["temp_now"].mean()
-    overall = float(train["temp_now"].mean()) if train["temp_now"].notna().any() else 0.0
-    return {
-        "rain_base_rate": float(rain.mean()) if len(rain) else 0.0,
-        "temp_by_hour_c": [float(by_hour.get(hour, overall)) if pd.notna(by_hour.get(hour, np.nan)) else overall for hour in range(24)],
-    }
+    fit = Climatology()
+    fit.add(samples[(samples["split"] == "train") & samples[STATION_ID].ne("")])
+    return fit.result()
+
+
+class Climatology:
+    """The climatology baselines summed block by block over training station samples."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.rain = np.zeros(2)  # rainy hours, hours with a rain reading
+        self.temp = np.zeros((24, 2))  # per hour of day: sum of temperatures, readings
+
+    def add(self, train: pd.DataFrame) -> None:
+        """Training station samples (split train, a station id): temp_now, rain_now, hour_of_day."""
+        if "rain_now" not in train or train.empty:
+            return
+        self.rows += len(train)
+        rain = train["rain_now"].to_numpy(float)
+        self.rain += [np.nansum(rain), np.isfinite(rain).sum()]
+        temp = train["temp_now"].to_numpy(float)
+        known = np.isfinite(temp)
+        hours = train["hour_of_day"].to_numpy(np.int64)[known]
+        self.temp[:, 0] += np.bincount(hours, weights=temp[known], minlength=24)[:24]
+        self.temp[:, 1] += np.bincount(hours, minlength=24)[:24]
+
+    def result(self) -> dict:
+        if not self.rows:  # no station records at all (photos only)
+            return {"rain_base_rate": 0.0, "temp_by_hour_c": [0.0] * 24}
+        total, count = self.temp.sum(axis=0)
+        overall = float(total / count) if count else 0.0
+        return {
+            "rain_base_rate": float(self.rain[0] / self.rain[1]) if self.rain[1] else 0.0,
+            "temp_by_hour_c": [float(s / n) if n else overall for s, n in self.temp],
+        }
+
+
+class FeatureMoments:
+    """Per-feature mean and std of raw features, missing values ignored, summed block by block
+    (Chan et al.'s pairwise update): features.fit_normalisation's result without holding the rows."""
+
+    def __init__(self) -> None:
+        self.count = np.zeros(features.N_RAW)
+        self.mean = np.zeros(features.N_RAW)
+        self.m2 = np.zeros(features.N_RAW)
+
+    def add(self, raw: np.ndarray) -> None:
+        if not len(raw):
+            return
+        known = np.isfinite(raw)
+        count = known.sum(axis=0)
+        mean = np.where(count > 0, np.where(known, raw, 0.0).sum(axis=0) / np.maximum(count, 1), 0.0)
+        m2 = np.where(known, (raw - mean) ** 2, 0.0).sum(axis=0)
+        total = self.count + count
+        delta = mean - self.mean
+        with np.errstate(invalid="ignore", divide="ignore"):
+            self.mean = np.where(total > 0, self.mean + delta * count / np.maximum(total, 1), 0.0)
+            self.m2 = self.m2 + m2 + delta**2 * self.count * count / np.maximum(total, 1)
+        self.count = total
+
+    def normalisation(self) -> dict[str, list[float]]:
+        """The same dict as features.fit_normalisation: 0 mean and 1 std where a feature has no
+        (or constant) values."""
+        std = np.sqrt(self.m2 / np.maximum(self.count, 1))
+        mean = np.where(self.count > 0, self.mean, 0.0)
+        std = np.where((self.count > 0) & np.isfinite(std) & (std > 1e-6), std, 1.0)
+        return {"features": list(features.RAW_FEATURES), "relative": list(features.RELATIVE_FEATURES), "mean": mean.tolist(), "std": std.tolist()}
 
 
 def coordinates_report(samples: pd.DataFrame) -> dict[str, str]:

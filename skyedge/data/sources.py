@@ -1,4 +1,6 @@
-"""S3 sources: download an `s3://bucket/prefix` into a local cache, then read it as a folder.
+"""S3 sources: download an `s3://bucket/prefix` into a local cache, then read it as a folder;
+and what a `skyedge ingest SOURCE` argument names (`parse_source`; the fleet store is read by
+skyedge.data.fleet).
 
 The boto3 client (skyedge.core.s3) is made by the caller, never at import. Endpoint, region and
 profile come from the `S3Source` params, else from the standard AWS environment.
@@ -33,6 +35,33 @@ class Download:
     failed: list[tuple[str, str]] = field(default_factory=list)  # (s3 url, reason)
 
 
+FLEET_SCHEME = "fleet:"
+
+
+def parse_source(text: str) -> dict:
+    """One `skyedge ingest SOURCE` argument as an `ingest.sources` entry: `fleet:s3://BUCKET/PREFIX`
+    (the fleet's observation store), `s3://BUCKET/PREFIX`, a folder, or a folder's index.csv.
+
+    argparse's `type=Path` folds "s3://" to "s3:/"; both spellings are read.
+    """
+    text = str(text)
+    fleet = text.startswith(FLEET_SCHEME)
+    if fleet:
+        text = text[len(FLEET_SCHEME) :]
+    if text.startswith("s3:/"):
+        text = "s3://" + text[len("s3:/") :].lstrip("/")
+    if fleet:
+        if not text.startswith("s3://"):
+            raise ValueError(f"{FLEET_SCHEME}{text}: a fleet store is {FLEET_SCHEME}s3://BUCKET[/PREFIX]")
+        return {"type": "fleet", "store": text}
+    if text.startswith("s3://"):
+        return {"type": "s3", "url": text}
+    path = Path(text)
+    if path.name == "index.csv" and path.is_file():
+        return {"type": "folder", "path": str(path.parent)}
+    return {"type": "folder", "path": text}
+
+
 def client_for(source: S3Source):
     """The boto3 client of an `s3` ingest source (its endpoint/region/profile, else the AWS environment)."""
     return s3.make_client(source.endpoint_url, source.region, source.profile)
@@ -45,19 +74,32 @@ def cached_path(cache: Path, source_url: str, object_url: str) -> Path:
     return cache.joinpath(*PurePosixPath(key[len(prefix) :]).parts)
 
 
+def check_bucket(client, url: str) -> None:
+    """A clear S3SourceError when the source's bucket is missing or out of reach."""
+    bucket, _ = s3.split_url(url)
+    try:
+        client.head_bucket(Bucket=bucket)
+    except Exception as error:  # botocore raises many types; s3.classify names each
+        raise _source_error(client, url, bucket, error) from error
+
+
+def _source_error(client, url: str, bucket: str, error: Exception) -> S3SourceError:
+    failure = s3.classify(error, bucket, getattr(client.meta, "endpoint_url", None))
+    if failure.kind == s3.NOT_FOUND:  # head_bucket's 404 is the bucket's
+        failure = s3.classify(_no_such_bucket(error), bucket, getattr(client.meta, "endpoint_url", None))
+    return S3SourceError(f"ingest source {url}: {failure.advice}")
+
+
 def list_objects(client, url: str) -> list[tuple[str, int]]:
     """(key, size) of every object under the prefix; a clear S3SourceError when that is impossible."""
     bucket, prefix = s3.split_url(url)
+    check_bucket(client, url)
     try:
-        client.head_bucket(Bucket=bucket)
         objects = []
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             objects += [(item["Key"], int(item["Size"])) for item in page.get("Contents", [])]
     except Exception as error:  # botocore raises many types; s3.classify names each
-        failure = s3.classify(error, bucket, getattr(client.meta, "endpoint_url", None))
-        if failure.kind == s3.NOT_FOUND:  # head_bucket's 404 is the bucket's
-            failure = s3.classify(_no_such_bucket(error), bucket, getattr(client.meta, "endpoint_url", None))
-        raise S3SourceError(f"ingest source {url}: {failure.advice}") from error
+        raise _source_error(client, url, bucket, error) from error
     return objects
 
 

@@ -43,7 +43,14 @@ Suspected wrong units (`<sensor>_unit_<unit>`): a value outside the contract ran
 band that unit would give (temperature in K 200..350, in °F 60..140; pressure in Pa
 85000..108500, in inHg 25..32.1) flags its row. When at least UNIT_FILE_FRACTION (5 %) and at
 least UNIT_FILE_MIN_ROWS (10) of a file's values of that column fall in one such band, the whole file is taken to be in that unit and every row with
-a value in that column is flagged: its in-range-looking values (50 °F) are wrong too.
+a value in that column is flagged: its in-range-looking values (50 °F) are wrong too. That is a
+property of the whole file, so a file read in chunks is tallied first (`UnitTally`, from a cheap
+scan of the file) and each chunk is prepared with the file's tally.
+
+Great Expectations runs on chunks too (`SuiteRunner`): prepared rows are buffered up to
+`GE_CHUNK_ROWS` per suite (many small files or fleet batches make one GE run; a big file makes
+several), each run's counts are added to the suite's totals, and one result per suite, summed
+over its chunks, is rendered into the Data Docs at the end. Memory follows the chunk, not the data.
 """
 
 from __future__ import annotations
@@ -68,6 +75,9 @@ MIN_IMAGE_SIDE = 16
 USABLE_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr")
 UNIT_FILE_FRACTION = 0.05
 UNIT_FILE_MIN_ROWS = 10  # ...and at least this many: one outlier in a short file is not a unit
+# Rows per Great Expectations run: each run costs seconds of fixed overhead (graph building), so
+# chunks are large; the buffered columns cost about 0.9 kB a row.
+GE_CHUNK_ROWS = 50_000
 
 
 @dataclass(frozen=True)
@@ -210,10 +220,20 @@ def first_failures(rules: list[Rule], frame: pd.DataFrame, shown: dict[str, str]
     return failed, values
 
 
-def prepare_stations(raw: pd.DataFrame, now: pd.Timestamp) -> pd.DataFrame:
+def numeric_text(text: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """(stripped text with empty as null, its numeric value where the text is a number, else NaN)."""
+    text = text.str.strip()
+    text = text.where(text != "", None)
+    numeric = pd.to_numeric(text.where(text.str.contains(NUMBER_REGEX, regex=True, na=False), None), errors="coerce")
+    return text, numeric.astype(float)
+
+
+def prepare_stations(raw: pd.DataFrame, now: pd.Timestamp, units: UnitTally | None = None) -> pd.DataFrame:
     """Typed and derived columns the station suite checks, from a frame of strings.
 
     raw holds the contract columns as text plus `_file` and `_row`; empty text becomes null.
+    `units`: the whole-file unit tally of the files the rows come from (a chunk of a bigger file);
+    None tallies the rows themselves (each file whole in raw).
     """
     frame = pd.DataFrame({"_file": raw["_file"].to_numpy(), "_row": raw["_row"].to_numpy()})
     station = raw[STATION_ID].str.strip()
@@ -225,13 +245,13 @@ def prepare_stations(raw: pd.DataFrame, now: pd.Timestamp) -> pd.DataFrame:
     frame["timestamp_utc"] = parsed
     frame["timestamp_epoch_s"] = (parsed - EPOCH).dt.total_seconds()
     for column in SENSOR_RANGES:
-        text = raw[column].str.strip()
-        text = text.where(text != "", None)
-        frame[f"{column}_text"] = text
-        numeric = pd.to_numeric(text.where(text.str.contains(NUMBER_REGEX, regex=True, na=False), None), errors="coerce")
-        frame[column] = numeric.astype(float)
-        if column in UNIT_BANDS:
-            frame[f"{column}_unit"] = suspected_units(column, frame[column], frame["_file"])
+        frame[f"{column}_text"], frame[column] = numeric_text(raw[column])
+    if units is None:
+        units = UnitTally()
+        for column in UNIT_BANDS:
+            units.add(column, frame[column], frame["_file"])
+    for column in UNIT_BANDS:
+        frame.insert(frame.columns.get_loc(column) + 1, f"{column}_unit", suspected_units(column, frame[column], frame["_file"], units))
     hours = np.floor(frame["timestamp_epoch_s"] / 3600)
     frame["hour"] = hours.astype("Int64")
     key = frame[STATION_ID].astype(str) + "|" + frame["hour"].astype(str)
@@ -239,19 +259,52 @@ def prepare_stations(raw: pd.DataFrame, now: pd.Timestamp) -> pd.DataFrame:
     return frame
 
 
-def suspected_units(column: str, values: pd.Series, files: pd.Series) -> pd.Series:
-    """Per row: "" or the unit its value looks like (see module doc: per row, escalated per file)."""
+def _outside(column: str, values: pd.Series) -> pd.Series:
     low, high = SENSOR_RANGES[column]
-    outside = (values < low) | (values > high) if high is not None else values < low
+    return (values < low) | (values > high) if high is not None else values < low
+
+
+class UnitTally:
+    """Per file and unit-checked column: values present, and values outside the contract range
+    inside each unit's band. Summed over a file's chunks, it decides which files are in another unit."""
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str], np.ndarray] = {}  # (file, column) -> [present, band count per unit]
+
+    def add(self, column: str, values: pd.Series, files: pd.Series) -> None:
+        values = pd.Series(np.asarray(values, dtype=float), index=files.index)
+        outside = _outside(column, values)
+        columns = {"present": values.notna()}
+        for name, (band_low, band_high) in UNIT_BANDS[column].items():
+            columns[name] = outside & (values >= band_low) & (values <= band_high)
+        sums = pd.DataFrame(columns).groupby(files.to_numpy()).sum()
+        for file, row in zip(sums.index, sums.to_numpy(np.int64)):
+            key = (str(file), column)
+            self.counts[key] = self.counts[key] + row if key in self.counts else row
+
+    def whole_files(self, column: str, unit: str) -> set[str]:
+        """Files whose values of column are taken to be in unit (module doc)."""
+        position = 1 + list(UNIT_BANDS[column]).index(unit)
+        return {
+            file
+            for (file, name), row in self.counts.items()
+            if name == column and row[position] >= UNIT_FILE_MIN_ROWS and row[position] / max(row[0], 1) >= UNIT_FILE_FRACTION
+        }
+
+
+def suspected_units(column: str, values: pd.Series, files: pd.Series, units: UnitTally | None = None) -> pd.Series:
+    """Per row: "" or the unit its value looks like (see module doc: per row, escalated per file).
+    `units` holds the whole files' tally; None tallies these rows."""
+    if units is None:
+        units = UnitTally()
+        units.add(column, values, files)
+    outside = _outside(column, values)
     unit = pd.Series(None, index=values.index, dtype=object)
     present = values.notna()
-    counts = present.groupby(files).sum()
     for name, (band_low, band_high) in UNIT_BANDS[column].items():
         band = outside & (values >= band_low) & (values <= band_high)
         unit[band & unit.isna()] = name
-        fraction = band.groupby(files).sum() / counts.clip(lower=1)
-        count = band.groupby(files).sum()
-        whole_files = set(fraction.index[(fraction >= UNIT_FILE_FRACTION) & (count >= UNIT_FILE_MIN_ROWS)])
+        whole_files = units.whole_files(column, name)
         if whole_files:
             unit[files.isin(whole_files) & present & unit.isna()] = name
     return unit.fillna("ok")
@@ -261,21 +314,25 @@ def suspected_units(column: str, values: pd.Series, files: pd.Series) -> pd.Seri
 
 
 class SuiteRunner:
-    """Runs the GE suites chunk by chunk (one station file at a time), so ingest never holds all
-    of a source's text at once, and builds one set of Data Docs at the end.
+    """Runs the GE suites on chunks of rows and builds one set of Data Docs at the end.
 
-    `check(name, rules, frame)` validates one chunk with an ephemeral GE context and adds its
-    counts to the suite's totals; `finish()` returns per suite: rows, success, GE's unexpected
-    count per rule, and `drift` (rules whose GE count differs from the quarantine mask: expected
-    empty; GE's uniqueness is per chunk, cross-file duplicates are caught by ingest's own pass).
+    `check(name, rules, frame)` buffers a chunk's columns; every GE_CHUNK_ROWS rows of a suite
+    are validated in one run (an ephemeral context, one validation definition per suite) and its
+    counts added to the suite's totals. The run's stored result is folded into one result per
+    suite and dropped, so neither results nor rows pile up. `finish()` validates what is left,
+    renders the summed results into the Data Docs and returns per suite: rows, chunks, success,
+    GE's unexpected count per rule, and `drift` (rules whose GE count differs from the quarantine
+    mask: expected empty; GE's uniqueness is per chunk, duplicates across chunks are caught by
+    ingest's own pass).
     """
 
-    def __init__(self, docs_dir: Path):
+    def __init__(self, docs_dir: Path, chunk_rows: int = GE_CHUNK_ROWS):
         gx = _gx()
         logging.getLogger("great_expectations").setLevel(logging.ERROR)
         self._gx = gx
         self._started = time.perf_counter()
         self.docs_dir = docs_dir
+        self.chunk_rows = chunk_rows
         self.context = gx.get_context(mode="ephemeral")
         try:  # GE's per-metric progress bars: noise next to ingest's own
             from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -291,41 +348,44 @@ class SuiteRunner:
         }
         self.context.add_data_docs_site(site_name="ingest", site_config=site)
         self.datasource = self.context.data_sources.add_pandas("ingest")
-        self.suites: dict[str, object] = {}
         self.summary: dict[str, dict] = {}
-        self._chunks = 0
+        self._rules: dict[str, list[Rule]] = {}
+        self._definitions: dict[str, object] = {}
+        self._pending: dict[str, list[pd.DataFrame]] = {}
+        self._results: dict[str, tuple[object, object]] = {}  # suite -> (result key, summed result)
 
-    def _suite(self, name: str, rules: list[Rule]):
-        if name not in self.suites:
-            suite = self.context.suites.add(self._gx.ExpectationSuite(name=name))
-            for rule in rules:
-                for expectation in rule.expectations:
-                    expectation.meta = {"quarantine_rule": rule.name}
-                    suite.add_expectation(expectation)
-            self.suites[name] = suite
-            self.summary[name] = {"rows": 0, "chunks": 0, "success": True, "unexpected": {}, "drift": {}}
-        return self.suites[name]
+    def _register(self, name: str, rules: list[Rule]) -> None:
+        gx = self._gx
+        suite = self.context.suites.add(gx.ExpectationSuite(name=name))
+        for rule in rules:
+            for expectation in rule.expectations:
+                expectation.meta = {"quarantine_rule": rule.name}
+                suite.add_expectation(expectation)
+        batch = self.datasource.add_dataframe_asset(name).add_batch_definition_whole_dataframe("all")
+        self._definitions[name] = self.context.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch, suite=suite))
+        self._rules[name] = rules
+        self._pending[name] = []
+        self.summary[name] = {"rows": 0, "chunks": 0, "success": True, "unexpected": {}, "drift": {}}
 
     def check(self, name: str, rules: list[Rule], frame: pd.DataFrame) -> None:
-        suite = self._suite(name, rules)
+        if name not in self._definitions:
+            self._register(name, rules)
         if frame.empty:
             return
-        gx = self._gx
-        self._chunks += 1
-        chunk = f"{name}-{self._chunks}"
         columns = sorted({e.column for rule in rules for e in rule.expectations})
-        batch = self.datasource.add_dataframe_asset(chunk).add_batch_definition_whole_dataframe("all")
-        definition = self.context.validation_definitions.add(gx.ValidationDefinition(name=chunk, data=batch, suite=suite))
-        checkpoint = self.context.checkpoints.add(
-            gx.Checkpoint(
-                name=f"{chunk}-checkpoint",
-                validation_definitions=[definition],
-                actions=[gx.checkpoint.UpdateDataDocsAction(name="docs", site_names=["ingest"])],
-                result_format={"result_format": "SUMMARY"},
-            )
-        )
-        result = checkpoint.run(batch_parameters={"dataframe": frame[columns]})
-        validation = next(iter(result.run_results.values()))
+        pending = self._pending[name]
+        pending.append(frame[columns].reset_index(drop=True))
+        if sum(len(chunk) for chunk in pending) >= self.chunk_rows:
+            self._validate(name)
+
+    def _validate(self, name: str) -> None:
+        pending = self._pending[name]
+        if not pending:
+            return
+        frame = pd.concat(pending, ignore_index=True) if len(pending) > 1 else pending[0]
+        pending.clear()
+        rules = self._rules[name]
+        validation = self._definitions[name].run(batch_parameters={"dataframe": frame}, result_format={"result_format": "SUMMARY"})
         entry = self.summary[name]
         unexpected = entry["unexpected"]
         for item in validation.results:
@@ -341,14 +401,71 @@ class SuiteRunner:
         entry["rows"] += len(frame)
         entry["chunks"] += 1
         entry["success"] = entry["success"] and bool(validation.success)
+        store = self.context.validation_results_store
+        keys = store.list_keys()
+        if name in self._results:
+            _fold(self._results[name][1], validation)
+        else:
+            key = next((k for k in keys if k.expectation_suite_identifier.name == name), None)
+            self._results[name] = (key, validation)
+        for key in keys:  # the summed result is stored once, in finish()
+            store.remove_key(key)
 
     def finish(self) -> dict:
+        for name in self._definitions:
+            self._validate(name)
+        store = self.context.validation_results_store
+        for key, result in self._results.values():
+            if key is not None:
+                store.set(key, result)
+        self.context.build_data_docs(site_names=["ingest"])
         for entry in self.summary.values():
             entry["unexpected"] = {k: v for k, v in entry["unexpected"].items() if v}
         index = self.docs_dir / "index.html"
         summary_page = self.docs_dir / "summary.html"
         summary_page.write_text(_summary_html(self.summary, index.name))
         return {"suites": self.summary, "data_docs": str(index), "summary_html": str(summary_page), "seconds": round(time.perf_counter() - self._started, 2)}
+
+
+_COUNTS = ("element_count", "unexpected_count", "missing_count")
+_PARTIAL = 20  # GE's SUMMARY keeps this many example values
+
+
+def _fold(total, chunk) -> None:
+    """Add one chunk's GE suite result into the running sum (counts summed, percentages
+    recomputed, example values capped); chunk-local row indices are dropped."""
+    for into, item in zip(total.results, chunk.results):
+        result, more = into.result, item.result
+        for key in _COUNTS:
+            if key in result or key in more:
+                result[key] = int(result.get(key) or 0) + int(more.get(key) or 0)
+        if "partial_unexpected_list" in result:
+            result["partial_unexpected_list"] = (list(result["partial_unexpected_list"]) + list(more.get("partial_unexpected_list") or []))[:_PARTIAL]
+        if "partial_unexpected_counts" in result:
+            counts: dict = {}
+            for entry in list(result["partial_unexpected_counts"]) + list(more.get("partial_unexpected_counts") or []):
+                counts[repr(entry["value"])] = (entry["value"], counts.get(repr(entry["value"]), (None, 0))[1] + int(entry["count"]))
+            result["partial_unexpected_counts"] = [{"value": v, "count": c} for v, c in sorted(counts.values(), key=lambda vc: -vc[1])[:_PARTIAL]]
+        result.pop("partial_unexpected_index_list", None)
+        elements = result.get("element_count") or 0
+        missing = result.get("missing_count") or 0
+        unexpected = result.get("unexpected_count") or 0
+        if "unexpected_percent" in result:
+            result["unexpected_percent"] = 100.0 * unexpected / max(elements - missing, 1)
+        if "missing_percent" in result:
+            result["missing_percent"] = 100.0 * missing / max(elements, 1)
+        if "unexpected_percent_total" in result:
+            result["unexpected_percent_total"] = 100.0 * unexpected / max(elements, 1)
+        if "unexpected_percent_nonmissing" in result:
+            result["unexpected_percent_nonmissing"] = 100.0 * unexpected / max(elements - missing, 1)
+        into.success = bool(into.success and item.success)
+    total.success = all(item.success for item in total.results)
+    successful = sum(bool(item.success) for item in total.results)
+    total.statistics.update(
+        successful_expectations=successful,
+        unsuccessful_expectations=len(total.results) - successful,
+        success_percent=100.0 * successful / max(len(total.results), 1),
+    )
 
 
 def _summary_html(summary: dict, docs_index: str) -> str:

@@ -42,8 +42,9 @@ from skyedge.core import inference
 from skyedge.core.files import atomic_write, fsync_dir
 from skyedge.device import AGENT_VERSION
 from skyedge.device.fetch import DownloadFailed, EndlessData, Fetcher, Missing, Unreachable, join
+from skyedge.release import container
 from skyedge.release import manifest as mf
-from skyedge.release.registry import in_cohort
+from skyedge.release.registry import delta_key, in_cohort
 from skyedge.release.tuf import METADATA_PREFIX, object_key
 
 KILL_ENV_VAR = "SKYEDGE_DEVICE_TEST_KILL_AT"  # test hook: SIGKILL the agent at this step
@@ -66,10 +67,17 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+# In-process crash hook for simulated fleets (skyedge fleet simulate): called at every step; it
+# raises to abandon the agent there, as a power cut would, leaving only what is on disk.
+crash_hook: Callable[[str], None] | None = None
+
+
 def _checkpoint(step: str) -> None:
-    """Crash-test hook: with SKYEDGE_DEVICE_TEST_KILL_AT=<step>, die here as a power cut would."""
+    """Crash-test hooks: with SKYEDGE_DEVICE_TEST_KILL_AT=<step>, die here as a power cut would."""
     if os.environ.get(KILL_ENV_VAR) == step:
         os.kill(os.getpid(), signal.SIGKILL)
+    if crash_hook is not None:
+        crash_hook(step)
 
 
 def _write_json(path: Path, document: dict[str, Any]) -> None:
@@ -180,14 +188,21 @@ class Agent:
         trusted_root: Path | None = None,
         status_store: Any = None,
         fetcher: Fetcher | None = None,
+        status_sections: Callable[[], dict[str, Any]] | None = None,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         self.dir = Path(state_dir)
+        # What the station adds to each status report (skyedge.device.station: field skill,
+        # drift, uplink), and the time it reports (a simulated fleet runs on simulated hours).
+        self.status_sections = status_sections
+        self.clock = clock or (lambda: datetime.now(timezone.utc))
         self.base_url = base_url
         self.channel = channel
         self.status_store = status_store
         self.fetcher = fetcher or Fetcher(checkpoint=_checkpoint)
         self.resumes = 0  # downloads resumed after a dropped connection (this agent's lifetime)
         self.retries = 0  # downloads restarted after a hash mismatch
+        self.model_source: dict[str, Any] | None = None  # how the last install got model.onnx (delta, container, full)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.state = self._load_state()
         self.device_id = device_id or self.state.get("device_id") or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
@@ -435,14 +450,18 @@ class Agent:
             raise Refused("agent-too-old", f"version {version} needs agent {document['min_agent_version']}, this is {AGENT_VERSION}")
 
         files: dict[str, tuple[int, str]] = {}
-        names = [(e["path"], e["size_bytes"], e["sha256"]) for e in entries] + [(mf.SIGNATURE_FILE, None, None)]
+        coded = (document.get("container") or {}).get("path")
+        names = [(e["path"], e["size_bytes"], e["sha256"]) for e in entries if e["path"] != coded] + [(mf.SIGNATURE_FILE, None, None)]
         for name, size, sha in names:
             info = updater.get_targetinfo(f"models/{version}/{name}")
             if info is None:
                 raise Refused("arbitrary-software", f"models/{version}/{name} is not in the signed metadata")
             if size is not None and (info.length != size or info.hashes["sha256"] != sha):
                 raise Refused("mix-and-match", f"models/{version}/{name}: the manifest and the signed metadata disagree")
-            self._download(info, staging / name)
+            if name == mf.MODEL_FILE:
+                self._acquire_model(updater, version, document, info, staging)
+            else:
+                self._download(info, staging / name)
             files[name] = (info.length, info.hashes["sha256"])
         files[mf.MANIFEST_FILE] = (len(manifest_bytes), manifest_info.hashes["sha256"])
         (staging / mf.MANIFEST_FILE).write_bytes(manifest_bytes)
@@ -459,6 +478,47 @@ class Agent:
         fsync_dir(slots)
         _checkpoint("staged")
         self._swap(slot, release)
+
+    def _acquire_model(self, updater: Any, version: int, document: dict[str, Any], model_info: Any, staging: Path) -> None:
+        """model.onnx by the fewest bytes: a delta from the active model, else the container, else whole.
+
+        The delta and the container are signed targets like any other; what they decode to must
+        hash to model.onnx's signed sha256, else the next way is tried. The way taken, the bytes it
+        downloaded and why a cheaper way was given up land in status.json (`model_source`).
+        """
+        dest = staging / mf.MODEL_FILE
+        expected = model_info.hashes["sha256"]
+        if dest.is_file() and dest.stat().st_size == model_info.length and mf.sha256_file(dest) == expected:
+            return  # left whole by a run that was killed later
+        gave_up: list[str] = []
+        for source, key, base in self._model_sources(version, document):
+            info = updater.get_targetinfo(key)
+            if info is None:
+                continue
+            try:
+                self._download(info, staging / Path(key).name)
+                coded = (staging / Path(key).name).read_bytes()
+                model = container.apply_delta(base(), coded, expected) if source == "delta" else container.decode(coded, expected)
+            except (container.ContainerError, Refused, Missing, OSError) as exc:
+                gave_up.append(f"{source}: {exc}")
+                continue
+            atomic_write(dest, lambda handle, data=model: handle.write(data))
+            self.model_source = {"source": source, "downloaded_bytes": info.length, "model_bytes": model_info.length, "gave_up": gave_up}
+            return
+        self._download(model_info, dest)
+        self.model_source = {"source": "full", "downloaded_bytes": model_info.length, "model_bytes": model_info.length, "gave_up": gave_up}
+
+    def _model_sources(self, version: int, document: dict[str, Any]) -> list[tuple[str, str, Any]]:
+        """(kind, target path, base bytes reader) of the cheaper ways to model.onnx, cheapest first."""
+        sources = []
+        active = self.slot("active")
+        if active is not None:
+            base_version = self.active_manifest()["version"]
+            sources.append(("delta", delta_key(version, base_version), lambda: (active / mf.MODEL_FILE).read_bytes()))
+        coded = (document.get("container") or {}).get("path")
+        if coded:
+            sources.append(("container", f"models/{version}/{coded}", None))
+        return sources
 
     def _download(self, info: Any, dest: Path) -> None:
         """Download one signed object with resume; a bad hash is retried from scratch."""
@@ -524,12 +584,18 @@ class Agent:
             "previous_version": previous["version"] if previous else None,
             "health": "ok" if active else "no-model",
             "agent_version": AGENT_VERSION,
-            "time": _now(),
+            "time": self.clock().isoformat(timespec="seconds"),
             # Downloads resumed or restarted in this agent's lifetime: kept when a pull fails too.
             "resumes": self.resumes,
             "retries": self.retries,
+            "model_source": self.model_source,
             **outcome,
         }
+        if self.status_sections is not None:
+            try:
+                status.update(self.status_sections())
+            except Exception as exc:  # noqa: BLE001 - a broken journal must not stop updates or their report
+                status["station_error"] = f"{type(exc).__name__}: {exc}"
         _write_json(self.dir / "status.json", status)
         if self.status_store is not None:
             try:
@@ -549,15 +615,17 @@ def run(
     sleep: Callable[[float], None] = time.sleep,
     rng: Callable[[], float] = random.random,
     on_status: Callable[[dict[str, Any]], None] | None = None,
+    step: Callable[[], dict[str, Any]] | None = None,
 ) -> list[float]:
     """Pull every `interval_s`, jittered ±50% so a fleet does not poll in step; after a transient
-    failure retry sooner, backing off exponentially from `retry_s` up to the interval.
+    failure retry sooner, backing off exponentially from `retry_s` up to the interval. `step`
+    replaces the bare pull (a station's whole cycle: skyedge.device.station.Station.cycle).
     Returns the delays slept (for tests); loops forever when `iterations` is None."""
     delays: list[float] = []
     failures = 0
     count = 0
     while iterations is None or count < iterations:
-        status = agent.pull()
+        status = step() if step is not None else agent.pull()
         count += 1
         if on_status:
             on_status(status)

@@ -84,21 +84,27 @@ def build_manifest(
     canary_atol: float,
     latency_budget_ms: float,
     min_agent_version: str,
+    container: dict[str, Any] | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
     """The manifest document of the package in package_dir (model.onnx and canary.npz written).
 
     The one place the document's shape is written: the package stage and the device tests' sample
-    packages both build it here. `extra` adds sections (e.g. the quantization choice).
+    packages both build it here. `container` is model.skc's file entry (+ format_version): listed
+    in files like model.onnx, so it is signed, published and verified the same way. `extra` adds
+    sections (e.g. the quantization choice).
     """
     package_dir = Path(package_dir)
+    files = [file_entry(package_dir / MODEL_FILE, package_dir), file_entry(package_dir / CANARY_FILE, package_dir)]
+    if container is not None:
+        files.append({key: container[key] for key in ("path", "sha256", "size_bytes")})
     document = {
         "schema_version": MANIFEST_SCHEMA_VERSION,
         "name": name,
         "version": version,
         "version_label": version_label,
         "created_at": created_at,
-        "files": [file_entry(package_dir / MODEL_FILE, package_dir), file_entry(package_dir / CANARY_FILE, package_dir)],
+        "files": files,
         "inputs": inputs,
         "outputs": outputs,
         "preprocessing": {**preprocessing, "input_names": INPUT_NAMES},
@@ -111,6 +117,8 @@ def build_manifest(
         "min_agent_version": min_agent_version,
         **extra,
     }
+    if container is not None:
+        document["container"] = container
     if climatology is not None:
         document["climatology"] = climatology
     return document

@@ -2,8 +2,13 @@
 
 Layout (the same in a local directory and under `s3://bucket/prefix/`):
 
-    models/<version>/<file>      model.onnx, canary.npz, …, manifest.sig.json, manifest.json and,
-                                 when a promotion decision was given, decision.json. Immutable.
+    models/<version>/<file>      model.onnx, model.skc, canary.npz, …, manifest.sig.json,
+                                 manifest.json and, when a promotion decision was given,
+                                 decision.json. Immutable.
+    models/<version>/deltas/from-<base>.skd
+                                 model.onnx of <version> as a delta from the model.onnx of each
+                                 of the `delta_bases` newest complete versions before it
+                                 (skyedge.release.container); written before manifest.json.
     channels/<name>.json         pointer: {version, manifest_sha256, published_at, previous, …}
     channels/previous.json       the production pointer as it was before production last moved
     devices/<id>/status.json     written by the device agents (skyedge.device.agent)
@@ -32,6 +37,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from skyedge.release import container
 from skyedge.release import manifest as mf
 from skyedge.release.store import NotFound, Store, StoreError
 
@@ -44,6 +50,7 @@ DECISION_FILE = "decision.json"
 OVERRIDE_FILE = "override.json"  # why a refused version was published anyway (publish --force --reason)
 REFUSALS = "refusals"  # refusals/<version>.json: the gate or an operator said no to that version
 PROBES = "probes"
+DELTAS = "deltas"
 POINTER_SCHEMA_VERSION = 1
 MAX_POINTER_BYTES = 64 * 1024
 DECISION_KEYS = ("approve", "reviewer", "comment", "decided_at")
@@ -57,6 +64,25 @@ class RegistryError(ValueError):
 
 def model_key(version: int, name: str) -> str:
     return f"{MODELS}/{int(version)}/{name}"
+
+
+def delta_key(version: int, base_version: int) -> str:
+    return model_key(version, f"{DELTAS}/from-{int(base_version)}.skd")
+
+
+def complete_versions(store: Store) -> list[int]:
+    """Versions whose manifest.json is in the store (publish writes it last), oldest first."""
+    versions = set()
+    for key in store.list(f"{MODELS}/"):
+        parts = key.split("/")
+        if len(parts) == 3 and parts[2] == mf.MANIFEST_FILE and parts[1].isdigit():
+            versions.add(int(parts[1]))
+    return sorted(versions)
+
+
+def delta_objects(store: Store, version: int) -> dict[str, tuple[int, str]]:
+    """key -> (size, sha256) of the deltas stored for `version`."""
+    return {key: store.stat_sha256(key) for key in store.list(model_key(version, f"{DELTAS}/")) if key.endswith(".skd")}
 
 
 def channel_key(channel: str) -> str:
@@ -239,6 +265,15 @@ def check_decision(decision: Any) -> dict[str, Any]:
     return decision
 
 
+def _deltas(store: Store, version: int, model: Path, bases: int) -> list[tuple[int, bytes]]:
+    """(base version, delta bytes) from each of the `bases` newest complete versions before `version`."""
+    if bases <= 0:
+        return []
+    model_bytes = model.read_bytes()
+    older = [v for v in complete_versions(store) if v < version][-bases:]
+    return [(base, container.encode_delta(store.get_bytes(model_key(base, mf.MODEL_FILE)), model_bytes)) for base in older]
+
+
 def _put_immutable(store: Store, key: str, size: int, sha: str, put: Any) -> str:
     """Upload one immutable object and read it back. Returns 'uploaded' or 'present'.
 
@@ -277,8 +312,12 @@ def publish(
     keys: Path | str | None = None,
     rollout: dict[str, Any] | None = None,
     override: dict[str, Any] | None = None,
+    delta_bases: int = 0,
 ) -> dict[str, Any]:
     """Upload a package as models/<version>/ and move `channel` to it, last.
+
+    `delta_bases` = K: also store a delta from each of the K newest complete versions before this
+    one (models/<version>/deltas/), so a station on one of them downloads only what changed.
 
     With TUF `keys` (a `skyedge keys init` directory; default $SKYEDGE_TUF_KEYS), the new
     objects and the channel pointer are then signed into the TUF metadata devices trust
@@ -330,6 +369,9 @@ def publish(
     if override is not None:
         data = _json_bytes({**override, "refusal": refusal})
         uploads.append((OVERRIDE_FILE, len(data), _sha256(data), lambda k, d=data: store.put_bytes(k, d)))
+    for base, delta in _deltas(store, version, package_dir / mf.MODEL_FILE, delta_bases):
+        name = delta_key(version, base).removeprefix(model_key(version, ""))
+        uploads.append((name, len(delta), _sha256(delta), lambda k, d=delta: store.put_bytes(k, d)))
     sig_path = package_dir / mf.SIGNATURE_FILE
     sig_data = sig_path.read_bytes()
     uploads.append((mf.SIGNATURE_FILE, len(sig_data), _sha256(sig_data), lambda k, d=sig_data: store.put_bytes(k, d)))
@@ -492,6 +534,7 @@ def _sign_tuf(store: Store, keys: Path, version: int, channels: list[str]) -> di
     files = {model_key(version, e["path"]): (e["size_bytes"], e["sha256"]) for e in document["files"]}
     files[model_key(version, mf.MANIFEST_FILE)] = (len(manifest_bytes), _sha256(manifest_bytes))
     files[model_key(version, mf.SIGNATURE_FILE)] = store.stat_sha256(model_key(version, mf.SIGNATURE_FILE))
+    files.update(delta_objects(store, version))
     pointers = {}
     for name in channels:
         try:

@@ -1,0 +1,107 @@
+"""`make bench-fleet`: the closed loop at fleet scale, two scenarios in one run.
+
+200 simulated stations, 72 simulated hours, faults on (the store down for three hours, 2% of
+responses cut mid-body, 2% of cycles killed at a random install step), against moto's S3 server
+on 127.0.0.1 started here. A good release must reach 100% of the fleet; a bad one (its
+predictions degraded on purpose) must be aborted at the first ring with every station back on the
+release before. Reports readings taken vs in the store, pulls/s, the simulated hours from the bad
+release to the fleet back, stations that ever lacked a verified model, and the peak RSS of one
+agent (a station's whole cycle in a process of its own). Prints a table, writes
+reports/bench_fleet.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+from flows import fleet_sim
+from skyedge.core.tables import Column, text_table
+
+_ONE_AGENT = """
+import json, resource, sys
+from pathlib import Path
+from flows import fleet_sim
+result = fleet_sim.run(Path(sys.argv[1]), sys.argv[2], sys.argv[3], Path(sys.argv[4]), Path(sys.argv[5]), stations=1, hours=int(sys.argv[6]),
+                       scenario="good", release_at=int(sys.argv[6]) // 2, pull_every=1, faults=fleet_sim.Faults(), work=Path(sys.argv[7]), use_flow=False)
+print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "pulls": result["pulls"]}))
+"""
+
+COLUMNS = [
+    Column("scenario", align="left"), Column("stations"), Column("hours"), Column("readings_taken", "readings taken"), Column("readings_in_store", "in store"),
+    Column("duplicates_in_store", "dup"), Column("pulls"), Column("pulls_per_s", "pulls/s", format=".1f"), Column("kills"), Column("cut_responses", "cut"),
+    Column("rollout_state", "rollout", align="left"), Column("hours_bad_release_to_fleet_back", "h bad -> back"),
+    Column("devices_ever_without_verified_model", "ever without model"), Column("wall_s", "wall s", format=".0f"),
+]
+
+
+def bucket(endpoint: str) -> str:
+    import boto3
+
+    name = f"skyedge-fleet-{uuid.uuid4().hex[:8]}"
+    client = boto3.client("s3", endpoint_url=endpoint)
+    client.create_bucket(Bucket=name)
+    policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject", "Resource": f"arn:aws:s3:::{name}/*"}]}
+    client.put_bucket_policy(Bucket=name, Policy=json.dumps(policy))
+    return f"s3://{name}/registry"
+
+
+def main(argv: list[str] | None = None) -> None:
+    import time
+
+    from moto.server import ThreadedMotoServer
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--package", type=Path, default=Path("data/package"), help="the release the fleet starts on")
+    parser.add_argument("--stations", type=int, default=200)
+    parser.add_argument("--hours", type=int, default=72)
+    parser.add_argument("--release-at", type=int, default=12)
+    parser.add_argument("--pull-every", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=Path("reports/bench_fleet.json"))
+    args = parser.parse_args(argv)
+    if not (args.package / "manifest.json").exists():
+        raise SystemExit(f"bench-fleet: {args.package} is not a package: run `make run` first (or pass --package)")
+
+    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    os.environ["AWS_ENDPOINT_URL"] = endpoint
+    workspace = Path.cwd()
+    results = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="skyedge-bench-fleet-") as scratch_dir:
+            scratch = Path(scratch_dir)
+            from skyedge.data import synthetic
+
+            feeds = scratch / "feeds"
+            synthetic.generate(feeds, stations=8, days=-(-args.hours // 24), seed=0, image_size=64, unlabelled_share=0.0)
+            faults = fleet_sim.Faults(down_hours=(30, 33), cut_rate=0.02, kill_rate=0.02, seed=0)
+            for scenario in (fleet_sim.GOOD, fleet_sim.BAD):
+                started = time.perf_counter()
+                result = fleet_sim.run(workspace, bucket(endpoint), endpoint, feeds, args.package, args.stations, args.hours, scenario, args.release_at, args.pull_every, faults, scratch / scenario)
+                result["wall_s"] = time.perf_counter() - started
+                results.append(result)
+                print(fleet_sim.summary(result), flush=True)
+            one = subprocess.run(
+                [sys.executable, "-c", _ONE_AGENT, str(workspace), bucket(endpoint), endpoint, str(feeds), str(args.package), "24", str(scratch / "one")],
+                capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+            )
+            agent = json.loads(one.stdout.strip().splitlines()[-1])
+    finally:
+        server.stop()
+    print(text_table(results, COLUMNS))
+    print(f"one agent (record + forecast + upload + pull each hour, 24 h, its own process): peak RSS {agent['peak_rss_mb']:.0f} MB")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"scenarios": results, "one_agent": agent}, indent=2, default=str) + "\n")
+
+
+if __name__ == "__main__":
+    main()
