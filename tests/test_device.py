@@ -143,7 +143,10 @@ class Proxy:
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 if cut is not None:
-                    n = proxy.cut.pop(cut)
+                    plan = proxy.cut[cut]
+                    n = plan.pop(0) if isinstance(plan, list) else plan  # a list: one cut per request
+                    if not isinstance(plan, list) or not plan:
+                        del proxy.cut[cut]
                     self.wfile.write(bytes(body[:n]))
                     self.wfile.flush()
                     self.connection.shutdown(socket.SHUT_RDWR)
@@ -417,7 +420,7 @@ def test_connection_dropping_mid_download_resumes_from_the_offset(repo, on_v1, p
     device = repo.agent(base_url=f"{proxy.url}/{repo.bucket}/registry")
     status = device.pull()
     assert status["state"] == "updated" and status["version"] == 2, status
-    assert device.resumes == 1
+    assert device.fetcher.resumes == 1 and status["resumes"] == 1
     ranges = [r for p, r in proxy.requests if p.endswith("/models/2/model.onnx")]
     # Resumed from the bytes safely on disk (whole chunks received before the cut), not from 0.
     assert ranges[0] is None and len(ranges) == 2 and ranges[1].startswith("bytes=")
@@ -573,6 +576,14 @@ def test_a_bucket_devices_cannot_read_and_a_missing_bucket_say_what_is_wrong(rep
     missing_base = f"{repo.endpoint}/no-such-bucket-{uuid.uuid4().hex[:6]}/registry"
     missing = ag.Agent(tmp_path / "missing", missing_base, device_id="d-2", trusted_root=repo.keys / "root.json").pull()
     assert missing["reason"] == "store-not-found" and "no such bucket" in missing["last_error"]
+
+
+def test_resumes_are_counted_when_a_download_finally_fails(repo, on_v1, proxy):
+    repo.publish(2, pad_bytes=300_000)
+    proxy.cut["/models/2/model.onnx"] = [50_000] * 10  # every request cut: more than the resumes allowed
+    status = repo.agent(base_url=f"{proxy.url}/{repo.bucket}/registry").pull()
+    assert status["state"] == "error" and status["reason"] == "download-interrupted", status
+    assert status["resumes"] == 6 and status["version"] == 1  # 5 resumes allowed, the 6th gives up: all counted
 
 
 def test_a_connection_cut_mid_metadata_ends_in_a_status_and_a_retry_never_a_crash(repo, on_v1, proxy):

@@ -200,7 +200,6 @@ class Agent:
         self.channel = channel
         self.status_store = status_store
         self.fetcher = fetcher or Fetcher(checkpoint=_checkpoint)
-        self.resumes = 0  # downloads resumed after a dropped connection (this agent's lifetime)
         self.retries = 0  # downloads restarted after a hash mismatch
         self.model_source: dict[str, Any] | None = None  # how the last install got model.onnx (delta, container, full)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -529,7 +528,7 @@ class Agent:
         part = dest.with_name(dest.name + ".part")
         for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
             try:
-                self.resumes += self.fetcher.download(url, part, info.length)
+                self.fetcher.download(url, part, info.length)
             except EndlessData as exc:
                 part.unlink(missing_ok=True)
                 raise Refused("endless-data", str(exc)) from exc
@@ -586,7 +585,7 @@ class Agent:
             "agent_version": AGENT_VERSION,
             "time": self.clock().isoformat(timespec="seconds"),
             # Downloads resumed or restarted in this agent's lifetime: kept when a pull fails too.
-            "resumes": self.resumes,
+            "resumes": self.fetcher.resumes,
             "retries": self.retries,
             "model_source": self.model_source,
             **outcome,

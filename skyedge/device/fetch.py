@@ -82,6 +82,7 @@ class Fetcher(FetcherInterface):
     def __init__(self, timeout: float = 10.0, checkpoint: Callable[[str], None] | None = None) -> None:
         self.http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=timeout, read=timeout))
         self.checkpoint = checkpoint or (lambda step: None)
+        self.resumes = 0  # resumed downloads in this fetcher's lifetime, counted as they happen (kept when one finally fails)
 
     # --- python-tuf's interface (metadata) --------------------------------------------------
 
@@ -142,6 +143,7 @@ class Fetcher(FetcherInterface):
                 self._fetch_from(url, part, offset, length)
             except Interrupted:
                 resumes += 1
+                self.resumes += 1
                 if resumes > max_resumes:
                     raise
                 time.sleep(min(backoff_s * 2 ** (resumes - 1), 5.0))
