@@ -1,4 +1,5 @@
-"""Scheduled retraining: the retrain flow as a deployment with the cron schedule from params.
+"""Scheduled retraining and rollout checks: the retrain flow and the rollout flow as deployments on
+their cron schedules from params (flow.cron, rollout.cron).
 
 `serve()` registers the deployment with the Prefect server that PREFECT_API_URL names and then
 serves it from this process (Prefect's Runner polls for scheduled and manually triggered runs and
@@ -28,14 +29,22 @@ def deployment_parameters(workspace: Path, profile: str | None, store: str | Non
 
 
 def serve(workspace: Path, profile: str | None = None, store: str | None = None, approval: str | None = None, name: str = DEPLOYMENT, cron: str | None = None) -> None:
-    """Register `skyedge-retrain/<name>` on `flow.cron` (or `cron`) and serve it until interrupted."""
+    """Register `skyedge-retrain/<name>` on `flow.cron` (or `cron`) and `skyedge-rollout/<name>` on
+    `rollout.cron` (the staged rollout's checks), and serve both until interrupted."""
+    from prefect import serve as serve_all
     from prefect.deployments.runner import EntrypointType
 
     from flows.retrain import retrain
+    from flows.rollout import rollout_check
 
     params = load_params(Path(workspace) / "params.yaml")
     schedule = cron or params.flow.cron
     parameters = deployment_parameters(workspace, profile, store, approval)
+    rollout_parameters = {key: value for key, value in parameters.items() if key in ("workspace", "store")}
     print(f"serving deployment skyedge-retrain/{name} on cron {schedule!r} (UTC) with {parameters}", flush=True)
-    # Module path, not file path: each run starts in a subprocess that imports flows.retrain.
-    retrain.serve(name=name, cron=schedule, parameters=parameters, entrypoint_type=EntrypointType.MODULE_PATH)
+    print(f"serving deployment skyedge-rollout/{name} on cron {params.rollout.cron!r} (UTC) with {rollout_parameters}", flush=True)
+    # Module path, not file path: each run starts in a subprocess that imports the flow's module.
+    serve_all(
+        retrain.to_deployment(name=name, cron=schedule, parameters=parameters, entrypoint_type=EntrypointType.MODULE_PATH),
+        rollout_check.to_deployment(name=name, cron=params.rollout.cron, parameters=rollout_parameters, entrypoint_type=EntrypointType.MODULE_PATH),
+    )

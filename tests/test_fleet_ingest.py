@@ -60,7 +60,8 @@ class Fleet:
             stamp = (START + pd.Timedelta(hours=hour0 + i)).strftime("%Y-%m-%dT%H:%M:%SZ")
             rows.append({"seq": seq, "station_id": row_station or station, "timestamp": stamp, "temperature_c": 10.0 + (i % 7),
                          "pressure_hpa": 1010.0, "humidity_pct": 50, "wind_speed_ms": 3.0, "wind_dir_deg": 90, "precip_mm": 0.0})
-            if photo_every and i % photo_every == 0:
+            if photo_every and i % photo_every == 0:  # as a station's uplink writes them (skyedge.device.uplink)
+                rows[-1]["image"] = batches.photo_name(seq)
                 data = png(seq + 1000 * len(self.keys))
                 key = batches.photo_key(device, seq)
                 self.put(key, b"not the photo the station hashed" if seq == bad_photo else data)

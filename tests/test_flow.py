@@ -235,17 +235,19 @@ def test_the_deployment_is_served_on_its_cron_and_a_triggered_run_completes(work
     server = subprocess.Popen(command, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 120
-        deployment = None
-        while deployment is None:
+        deployment = checks = None
+        while checks is None:
             assert server.poll() is None, (tmp_path / "serve.log").read_text()
-            assert time.monotonic() < deadline, "the deployment was never registered"
+            assert time.monotonic() < deadline, "the deployments were never registered"
             try:
                 with get_client(sync_client=True) as client:
                     deployment = client.read_deployment_by_name("skyedge-retrain/test")
+                    checks = client.read_deployment_by_name("skyedge-rollout/test")  # the rollout's checks, on their own schedule
             except Exception:  # not registered yet
                 time.sleep(1)
         assert [s.schedule.cron for s in deployment.schedules] == [load_params(root / "params.yaml").flow.cron]
         assert deployment.parameters == {"workspace": str(root), "store": workspace["store"], "approval": "auto"}
+        assert [s.schedule.cron for s in checks.schedules] == [load_params(root / "params.yaml").rollout.cron]
 
         run = run_deployment("skyedge-retrain/test", timeout=600, poll_interval=2)
         assert run.state.is_completed(), f"{run.state}: {(tmp_path / 'serve.log').read_text()[-3000:]}"

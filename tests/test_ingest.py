@@ -9,6 +9,7 @@ from PIL import Image
 
 from skyedge.core import features
 from skyedge.core.contract import STATION_COLUMNS
+from skyedge.data import read
 from skyedge.data.samples import content_hash
 from skyedge.data.splits import station_split
 from stages import ingest
@@ -336,3 +337,28 @@ def test_photos_take_their_capture_day_from_metadata_csv_and_no_day_or_md5_spans
     assert digests.groupby("md5")["split"].nunique().max() == 1
     assert len(samples) == 40 and report["split_checks"]["photo_duplicates_dropped"] == 1
     assert set(samples["split"]) == {"train", "val", "test"}
+
+
+# --- streaming: a file read in chunks is judged as a whole ---------------------------------------
+
+
+def test_files_read_in_many_small_chunks_give_the_same_outputs(tmp_path, monkeypatch):
+    """Whole-file rules hold across chunks: a file in °F is quarantined whole, a repeat in a later
+    chunk is a duplicate; the outputs equal one-chunk reading's."""
+    src = tmp_path / "src"
+    wrong = station_rows(48)
+    for row, celsius in zip(wrong, np.linspace(5, 40, 48)):
+        row["temperature_c"] = f"{celsius * 9 / 5 + 32:.2f}"
+    write_csv(src / "wrong.csv", wrong)
+    good = station_rows(40, station="st-2")
+    good[7]["pressure_hpa"] = "2000"
+    good.append(dict(good[3]))  # the repeat lands in the last chunk
+    write_csv(src / "good.csv", good)
+    whole = run_ingest(src, tmp_path / "whole")
+    monkeypatch.setattr(read, "CHUNK_ROWS", 7)
+    chunked = run_ingest(src, tmp_path / "chunked")
+    assert chunked == whole
+    assert whole["total"]["by_rule"] == {"pressure_hpa_in_range": 1, "temperature_c_unit_fahrenheit": 48, "unique_station_timestamp": 1}
+    assert sorted(map(tuple, quarantine(tmp_path / "chunked").values.tolist())) == sorted(map(tuple, quarantine(tmp_path / "whole").values.tolist()))
+    assert (tmp_path / "chunked" / "samples.csv").read_text() == (tmp_path / "whole" / "samples.csv").read_text()
+    assert np.array_equal(np.load(tmp_path / "chunked" / "windows.npy"), np.load(tmp_path / "whole" / "windows.npy"))

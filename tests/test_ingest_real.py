@@ -70,7 +70,7 @@ def test_all_of_shared_datasets_in_under_60_s(tmp_path):
     report = run([beijing, swimcat], tmp_path / "out")
     seconds = time.perf_counter() - started
     assert seconds < 60, f"ingest took {seconds:.1f} s"
-    assert report["total"]["received"] == 236736 + 642
+    assert report["total"]["received"] == 236736 + 9 + 642  # records, stations.csv rows, photos
     assert report["total"]["received"] == report["total"]["accepted"] + report["total"]["quarantined"]
     assert all(not suite["drift"] for suite in report["validation"]["suites"].values())
     assert (tmp_path / "out" / report["validation"]["data_docs"]).is_file()

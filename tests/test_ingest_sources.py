@@ -17,7 +17,7 @@ from test_ingest import NOW, quarantine, station_rows, write_csv
 
 from skyedge.core import s3
 from skyedge.core.contract import STATION_COLUMNS
-from skyedge.data import sources
+from skyedge.data import sources, validation
 from stages import ingest
 from tests.conftest import data_params, folder_source, ingest_params, s3_source
 
@@ -157,3 +157,18 @@ def test_random_garbage_rows_never_crash_and_every_item_is_accounted_for(tmp_pat
     assert total["received"] == total["accepted"] + total["quarantined"]
     assert total["accepted"] >= 8 - sum(1 for fields in garbage if len(fields) == len(STATION_COLUMNS))  # good rows kept
     assert len(quarantine(root / "out")) == total["quarantined"]
+
+
+def test_ge_runs_on_chunks_and_sums_them_into_one_result_per_suite(tmp_path, monkeypatch):
+    rows = station_rows(40)
+    rows[3]["temperature_c"] = "-95"
+    rows[30]["humidity_pct"] = "x"
+    write_csv(tmp_path / "src" / "st.csv", rows)
+    monkeypatch.setattr(validation, "GE_CHUNK_ROWS", 16)
+    report = ingest.run(ingest_params([folder_source(tmp_path / "src")], max_quarantine_fraction=1.0), DATA, tmp_path / "out", now=NOW)
+    suite = report["validation"]["suites"]["station_records"]
+    assert suite["chunks"] == 3 and suite["rows"] == 40 and not suite["drift"] and not suite["success"]
+    assert suite["unexpected"] == {"temperature_c_in_range": 1, "humidity_pct_numeric": 1} == report["total"]["by_rule"]
+    docs = tmp_path / "out" / report["validation"]["data_docs"]
+    pages = [p.read_text() for p in docs.parent.rglob("*.html") if "station_records" in str(p) and "validations" in str(p)]
+    assert len(pages) == 1  # one summed result per suite, not a page per chunk

@@ -340,11 +340,19 @@ def test_night_frames_are_dark_and_flat(frames: Path) -> None:
         assert contrast[night].mean() < contrast[day].mean(), station
 
 
-def test_masks_are_never_ingested_as_photos(frames: Path) -> None:
-    outcome = read.read_folder(frames, "synthetic", 32, pd.Timestamp("2030-01-01", tz="UTC"))
-    index = pd.read_csv(frames / "index.csv")
-    assert len(outcome.images) == len(index) == 3 * 3 * 24
-    assert not [path for path in outcome.images if "/masks/" in path]
-    assert not [row for row in outcome.quarantine if "masks" in row["file"]]
-    assert outcome.received == len(index) + len(outcome.records) + 3  # rows, photos, stations.csv rows
-    assert not read.station_files(frames) or all("masks" not in str(path) for path in read.station_files(frames))
+def test_masks_are_never_ingested_as_photos(frames: Path, tmp_path: Path) -> None:
+    from skyedge.data import ingest
+    from tests.conftest import data_params, folder_source, ingest_params
+
+    params = ingest_params([folder_source(frames)], holdout_stations=("syn-02",), great_expectations=False)
+    report = ingest.run(params, data_params(), tmp_path / "ingest")
+    photos = len(pd.read_csv(frames / "index.csv"))
+    masks = list((frames / "masks").rglob("*.png"))
+    assert len(masks) == photos == 3 * 3 * 24
+    # Received: every station row, every photo and the three stations.csv rows; no mask among them.
+    assert report["total"]["received"] == 2 * photos + 3
+    assert report["total"]["quarantined"] == 0
+    samples = pd.read_csv(tmp_path / "ingest" / "samples.csv", keep_default_na=False)
+    used = set(samples["image_file"]) - {""}
+    assert len(used) == photos and not [path for path in used if "/masks/" in path]
+    assert not [path for path in read.station_files(frames) if "masks" in path.parts]

@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from skyedge.core import solar
+
 # Zenith angle (degrees) at the edge of the image circle: a few degrees below the horizon.
 _FIELD_EDGE_DEG = (93.0, 98.0)
 # The 22-degree halo of ice-crystal veils, in radians.
@@ -40,8 +42,9 @@ _HALO_RAD = np.deg2rad(22.0)
 # Exposure: the auto-exposure aims the frame's mean linear luminance at this level ...
 _EXPOSURE_TARGET = 0.16
 # ... but cannot amplify beyond this gain: at night the frame stays dark (and noisy).
-_MAX_GAIN = 8.0
-_DAY_GAIN = 0.3  # typical daytime gain: sensor noise grows with the gain above it
+_MAX_GAIN = 16.0
+_TYPICAL_DAY = 0.4  # mean linear luminance of a typical daytime scene
+_DAY_GAIN = _EXPOSURE_TARGET / _TYPICAL_DAY  # sensor noise grows with the gain above it
 # Regime order as in synthetic.REGIMES.
 _CLEAR, _VEIL, _PATTERNED, _WHITE, _DARK = range(5)
 
@@ -53,6 +56,8 @@ def _rgb(*values: float) -> np.ndarray:
 _LUMA = _rgb(0.2126, 0.7152, 0.0722)
 _SUNLIGHT = _rgb(1.0, 0.97, 0.9)
 _CITY = _rgb(1.0, 0.72, 0.45)  # sodium-orange glow
+_NEW_MOON_EPOCH_HOUR = 473604  # 2024-01-11T12:00Z, a new moon, in hours since 1970
+_SYNODIC_HOURS = 29.530589 * 24
 
 
 @dataclass(frozen=True)
@@ -100,7 +105,7 @@ class Dome:
     """What lies on the dome at one hour."""
 
     drops: int  # rain drops
-    dust: float  # 0 clean .. about 0.5 filthy (scales the station's dust pattern)
+    dust: float  # 0 clean .. 0.3 filthy (scales the station's dust pattern)
     debris: tuple | None  # (kind, row, column, radius, angle, seed) of a leaf or bird dropping, or None
 
 
@@ -232,10 +237,10 @@ def make_camera(rng: np.random.Generator, size: int) -> Camera:
     ground_tone = rng.uniform(0.04, 0.12) * np.array([1.0, 0.9, 0.75])
     ground = (ground_tone * (0.7 + 0.6 * value_noise(rng, dx / 4.0, dy / 4.0))[..., None]).astype(np.float32)
     vignetting = (1 - rng.uniform(0.2, 0.45) * np.clip(r, 0, 1) ** 2.5).astype(np.float32)
-    white_balance = rng.uniform(0.9, 1.1, 3).astype(np.float32)
+    white_balance = rng.uniform(0.95, 1.05, 3).astype(np.float32)
     dust = fractal(rng, dx / (size / 10), dy / (size / 10), 1.0, 4)
     dust = np.clip((dust - 0.35) * 2, 0, 1) ** 1.5
-    city_light = float(rng.uniform(0.0, 1.0) ** 1.5)
+    city_light = float(0.15 + 0.85 * rng.uniform(0.0, 1.0) ** 1.5)
     horizon = np.clip(zenith / (np.pi / 2), 0, 1).astype(np.float32)
     return Camera(
         size=size, zenith=zenith, azimuth=azimuth, radius_px=float(radius), centre=centre, rotation=float(rotation), edge=float(edge),
@@ -273,7 +278,7 @@ def dome_timeline(rng: np.random.Generator, raining: np.ndarray, size: int) -> l
             dust *= 0.8  # rain washes some dust off
         else:
             drops *= rng.uniform(0.2, 0.6)  # drying: most drops are gone within a few hours
-        dust = min(dust + rng.uniform(0.0005, 0.0025), 0.5)
+        dust = min(dust + rng.uniform(0.0003, 0.0015), 0.3)
         next_cleaning -= 1
         if next_cleaning <= 0:
             dust, next_cleaning = 0.0, rng.uniform(4, 14) * 24
@@ -332,41 +337,41 @@ def _clouds(rng: np.random.Generator, camera: Camera, regime: int, severity: flo
     x, y = camera.plane
     shape = x.shape
     if regime == _CLEAR:
-        # A few distant fair-weather puffs low on the horizon, now and then.
-        if rng.random() < 0.4:
+        # Now and then a few distant fair-weather puffs low on the horizon.
+        if rng.random() < 0.25:
             field = fractal(rng, x, y, 1.2, 3)
-            cover = rng.uniform(0.0, 0.06) + 0.08 * severity
-            alpha = np.clip((field - np.quantile(field, 1 - cover)) / 0.05, 0, 1) * camera.haze ** 0.5
+            cover = rng.uniform(0.0, 0.03) + 0.03 * severity
+            alpha = np.clip((field - np.quantile(field, 1 - cover)) / 0.05, 0, 1) * camera.haze**0.5
         else:
             alpha = np.zeros(shape, np.float32)
-        return alpha * 0.9, np.full(shape, 1.4, np.float32), 0.0
-    if regime == _VEIL:
+        return alpha * 0.9, np.full(shape, 1.5, np.float32), 0.0
+    if regime == _VEIL:  # a milky, fibrous sheet of ice cloud: the blue shows through, paled
         sx, sy = _stretch(x, y, rng.uniform(0, np.pi), rng.uniform(3, 6))
         fibres = fractal(rng, sx, sy, 0.8, 4)
-        thickness = rng.uniform(0.25, 0.5) + 0.15 * severity
-        alpha = thickness * (0.45 + 0.9 * fibres) * (0.8 + 0.2 * camera.haze)
-        return np.clip(alpha, 0, 0.9), np.full(shape, 1.25, np.float32), 0.0
-    if regime == _PATTERNED:
-        field = fractal(rng, x, y, rng.uniform(3.0, 5.0), 3, gain=0.45)
-        cover = rng.uniform(0.25, 0.45) + 0.2 * severity
+        thickness = rng.uniform(0.25, 0.45) + 0.1 * severity
+        alpha = thickness * (0.4 + 0.9 * fibres) * (0.8 + 0.2 * camera.haze)
+        return np.clip(alpha, 0, 0.9), np.full(shape, 1.35, np.float32), 0.0
+    if regime == _PATTERNED:  # many small separate cloudlets
+        field = fractal(rng, x, y, rng.uniform(2.0, 3.5), 3, gain=0.45)
+        cover = rng.uniform(0.3, 0.5) + 0.15 * severity
         cut = np.quantile(field, 1 - cover)
         alpha = np.clip((field - cut) / 0.04, 0, 1) * 0.95
         alpha = alpha * (1 - camera.haze) + camera.haze * cover * 1.2  # crowding into a band at the horizon
-        brightness = 1.35 + 0.2 * field
+        brightness = 1.45 + 0.2 * field
         return np.clip(alpha, 0, 1), brightness.astype(np.float32), 0.0
-    if regime == _WHITE:
-        field = fractal(rng, x, y, rng.uniform(0.35, 0.7), 4)
-        cover = rng.uniform(0.65, 0.85) + 0.12 * severity
+    if regime == _WHITE:  # big bright heaps with grey bases and blue gaps between them
+        field = fractal(rng, x, y, rng.uniform(0.4, 0.8), 4)
+        cover = rng.uniform(0.5, 0.75) + 0.12 * severity
         cut = np.quantile(field, 1 - cover)
         thickness = np.clip((field - cut) / 0.12, 0, 1)
-        alpha = np.clip(thickness * 1.5, 0, 1) * (1 - camera.haze) + camera.haze * 0.95
-        # Thick parts have grey bases; thin edges are bright.
-        brightness = (1.5 - (0.55 + 0.25 * severity) * thickness).astype(np.float32)
-        return alpha.astype(np.float32), brightness, 0.15 * severity
+        alpha = np.clip(thickness * 1.6, 0, 1) * (1 - camera.haze) + camera.haze * 0.95
+        brightness = (1.9 - (0.5 + 0.2 * severity) * thickness).astype(np.float32)
+        return alpha.astype(np.float32), brightness, 0.1 * severity
+    # A dark deck: overcast, heavy, mottled.
     field = fractal(rng, x, y, rng.uniform(0.3, 0.8), 4)
-    alpha = np.clip(0.93 + 0.1 * field, 0, 1)
-    darkness = rng.uniform(0.55, 0.8) + 0.15 * severity
-    brightness = ((1 - darkness) * (0.7 + 0.6 * field) * 1.4).astype(np.float32)
+    alpha = np.clip(0.94 + 0.1 * field, 0, 1)
+    darkness = rng.uniform(0.6, 0.8) + 0.1 * severity
+    brightness = ((1 - darkness) * (0.6 + 0.8 * field) * 1.4).astype(np.float32)
     return alpha.astype(np.float32), brightness, darkness
 
 
@@ -378,14 +383,18 @@ def render(
     sun_elevation_deg: float,
     sun_azimuth_deg: float,
     dome: Dome,
+    moon: tuple[float, float, float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(RGB uint8 frame, sky mask uint8 of 0/1) for one hour at this station."""
+    """(RGB uint8 frame, sky mask uint8 of 0/1) for one hour at this station; `moon` is its
+    (elevation, azimuth, lit fraction) from `moon_position`, None for a moonless sky."""
     size = camera.size
-    # Angle from each pixel to the sun, from the spherical law of cosines.
-    sun_zenith, sun_az = np.deg2rad(90.0 - sun_elevation_deg), np.deg2rad(sun_azimuth_deg)
-    cos_gamma = camera.cos_zenith * np.float32(np.cos(sun_zenith)) + camera.sin_zenith * np.float32(np.sin(sun_zenith)) * np.cos(camera.azimuth - np.float32(sun_az))
-    gamma = np.arccos(np.clip(cos_gamma, -1, 1))
+    gamma = _angle_to(camera, sun_elevation_deg, sun_azimuth_deg)
     day = float(_sky_scale(sun_elevation_deg))
+    # Moonlight counts at night only (by day it is lost in the sunlight).
+    moonlight = 0.0
+    if moon is not None and moon[0] > 0 and sun_elevation_deg < -4:
+        moonlight = moon[2] * float(np.sin(np.deg2rad(moon[0]))) ** 0.5
+        moon_gamma = _angle_to(camera, moon[0], moon[1])
     horizon = camera.horizon[..., None]
     warm = float(np.clip(1 - abs(sun_elevation_deg) / 12, 0, 1))  # sunrise / sunset colours
 
@@ -398,9 +407,12 @@ def render(
     if warm > 0:
         sky = sky + (np.float32(warm) * np.exp(-gamma / np.float32(0.7)))[..., None] * camera.horizon_cubed[..., None] * _rgb(1.1, 0.45, 0.12)
     sky = sky * np.float32(day) + camera.night_glow
+    if moonlight > 0:
+        moon_sky = np.float32(0.002 * moonlight) * (1 + 3 * np.exp(-moon_gamma / np.float32(0.3)))
+        sky = sky + moon_sky[..., None] * _rgb(0.6, 0.7, 1.0)
     if sun_elevation_deg < -8:
-        stars = (rng.random((size, size), dtype=np.float32) < 0.002) * np.float32(rng.uniform(0.002, 0.01))
-        sky = sky + stars[..., None]
+        stars = (rng.random((size, size), dtype=np.float32) < 0.003) * rng.uniform(0.004, 0.03, (size, size)).astype(np.float32)
+        sky = sky + stars[..., None] * np.float32(1 - moonlight * 0.7)
 
     alpha, brightness, darkness = _clouds(rng, camera, regime, severity)
     alpha_c = alpha[..., None]
@@ -412,8 +424,14 @@ def render(
     if warm > 0:
         lining = lining + np.exp(-gamma / np.float32(1.0)) * np.float32(warm * lit * 0.5)
     cloud = cloud + lining[..., None] * _rgb(1.0, 0.8, 0.6)
-    cloud = cloud + _CITY * np.float32(0.0002 + 0.008 * camera.city_light * (1 - 0.5 * darkness))
+    cloud = cloud + _CITY * np.float32(0.0002 + 0.012 * camera.city_light * (1 - 0.5 * darkness))
+    if moonlight > 0:  # moonlit clouds: pale grey against the dark sky, bright near the moon
+        moonlit = brightness * np.float32(0.006 * moonlight * (1 - 0.6 * darkness)) * (1 + np.exp(-moon_gamma / np.float32(0.4)))
+        cloud = cloud + moonlit[..., None] * _rgb(0.85, 0.9, 1.0)
     scene = sky + (cloud - sky) * alpha_c
+    if moonlight > 0:  # the moon's disc, dimmed by the cloud in front of it
+        disc = np.exp(-((moon_gamma / np.float32(np.deg2rad(1.5))) ** 2)) * np.float32(0.3 * moonlight) * (1 - 0.95 * alpha)
+        scene = scene + disc[..., None]
 
     # The sun, through whatever cloud lies in front of it, with its aureole and the 22-degree halo.
     transmission = 0.0
@@ -428,7 +446,7 @@ def render(
         light = light * np.float32(transmission * day)
         light = light + np.exp(-gamma / np.float32(0.3)) * np.float32((1 - transmission) * lit * cover * 1.5)
         if regime == _VEIL and sun_elevation_deg > 5:
-            light = light + np.exp(-(((gamma - np.float32(_HALO_RAD)) / np.float32(0.025)) ** 2)) * alpha * np.float32(0.35 * day)
+            light = light + np.exp(-(((gamma - np.float32(_HALO_RAD)) / np.float32(0.03)) ** 2)) * alpha * np.float32(0.6 * day)
         scene = scene + light[..., None] * _SUNLIGHT
 
     # Fixed objects and the ground ring, lit by the sky (and some windows lit at night).
@@ -445,7 +463,7 @@ def render(
     if dome.dust > 0:
         veil = camera.dust_pattern * np.float32(dome.dust)
         scatter = np.float32(scene[camera.inside].mean()) + np.exp(-gamma / np.float32(0.5)) * np.float32(transmission * day * 2.0)
-        scene = scene * (1 - 0.6 * veil)[..., None] + (scatter * veil)[..., None]
+        scene = scene * (1 - 0.5 * veil)[..., None] + (0.8 * scatter * veil)[..., None]
     if dome.drops:
         scene = _drops(rng, camera, scene, dome.drops)
     mask = camera.mask.copy()
@@ -458,18 +476,38 @@ def render(
     # its errors; the gain has a ceiling, so night stays dark.
     luminance = (scene @ _LUMA)[camera.inside]
     metered = float(np.minimum(luminance, 4 * np.median(luminance) + 1e-6).mean())
-    error = rng.normal(0, 0.2) + (rng.choice([-1, 1]) * rng.uniform(0.5, 1.0) if rng.random() < 0.08 else 0.0)
-    gain = min(_EXPOSURE_TARGET / max(metered, 1e-9), _MAX_GAIN) * float(np.exp(error))
+    # It corrects half the difference from a typical daytime scene (in log), so a dark deck stays
+    # darker than white clouds, and errs now and then by a stop.
+    error = rng.normal(0, 0.12) + (rng.choice([-1, 1]) * rng.uniform(0.5, 1.0) if rng.random() < 0.04 else 0.0)
+    gain = min(_EXPOSURE_TARGET / (_TYPICAL_DAY**0.5 * max(metered, 1e-9) ** 0.5), _MAX_GAIN) * float(np.exp(error))
     colour = camera.white_balance * rng.uniform(0.97, 1.03, 3).astype(np.float32) * np.float32(gain)
     signal = scene * colour * camera.vignetting[..., None]
     if transmission > 0.2:
         signal = _glare(camera, signal, sun_elevation_deg, sun_azimuth_deg, min(transmission * day * gain * 300, 40.0))
     # Sensor noise: shot noise plus read noise, both amplified by the gain above daytime.
     amplification = float(np.sqrt(np.clip(gain / _DAY_GAIN, 1, None)))
-    shot = np.sqrt(np.clip(signal, 0, 1) * np.float32(0.0003 * amplification) + np.float32((0.0012 * amplification) ** 2))
+    shot = np.sqrt(np.clip(signal, 0, 1) * np.float32(0.0003 * amplification) + np.float32((0.001 * amplification) ** 2))
     signal = signal + shot * rng.standard_normal(signal.shape, dtype=np.float32)
     encoded = np.clip(signal, 0, 1) ** np.float32(1 / 2.2) * camera.inside[..., None]
     return (encoded * 255 + 0.5).astype(np.uint8), mask.astype(np.uint8)
+
+
+def _angle_to(camera: Camera, elevation_deg: float, azimuth_deg: float) -> np.ndarray:
+    """Angle (radians) from each pixel's direction to a body at that elevation and azimuth."""
+    zenith, azimuth = np.deg2rad(90.0 - elevation_deg), np.deg2rad(azimuth_deg)
+    cosine = camera.cos_zenith * np.float32(np.cos(zenith)) + camera.sin_zenith * np.float32(np.sin(zenith)) * np.cos(camera.azimuth - np.float32(azimuth))
+    return np.arccos(np.clip(cosine, -1, 1))
+
+
+def moon_position(epoch_hours: np.ndarray, latitude: float, longitude: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(elevation, azimuth, lit fraction) of a plausible moon: it runs a day behind the sun by its
+    phase (new moon with the sun, full moon opposite it) on the sun's path. Its declination is the
+    sun's, not its own: close enough for the light it casts on a synthetic sky."""
+    phase = np.mod((np.asarray(epoch_hours, dtype=float) - _NEW_MOON_EPOCH_HOUR) / _SYNODIC_HOURS, 1.0)
+    lag = phase * 24.84  # hours behind the sun: a lunar day is 24 h 50 min
+    whole = np.ceil(lag)
+    sun_then = solar.sun_position(np.asarray(epoch_hours, dtype=np.int64) - whole.astype(np.int64), latitude, longitude, minutes=(whole - lag) * 60)
+    return sun_then.elevation_deg, sun_then.azimuth_deg, (1 - np.cos(2 * np.pi * phase)) / 2
 
 
 def _glare(camera: Camera, signal: np.ndarray, elevation_deg: float, azimuth_deg: float, overload: float) -> np.ndarray:

@@ -4,8 +4,8 @@ The store's layout, the batch envelope, the registration and the rule names are
 skyedge.core.batches'. For each device prefix `devices/<id>/` (listed with a delimiter, so photo
 objects are never listed) that holds batches `observations/<first>-<last>.json`, in key order:
 
-1. its registration `devices/<id>/device.json` is read; none (or one that does not parse) and
-   every row of each of its batches is quarantined under `batch-device-unregistered`;
+1. its registration `devices/<id>/device.json` is read; when there is none (or it does not
+   parse), every row of each of its batches is quarantined under `batch-device-unregistered`;
 2. each batch is opened with `open_batch`, which verifies the signature against the registered
    key and that the batch speaks for its own device and station; a rejection quarantines every
    row of the batch under the rule it names (`batch-unsigned`, `batch-signature-invalid`,
@@ -15,9 +15,12 @@ objects are never listed) that holds batches `observations/<first>-<last>.json`,
    batch's URL, `_row` its seq) and go through the same rules as a CSV's rows, batches gathered
    into chunks of up to read.CHUNK_ROWS rows (a batch is never split, so the whole-file unit rule
    is judged per batch);
-4. a row that passes names its photo (the `photos` entry with its seq): the photo is fetched, its
-   size and sha256 checked against the batch (`batch-photo-mismatch`, also for a photo outside the
-   device's own prefix or missing from the store), then decoded and validated like any photo.
+4. a row that passes has its photo: the `photos` entry with its seq (else the entry its `image`
+   names, relative to the observations prefix as skyedge.core.batches.photo_name writes it). The
+   photo is fetched, its size and sha256 checked against the batch (`batch-photo-mismatch`, also
+   for a photo outside the device's own prefix, missing from the store or listed without a hash),
+   then decoded and validated like any photo. A `photos` entry no row claims is one item,
+   quarantined under `batch-photo-mismatch` too.
    Photo and sensors come from the same station and hour: a paired record. As in a folder, a
    photo is one item of its own, counted when its row is accepted; a bad photo never costs the
    row its sensors.
@@ -63,7 +66,7 @@ class FleetReader:
     """Reads one fleet store into the ingest's intake (module doc); `read()` returns the outcome."""
 
     def __init__(self, source: FleetSource, client, outcome: read.Outcome, intake, now: pd.Timestamp, runner: validation.SuiteRunner | None,
-                 attempts: int, backoff_seconds: float, chunk_rows: int = read.CHUNK_ROWS):
+                 attempts: int, backoff_seconds: float, chunk_rows: int | None = None):
         self.client = client
         self.outcome = outcome
         self.intake = intake
@@ -71,7 +74,7 @@ class FleetReader:
         self.runner = runner
         self.attempts = attempts
         self.backoff_seconds = backoff_seconds
-        self.chunk_rows = chunk_rows
+        self.chunk_rows = chunk_rows or read.CHUNK_ROWS
         self.store = source.store
         self.bucket, self.prefix = s3.split_url(source.store)
         self.rules = validation.station_rules(now)

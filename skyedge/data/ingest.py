@@ -6,8 +6,8 @@ its split and labels), windows.npy [N, W, F], images.npy [M, S, S, 3] uint8, nor
 Great Expectations Data Docs. Every received item is accepted or quarantined with its rule:
 received = accepted + quarantined, per source and in total.
 
-It streams, so its memory does not grow with the records (about 0.1 kB a record on disk between
-passes, nothing per record in memory), in three passes:
+It streams, so its memory does not grow with the records (70 bytes a record are spooled to disk
+between passes, nothing per record stays in memory), in three passes:
 
 1. **Read** (`read_sources`). Each source is read in chunks: CSVs CHUNK_ROWS rows at a time
    (skyedge.data.read), fleet batches gathered into chunks of as many rows (skyedge.data.fleet).
@@ -27,9 +27,17 @@ passes, nothing per record in memory), in three passes:
    rows go by.
 
 Splits are by time, never at random (skyedge.data.splits): per station by time blocks, held-out
-stations whole; photos by whole capture day per class. Outputs are written under temporary names
-and renamed when complete. Memory follows the largest chunk, the largest station's history (a few
-MB per decade of hours) and the photo table (a few hundred bytes per photo, without pixels).
+stations whole; photos by whole capture day per class. A (station, hour) is accepted once across
+all sources (the first source wins; later copies are `unique_station_timestamp`), and a photo path
+is read once. Outputs are written under temporary names and renamed when complete; the spools
+live beside the output directory (a DVC output) and are removed at the end.
+
+Memory follows the largest chunk (CHUNK_ROWS rows, and GE_CHUNK_ROWS for Great Expectations),
+the largest station's history in passes 2 and 3 (about 0.5 kB an hour of it: 15 MB for a Beijing
+station's three years) and the photo table (a few hundred bytes a photo, pixels on disk).
+Measured on ../shared/datasets (`make bench-ingest`): 414 MB peak RSS at 1x and about the same at
+10x (the old all-in-memory ingest: 954 MB and 6.8 GB); Great Expectations' import and context
+are 276 MB of it.
 """
 
 from __future__ import annotations
@@ -159,8 +167,8 @@ def training_statistics(intake: spool.Intake, window: int, fractions: tuple[floa
         hours = rows["hour"]
         train = station_split(hours, window, fractions, held_out=station in holdout) == "train"
         moments.add(features.raw_features({column: rows[column] for column in SENSOR_COLUMNS})[train])
-        now = features.horizon_labels(hours, rows["temperature_c"], rows["precip_mm"])
-        climate.add(pd.DataFrame({"temp_now": now["temp_now"][train], "rain_now": now["rain_now"][train], "hour_of_day": hours[train] % 24}))
+        current = features.horizon_labels(hours, rows["temperature_c"], rows["precip_mm"])  # temp_now, rain_now
+        climate.add(pd.DataFrame({"temp_now": current["temp_now"][train], "rain_now": current["rain_now"][train], "hour_of_day": hours[train] % 24}))
     return moments.normalisation(), climate.result()
 
 
@@ -242,15 +250,15 @@ def write_samples(files: dict[str, Path], intake: spool.Intake, photos: pd.DataF
             for block, block_missing in samples.window_blocks(table["hour"].to_numpy(np.int64), raw, normalisation, window, table["latitude"].iat[0], table["longitude"].iat[0]):
                 windows.write(block)
                 missing.append(block_missing)
-            paths_ = [slot_path.get(int(slot), "") for slot in table["image_path"]]
-            table["image_path"] = paths_
+            photo_paths = [slot_path.get(int(slot), "") for slot in table["image_path"]]
+            table["image_path"] = photo_paths
             table["window_missing_hours"] = np.concatenate(missing)
             table["day_in_train"] = (table["split"] == "train").astype(int)
             table["has_sensors"] = 1
-            table["image_idx"] = [image_index.get(path, -1) for path in paths_]
-            table["sky_label"] = [labels.get(path, -1) for path in paths_]
+            table["image_idx"] = [image_index.get(path, -1) for path in photo_paths]
+            table["sky_label"] = [labels.get(path, -1) for path in photo_paths]
             table["labelled"] = (table["sky_label"] >= 0).astype(int)
-            table["image_file"] = paths_
+            table["image_file"] = photo_paths
             overlaps += has_overlap(table, window)
             station_places.update(samples.coordinates_report(table))
             counts.add(table)

@@ -25,6 +25,7 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 import pandas as pd
@@ -35,7 +36,6 @@ from skyedge.core.contract import (
     IMAGE,
     REQUIRED_COLUMNS,
     SENSOR_RANGES,
-    SKY_CLASSES,
     STATION_ID,
     STATION_METADATA_COLUMNS,
     STATION_METADATA_FILE,
@@ -52,8 +52,10 @@ MIN_IMAGE_SIDE = validation.MIN_IMAGE_SIDE  # smaller photos carry too little to
 SURROGATES = re.compile("[\udc80-\udcff]")  # undecodable bytes kept by errors="surrogateescape"
 IMAGE_META_COLUMNS = ["path", "label", "exists", "bytes", "width", "height", "mode", "decode"]
 # Rows parsed and validated at a time: the text of a chunk and its prepared columns cost about
-# 2 kB a row while it is worked on, so this bounds a station file's share of ingest's memory.
-CHUNK_ROWS = 20_000
+# 2 kB a row while it is worked on, so this bounds a station file's share of ingest's memory. A
+# few years of hourly records (Beijing's 26k rows) fit in one chunk: a longer file costs a second
+# read for its whole-file unit tally (`scan_units`).
+CHUNK_ROWS = 40_000
 # The quarantine shows the text the row had, not the parsed value, for these rules.
 SHOWN_COLUMNS = {
     "timestamp_parseable": TIMESTAMP,
@@ -79,7 +81,7 @@ class QuarantineFile:
     def close(self) -> None:
         self._handle.close()
 
-    def __enter__(self) -> QuarantineFile:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -154,7 +156,7 @@ def _text_lines(handle) -> Iterator[str]:
 
 
 def iter_station_chunks(
-    path: Path, outcome: Outcome, required: tuple[str, ...] = REQUIRED_COLUMNS, chunk_rows: int = CHUNK_ROWS, name: str | None = None
+    path: Path, outcome: Outcome, required: tuple[str, ...] = REQUIRED_COLUMNS, chunk_rows: int | None = None, name: str | None = None
 ) -> Iterator[pd.DataFrame]:
     """The rows of one station CSV (or stations.csv, with its `required` columns) as text, up to
     chunk_rows at a time, with `_file` (`name`, default the path) and `_row` (line number,
@@ -167,6 +169,7 @@ def iter_station_chunks(
     """
     path = Path(path)
     name = str(path) if name is None else name
+    chunk_rows = chunk_rows or CHUNK_ROWS
     try:
         # Undecodable bytes become surrogates, so each bad line can be found and quarantined.
         handle = path.open("r", encoding="utf-8", errors="surrogateescape", newline="")
@@ -242,7 +245,7 @@ def parse_station_file(path: Path, outcome: Outcome, required: tuple[str, ...] =
     return pd.concat(chunks, ignore_index=True) if chunks else pd.DataFrame()
 
 
-def scan_units(path: Path, chunk_rows: int = CHUNK_ROWS, name: str | None = None) -> validation.UnitTally:
+def scan_units(path: Path, chunk_rows: int | None = None, name: str | None = None) -> validation.UnitTally:
     """The whole-file unit tally of a station CSV (a first, read-only pass over a long file)."""
     tally = validation.UnitTally()
     for raw in iter_station_chunks(path, Outcome(source="scan"), chunk_rows=chunk_rows, name=name):
@@ -266,7 +269,7 @@ def validate_stations(
     Rules come from skyedge.data.validation's table (the GE station suite), first failure wins; with a
     runner, the same rows are also validated by Great Expectations for the Data Docs. Returns
     station_id, hour, timestamp (UTC), the sensors, image_path (resolved against the CSV's folder,
-    or the text as given for a name that is not a file path), _file, _row.
+    or the text as given for a URL), _file, _row and _text (the timestamp as the row wrote it).
     """
     if raw.empty:
         return pd.DataFrame()
@@ -295,6 +298,7 @@ def validate_stations(
     accepted["image_path"] = [_image_path(file, name) if name and ok else "" for file, name, ok in zip(raw["_file"], image_text, keep)]
     accepted["_file"] = prepared["_file"]
     accepted["_row"] = prepared["_row"]
+    accepted["_text"] = prepared[TIMESTAMP]  # the row's own timestamp text, what the quarantine shows
     accepted = accepted[keep].reset_index(drop=True)
     accepted["hour"] = accepted["hour"].astype(np.int64)
     return accepted
@@ -314,7 +318,7 @@ def drop_repeated_records(frames: list[pd.DataFrame], outcome: Outcome) -> pd.Da
     if records.empty:
         return records
     repeated = records.duplicated([STATION_ID, "hour"], keep="first")
-    for file, row, stamp in records.loc[repeated, ["_file", "_row", TIMESTAMP]].itertuples(index=False):
+    for file, row, stamp in records.loc[repeated, ["_file", "_row", "_text"]].itertuples(index=False):
         outcome.reject(file, int(row), "unique_station_timestamp", stamp)
     return records[~repeated].reset_index(drop=True)
 
@@ -330,7 +334,7 @@ def read_station_file(
     now: pd.Timestamp,
     rules: list,
     runner: validation.SuiteRunner | None = None,
-    chunk_rows: int = CHUNK_ROWS,
+    chunk_rows: int | None = None,
     name: str | None = None,
 ) -> Iterator[pd.DataFrame]:
     """Validated rows of one station CSV, chunk by chunk; a file of more than one chunk is first

@@ -71,7 +71,7 @@ def sensor_windows(samples: pd.DataFrame, raw: np.ndarray, normalisation: dict, 
         return np.zeros((0, window_hours, features.N_FEATURES), np.float32), np.zeros(0, np.int32)
     windows, missing = [], []
     hours = samples["hour"].to_numpy(np.int64)
-    for _, rows in samples.groupby(STATION_ID, sort=False).indices.items():
+    for rows in samples.groupby(STATION_ID, sort=False).indices.values():
         latitude, longitude = samples["latitude"].iat[rows[0]], samples["longitude"].iat[rows[0]]
         for station_windows, station_missing in window_blocks(hours[rows], raw[rows], normalisation, window_hours, latitude, longitude):
             windows.append(station_windows)

@@ -5,9 +5,9 @@ intake drops a (station, hour) it has already accepted (`unique_station_timestam
 chunk the rule table keeps the first row, across chunks, files and sources a bitmap of accepted
 hours per station does, 8 kB per station and 7.5 years), decodes the photos the chunk's rows name
 (each path once, validated by the image suite in one frame per chunk), and appends the records,
-as fixed-size binary rows (RECORD, 74 bytes), to one spool file per station. Photos' pixels go to
-one spool file; in memory stays one small entry per accepted photo (path, pixel hash, label,
-capture time), which photo samples and their split need.
+as fixed-size binary rows (RECORD, 70 bytes), to one spool file per station. Photos' pixels go to
+one spool file; in memory stays one small entry per photo (its path, spool slot, source and index
+row: label and capture time), which photo samples and their split need.
 
 Later passes read one station at a time (`station_records`), so memory follows the largest
 station, not the data. `NpyWriter` writes a .npy of known shape row block by row block.
@@ -23,8 +23,7 @@ import pandas as pd
 
 from skyedge.core.contract import SENSOR_COLUMNS, SKY_CLASSES, STATION_ID, TIMESTAMP
 from skyedge.data import validation
-from skyedge.data.read import IMAGE_META_COLUMNS, EMPTY_META, IndexRow, Loader, Outcome, image_detail
-from skyedge.data.samples import content_hash
+from skyedge.data.read import EMPTY_META, IMAGE_META_COLUMNS, IndexRow, Loader, Outcome, image_detail
 
 RECORD = np.dtype([("hour", "<i8"), ("us", "<i8"), *[(column, "<f8") for column in SENSOR_COLUMNS], ("source", "<i2"), ("image", "<i4")])
 _BLOCK_BITS = 16  # hours per dedup bitmap: 2**16 (about 7.5 years), 8 kB
@@ -32,11 +31,10 @@ _BLOCK_BITS = 16  # hours per dedup bitmap: 2**16 (about 7.5 years), 8 kB
 
 @dataclass
 class PhotoEntry:
-    """An accepted photo: where its pixels are in the spool, their md5, where it came from and
-    what its index row said (None: no index row names it)."""
+    """An accepted photo: where its pixels are in the spool, where it came from and what its index
+    row said (None: no index row names it)."""
 
     slot: int
-    md5: str
     source: str
     index: IndexRow | None
     with_record: bool = False
@@ -79,7 +77,7 @@ class Intake:
         hours = accepted["hour"].to_numpy(np.int64)
         repeated = ~self._first_time(numbers, hours)
         for i in np.flatnonzero(repeated):
-            outcome.reject(accepted["_file"].iat[i], int(accepted["_row"].iat[i]), "unique_station_timestamp", accepted[TIMESTAMP].iat[i])
+            outcome.reject(accepted["_file"].iat[i], int(accepted["_row"].iat[i]), "unique_station_timestamp", accepted["_text"].iat[i])
         keep = ~repeated
         paths = accepted["image_path"].to_numpy(object)
         wanted = [p for p in dict.fromkeys(paths[keep]) if p and p not in self.photos and p not in self.rejected_photos]
@@ -166,10 +164,10 @@ class Intake:
             metas.append({"path": path, "label": label, **meta})
         if not metas:
             return
-        frame = pd.DataFrame(metas).reindex(columns=list(dict.fromkeys([*IMAGE_META_COLUMNS, *(k for m in metas for k in m)])))
+        frame = pd.DataFrame(metas, columns=IMAGE_META_COLUMNS)
         if self.runner is not None:
-            self.runner.check("image_metadata", self._image_rules, frame[IMAGE_META_COLUMNS])
-        failed, _ = validation.first_failures(self._image_rules, frame[IMAGE_META_COLUMNS])
+            self.runner.check("image_metadata", self._image_rules, frame)
+        failed, _ = validation.first_failures(self._image_rules, frame)
         for meta, rule in zip(metas, failed):
             path = meta["path"]
             if rule == "label_in_classes":
@@ -183,7 +181,7 @@ class Intake:
                 self.add_source(outcome.source)
                 self._pixels.seek(self._slots * self.pixel_bytes)
                 self._pixels.write(np.ascontiguousarray(arrays[path], dtype=np.uint8).tobytes())
-                self.photos[path] = PhotoEntry(self._slots, content_hash(arrays[path]), outcome.source, index.get(path))
+                self.photos[path] = PhotoEntry(self._slots, outcome.source, index.get(path))
                 self._slots += 1
 
     def add_index_photos(self, index: dict[str, IndexRow], outcome: Outcome, loader: Loader, batch: int = 512) -> None:

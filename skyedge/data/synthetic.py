@@ -245,13 +245,17 @@ def generate(
         lens = camera.make_camera(camera_rng, image_size)
         domes = camera.dome_timeline(camera_rng, raining, image_size)
         severity = _severity(s, regime)
+        moon = camera.moon_position(epoch_hours, site.latitude, site.longitude)
 
         for tree in ("images", "masks"):
             (out_dir / tree / station_id).mkdir(parents=True, exist_ok=True)
         rows = []
         for t in range(hours):
             label = REGIMES[regime[t]]
-            pixels, mask = camera.render(lens, image_rng, int(regime[t]), float(severity[t]), float(sun.elevation_deg[t]), float(sun.azimuth_deg[t]), domes[t])
+            pixels, mask = camera.render(
+                lens, image_rng, int(regime[t]), float(severity[t]), float(sun.elevation_deg[t]), float(sun.azimuth_deg[t]), domes[t],
+                moon=(float(moon[0][t]), float(moon[1][t]), float(moon[2][t])),
+            )
             image_path = f"images/{station_id}/{file_stems[t]}.png"
             Image.fromarray(pixels, "RGB").save(out_dir / image_path, format="PNG", compress_level=6)
             Image.fromarray(mask.astype(bool)).save(out_dir / camera.mask_path(image_path), format="PNG")
