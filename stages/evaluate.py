@@ -9,7 +9,8 @@ them all on the test split side by side. Each gets size, batch-1 latency and the
 Scores are the field estimate: test rows from capture days training never saw (later seasons of
 every station, held-out stations, held-out photo days). Beside it, per group
 (skyedge.evaluation.scores.groups_of): photos of seen days (a class with one capture day), the
-later season of training stations, and each held-out station. Writes under data/evaluate/:
+later season of training stations, each held-out station, and the fleet's newest two weeks when a
+fleet store is an ingest source. Writes under data/evaluate/:
 metrics.json (the shipped model's scores with its groups + one summary row per variant; `dvc
 metrics`), variants.csv (`dvc plots`), report.md and PNG plots.
 """
@@ -17,6 +18,7 @@ metrics`), variants.csv (`dvc plots`), report.md and PNG plots.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from skyedge.core import files, inference, paths
@@ -49,10 +51,11 @@ def run(params: Evaluate, common: Common, ingest_dir: Path, variants: dict[str, 
     inputs = model_inputs(data, test)
     one = model_inputs(data, test[:1])
     climatology = data.preprocessing["climatology"]
+    fleet_sources = fleet_source_names(ingest_dir)
     rows, full = [], {}
     for name, path in variants.items():
         outputs = inference.predict(inference.session(path, common.threads), inputs)
-        full[name] = scores.grouped_score(outputs, samples, climatology, params.bootstrap, common.seed)
+        full[name] = scores.grouped_score(outputs, samples, climatology, params.bootstrap, common.seed, fleet_sources=fleet_sources)
         speed = inference.latency_ms(path, one, params.latency_runs, params.warmup_runs)
         rows.append({"variant": name, "size_bytes": path.stat().st_size, **speed, **scores.summary_row(name, full[name])})
         if name == "shipped":
@@ -73,6 +76,12 @@ def run(params: Evaluate, common: Common, ingest_dir: Path, variants: dict[str, 
     files.write_json(out.summary, headline(next(row for row in rows if row["variant"] == "shipped")))
     out.report.write_text(markdown_report(rows, shipped))
     return metrics
+
+
+def fleet_source_names(ingest_dir: Path) -> frozenset[str]:
+    """The ingest sources that are the fleet's stores (their rows make the `fleet_newest` group)."""
+    report = json.loads(paths.Ingest(ingest_dir).report.read_text())
+    return frozenset(name for name, entry in report["sources"].items() if "fleet" in entry)
 
 
 def headline(shipped: dict) -> dict:

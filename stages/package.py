@@ -21,10 +21,10 @@ import onnx
 import yaml
 
 from skyedge import __version__
-from skyedge.core import inference, paths
+from skyedge.core import drift, inference, paths
 from skyedge.core.config import Package, Params, load_params
 from skyedge.core.contract import INPUT_IMAGE, INPUT_IMAGE_PRESENT
-from skyedge.data.dataset import load_ingested, model_inputs, training_coverage
+from skyedge.data.dataset import Ingested, load_ingested, model_inputs, training_coverage
 from skyedge.release import container, manifest, signing
 
 
@@ -76,6 +76,14 @@ def lineage(params: Params) -> dict:
     return {"git_commit": commit, "dvc_stages": stages, "params": params.model_dump(mode="json")}
 
 
+def training_statistics(data: Ingested) -> dict:
+    """What the station's drift tests compare its inputs with: the training rows' sensor summary
+    (from ingest) and the training photos' brightness and contrast."""
+    train = data.samples[(data.samples["split"] == "train") & (data.samples["image_idx"] >= 0)]
+    photo_values = np.array([drift.photo_features(data.images[i]) for i in np.unique(train["image_idx"].to_numpy())]).reshape(-1, 2)
+    return drift.reference(data.preprocessing["drift_sensors"], photo_values)
+
+
 def run(params: Params, ingest_dir: Path, quantize_dir: Path, evaluate_dir: Path, out_dir: Path, key_path: Path) -> dict:
     config: Package = params.package
     data = load_ingested(ingest_dir)
@@ -114,6 +122,7 @@ def run(params: Params, ingest_dir: Path, quantize_dir: Path, evaluate_dir: Path
         quantization={"shipped": quantize_report["shipped"], "reason": quantize_report["reason"]},
         fallback=quantize_report["fallback"],
         training_coverage=training_coverage(data),
+        training_statistics=training_statistics(data),
         container=container_entry(out),
     )
     manifest.write_manifest(out_dir, document)

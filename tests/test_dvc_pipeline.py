@@ -1,4 +1,7 @@
-"""End to end: real `dvc repro` of all seven stages on the tiny profile in a temporary git repo."""
+"""End to end: real `dvc repro` of every stage on the tiny profile in a temporary git repo.
+
+`fleet` lists the fleet's stores on every repro (always_changed); without fleet sources its
+output never changes, so nothing after it runs unless something else changed."""
 
 import os
 import re
@@ -12,7 +15,8 @@ import yaml
 from tests.conftest import copy_project
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ["ingest", "embed", "distill", "prune", "quantize", "evaluate", "package"]
+STAGES = ["fleet", "ingest", "embed", "distill", "prune", "quantize", "evaluate", "package"]
+ALWAYS = ["fleet"]  # always_changed: it looks at the fleet store each time
 
 
 def run(command: list[str], cwd: Path, env: dict) -> str:
@@ -39,7 +43,7 @@ def project(tmp_path_factory) -> tuple[Path, dict]:
     return root, env
 
 
-def test_dvc_repro_runs_all_seven_stages_then_does_nothing_then_only_what_changed(project):
+def test_dvc_repro_runs_every_stage_then_does_nothing_then_only_what_changed(project):
     root, env = project
     first = run([sys.executable, "-m", "cli.main", "repro", "--profile", "tiny"], root, env)
     assert stages_run(first) == STAGES
@@ -50,12 +54,12 @@ def test_dvc_repro_runs_all_seven_stages_then_does_nothing_then_only_what_change
     assert yaml.safe_load((root / "params.yaml").read_text())["common"]["profile"] == "tiny"
 
     again = run(["dvc", "repro"], root, env)
-    assert stages_run(again) == []
+    assert stages_run(again) == ALWAYS
 
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["common"]["threads"] = 1  # how fast, not what is built: no stage tracks it
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert stages_run(run(["dvc", "repro"], root, env)) == []
+    assert stages_run(run(["dvc", "repro"], root, env)) == ALWAYS
 
     # Every default int8 candidate has per-channel weight scales (or, for qat, its own training), so
     # a per-tensor static model is new whichever was fastest before: quantize's outputs change and
@@ -68,7 +72,7 @@ def test_dvc_repro_runs_all_seven_stages_then_does_nothing_then_only_what_change
     tiny["quantize"].pop("candidates")  # it tunes qat, which this list leaves out
     (root / "profiles" / "tiny.yaml").write_text(yaml.safe_dump(tiny, sort_keys=False))
     changed = run(["dvc", "repro"], root, env)
-    assert stages_run(changed) == ["quantize", "evaluate", "package"]
+    assert stages_run(changed) == [*ALWAYS, "quantize", "evaluate", "package"]
     table = run([sys.executable, "-m", "cli.main", "report"], root, env)
     for variant in ("teacher", "student", "pruned", "quantized", "shipped"):
         assert variant in table
@@ -80,7 +84,7 @@ def test_editing_another_profile_re_runs_nothing_and_a_bad_profile_never_reaches
     real = yaml.safe_load((root / "profiles" / "real.yaml").read_text())
     real["distill"]["epochs"] = 99  # the real profile's distill, not the tiny one this workspace runs
     (root / "profiles" / "real.yaml").write_text(yaml.safe_dump(real, sort_keys=False))
-    assert stages_run(run(["dvc", "repro"], root, env)) == []
+    assert stages_run(run(["dvc", "repro"], root, env)) == ALWAYS
     before = (root / "params.yaml").read_text()
     typo = subprocess.run([sys.executable, "-m", "cli.main", "repro", "--profile", "tin"], cwd=root, env=env, capture_output=True, text=True)
     assert typo.returncode == 2 and "unknown profile 'tin'" in typo.stderr

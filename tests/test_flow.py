@@ -272,21 +272,24 @@ def test_the_deployment_is_served_on_its_cron_and_a_triggered_run_completes(work
 def test_a_candidate_below_a_threshold_is_refused_naming_the_criterion(workspace, capsys):
     from cli.main import main
 
+    # its own registry: an earlier test may have published this very candidate (NoChange), and the
+    # refusal on record would block the approval tests
+    store = str(workspace["root"].parent / "refused-registry")
     set_gate(workspace["root"], min_sky_accuracy=0.999)
     try:
-        state = run_retrain(workspace=str(workspace["root"]), store=workspace["store"], approval="auto")
+        state = run_retrain(workspace=str(workspace["root"]), store=store, approval="auto")
         assert state.name == "GateRefused" and state.is_failed()
         assert re.search(r"sky_accuracy: .* < 0\.999", state.message)
         # `skyedge retrain`: its own exit code and one line with the reason
-        assert main(["retrain", "--workspace", str(workspace["root"]), "--store", workspace["store"], "--approval", "auto"]) == 4
+        assert main(["retrain", "--workspace", str(workspace["root"]), "--store", store, "--approval", "auto"]) == 4
         assert re.search(r"retrain: REFUSED: .*sky_accuracy: .* < 0\.999", capsys.readouterr().err)
     finally:
         set_gate(workspace["root"], **PERMISSIVE)
     # The refusal is on record: publishing that package by hand says so and needs a reason.
     package = str(workspace["root"] / "data" / "package")
-    assert main(["publish", package, "--store", workspace["store"]]) == 1
+    assert main(["publish", package, "--store", store]) == 1
     assert "was refused by gate" in capsys.readouterr().err
-    assert main(["publish", package, "--store", workspace["store"], "--force"]) == 2
+    assert main(["publish", package, "--store", store, "--force"]) == 2
     assert "--force needs --reason" in capsys.readouterr().err
 
 

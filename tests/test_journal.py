@@ -330,6 +330,25 @@ def test_inputs_like_training_raise_no_drift_and_every_test_names_its_threshold(
     assert len(every) == 7 * 3 + 5 and all(test["drift"] is False for test in every)
 
 
+def test_ingest_streams_the_same_sensor_reference_as_the_whole_array():
+    """Ingest sums the training rows block by block (FeatureMoments); the station compares with it."""
+    from skyedge.data.samples import FeatureMoments
+
+    rng = np.random.default_rng(4)
+    raw = raw_features(sensor_rows(rng, 3000))
+    raw[rng.random(raw.shape) < 0.07] = np.nan  # gaps, as real stations have
+    moments = FeatureMoments()
+    for block in np.array_split(raw, 7):
+        moments.add(block)
+    whole = drift.training_statistics(raw, sky_photos(rng, 30, night_share=0.2))
+    streamed = drift.reference(moments.drift_sensors(), [drift.photo_features(p) for p in sky_photos(np.random.default_rng(5), 30, night_share=0.2)])
+    for name in RAW_FEATURES:
+        assert streamed["sensors"][name]["n"] == whole["sensors"][name]["n"]
+        for key in ("mean", "std", "missing_rate"):
+            assert streamed["sensors"][name][key] == pytest.approx(whole["sensors"][name][key], abs=1e-5), (name, key)
+    assert streamed["photos"]["n"] == 30 and streamed["format"] == drift.FORMAT
+
+
 def test_shifted_stuck_missing_and_dark_inputs_are_each_named_by_their_test():
     rng = np.random.default_rng(1)
     reference = training_reference(rng)

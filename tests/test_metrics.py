@@ -299,3 +299,23 @@ def test_brier_is_in_unit_interval(pairs):
 @given(st.floats(min_value=1e-12, max_value=1.0, allow_nan=False))
 def test_brier_skill_of_reference_against_itself_is_zero(b):
     assert metrics.brier_skill(b, b) == 0.0
+
+
+def test_the_groups_side_by_side_include_the_fleets_newest_two_weeks():
+    import pandas as pd
+
+    from skyedge.evaluation.scores import FLEET_NEWEST_DAYS, groups_of
+
+    days = pd.date_range("2026-01-01", periods=40, freq="D").strftime("%Y-%m-%d")
+    samples = pd.DataFrame({
+        "source": ["s3://fleet/obs"] * 40 + ["synthetic-0"] * 40,
+        "station_id": ["st-a"] * 80,
+        "day": list(days) * 2,
+        "day_in_train": [0] * 80,
+        "station_in_train": [1] * 80,
+    })
+    groups = groups_of(samples, frozenset({"s3://fleet/obs"}))
+    newest = samples[groups["fleet_newest"]]
+    assert set(newest["source"]) == {"s3://fleet/obs"} and len(newest) == FLEET_NEWEST_DAYS
+    assert newest["day"].min() == "2026-01-27" and newest["day"].max() == "2026-02-09"
+    assert "fleet_newest" not in groups_of(samples)  # no fleet source, no such group

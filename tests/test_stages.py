@@ -95,7 +95,10 @@ def test_quantize_measures_every_candidate_and_ships_the_fastest_within_budget(p
     ]
     # anything but fp32 ships only when min_speedup faster: a few percent is timing noise
     fast_enough = [c for c in allowed if c is fp32 or fp32["latency_ms_p50"] / c["latency_ms_p50"] >= budget.min_speedup]
-    assert report["shipped"] == min(fast_enough, key=lambda c: c["latency_ms_p50"])["name"]
+    fastest = min(fast_enough, key=lambda c: c["latency_ms_p50"])
+    # among the allowed candidates as fast as that (within min_speedup), the fewest bytes over the air ships
+    as_fast = [c for c in allowed if c["latency_ms_p50"] <= fastest["latency_ms_p50"] * budget.min_speedup]
+    assert report["shipped"] == min(as_fast, key=lambda c: (c["ota_bytes"], c is not fastest))["name"]
     assert report["reason"].startswith(report["shipped"])
     if report["shipped"] == "fp32" and any(names[n]["latency_ms_p50"] >= names["fp32"]["latency_ms_p50"] for n in ("static", "qat")):
         assert "slower than fp32" in report["reason"]  # says why int8 did not ship
@@ -116,7 +119,7 @@ def test_quantize_measures_every_candidate_and_ships_the_fastest_within_budget(p
 
 def test_evaluate_scores_every_variant_against_persistence_and_climatology(pipeline):
     metrics = json.loads((pipeline.evaluate / "metrics.json").read_text())
-    assert set(metrics["variants"]) == {"teacher", "student_alone", "student", "pruned", "quantized", "shipped"}
+    assert set(metrics["variants"]) == {"teacher", "student_alone", "student", "pruned", "quantized", "shared", "shipped"}
     assert [entry["h"] for entry in metrics["horizons"]] == list(HORIZONS)
     for entry in metrics["horizons"]:
         assert {"rain_bss_persistence", "rain_bss_climatology", "rain_csi", "temp_rmse", "temp_skill_persistence"} <= set(entry)
@@ -138,6 +141,23 @@ def test_the_packaged_model_runs_in_onnx_runtime_and_matches_its_canaries(pipeli
     assert [o["name"] for o in manifest["outputs"]] == [OUTPUT_SKY_LOGITS, OUTPUT_RAIN_PROB, OUTPUT_TEMP_C]
     assert manifest["preprocessing"]["image"]["size"] == pipeline.params.data.image_size
     assert set(manifest["lineage"]["params"]) >= {"ingest", "quantize", "package"}
+
+
+def test_the_manifest_carries_the_training_statistics_stations_check_drift_against(pipeline):
+    from skyedge.core import drift
+    from skyedge.core.features import RAW_FEATURES
+    from skyedge.data.dataset import load_ingested
+
+    reference = json.loads((pipeline.package / "manifest.json").read_text())[drift.MANIFEST_KEY]
+    data = load_ingested(pipeline.ingest)
+    train_photos = data.samples.loc[(data.samples["split"] == "train") & (data.samples["image_idx"] >= 0), "image_idx"].nunique()
+    assert reference["format"] == drift.FORMAT and reference["photos"]["n"] == train_photos > 0
+    assert list(reference["sensors"]) == list(RAW_FEATURES)
+    temperature = reference["sensors"]["temperature_c"]
+    assert temperature["n"] > 0 and temperature["std"] > 0 and 0 <= temperature["missing_rate"] < 0.5
+    # The training photos compared with the reference: no photo test fires.
+    values = [drift.photo_features(data.images[i]) for i in np.unique(data.samples.loc[data.samples["split"] == "train", "image_idx"]) if i >= 0]
+    assert not [name for name, test in drift.compare(reference, np.empty((0, len(RAW_FEATURES))), values)["photos"]["tests"].items() if test["drift"]]
 
 
 @pytest.mark.parametrize("variant", ["pruned", "pruned_sparse", "pruned_lowrank", "student"])
@@ -180,8 +200,9 @@ def test_a_head_without_validation_skill_ships_persistence_and_the_device_says_s
     data = load_ingested(pipeline.ingest)
     inputs = model_inputs(data, data.split("test")[:64])
     out = inference.predict(inference.session(package / "model.onnx"), inputs)
-    assert np.array_equal(out[OUTPUT_RAIN_PROB][:, 0], inputs["sensors"][:, -1, RAIN_REFERENCE])
-    assert np.array_equal(out[OUTPUT_TEMP_C][:, 2], inputs["sensors"][:, -1, TEMPERATURE_REFERENCE])
+    # the shipped model may compute in fp16 (fewest bytes at fp32's speed): persistence to its precision
+    np.testing.assert_allclose(out[OUTPUT_RAIN_PROB][:, 0], inputs["sensors"][:, -1, RAIN_REFERENCE], rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(out[OUTPUT_TEMP_C][:, 2], inputs["sensors"][:, -1, TEMPERATURE_REFERENCE], rtol=1e-3, atol=1e-4)
     assert not np.array_equal(out[OUTPUT_TEMP_C][:, 0], inputs["sensors"][:, -1, TEMPERATURE_REFERENCE])
 
     document = json.loads((package / "manifest.json").read_text())

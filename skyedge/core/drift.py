@@ -2,8 +2,9 @@
 
 Two halves, one vocabulary:
 
-- `training_statistics(raw, photos)` runs once, where the training data is (the package stage),
-  and its dict travels in manifest.json under `MANIFEST_KEY` ("training_statistics").
+- `training_statistics(raw, photos)` (or `reference` from streamed moments, as ingest and the
+  package stage build it) runs once, where the training data is, and its dict travels in
+  manifest.json under `MANIFEST_KEY` ("training_statistics").
 - `compare(reference, raw, photo_values)` runs on the station over its most recent readings and
   names, for every test, the statistic, its threshold and whether it fired.
 
@@ -79,9 +80,27 @@ def training_statistics(raw: np.ndarray, photos: np.ndarray) -> dict:
     """
     raw = np.asarray(raw, dtype=np.float64).reshape(-1, len(RAW_FEATURES))
     values = np.array([photo_features(photo) for photo in photos]).reshape(-1, 2)
+    return reference({name: _sensor_summary(raw[:, i]) for i, name in enumerate(RAW_FEATURES)}, values)
+
+
+def sensor_reference(n: int, mean: float, std: float, rows: int) -> dict:
+    """One sensor's training summary from streamed moments (ingest never holds all rows):
+    n values present of `rows` readings, their mean and std."""
+    return {
+        "n": int(n),
+        "mean": _number(mean) if n else None,
+        "std": _number(std) if n else None,
+        "missing_rate": _number(1 - n / rows) if rows else None,
+    }
+
+
+def reference(sensors: dict[str, dict], photo_values: np.ndarray) -> dict:
+    """The reference document from per-sensor summaries (`sensor_reference`) and the training
+    photos' [M, 2] (brightness, contrast) from `photo_features`."""
+    values = np.asarray(photo_values, dtype=np.float64).reshape(-1, 2)
     return {
         "format": FORMAT,
-        "sensors": {name: _sensor_summary(raw[:, i]) for i, name in enumerate(RAW_FEATURES)},
+        "sensors": {name: sensors[name] for name in RAW_FEATURES},
         "photos": {
             "n": len(values),
             "grid": GRID,

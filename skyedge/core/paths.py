@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-STAGES: tuple[str, ...] = ("ingest", "embed", "distill", "prune", "quantize", "evaluate", "package")
+STAGES: tuple[str, ...] = ("fleet", "ingest", "embed", "distill", "prune", "quantize", "evaluate", "package")
 
 
 class File:
@@ -28,6 +28,10 @@ class File:
 class StageDir:
     def __init__(self, directory: Path | str) -> None:
         self.dir = Path(directory)
+
+
+class Fleet(StageDir):
+    snapshot = File("snapshot.json")
 
 
 class Ingest(StageDir):
@@ -110,6 +114,7 @@ class Workspace:
         self.root = Path(root)
         self.data = self.root / "data"
         self.params = self.root / "params.yaml"
+        self.fleet = Fleet(self.data / "fleet")
         self.ingest = Ingest(self.data / "ingest")
         self.embed = Embed(self.data / "embed")
         self.distill = Distill(self.data / "distill")

@@ -395,7 +395,6 @@ def render(
     if moon is not None and moon[0] > 0 and sun_elevation_deg < -4:
         moonlight = moon[2] * float(np.sin(np.deg2rad(moon[0]))) ** 0.5
         moon_gamma = _angle_to(camera, moon[0], moon[1])
-    horizon = camera.horizon[..., None]
     warm = float(np.clip(1 - abs(sun_elevation_deg) / 12, 0, 1))  # sunrise / sunset colours
 
     # Clear sky: deep blue at the zenith, pale at the horizon, bright around the sun and, low sun,

@@ -313,6 +313,34 @@ def _text(value: object) -> str:
     return json.dumps(value)
 
 
+def snapshot(source: FleetSource, client) -> dict:
+    """What the fleet store holds now, from listings only (no object is read): per device, its
+    batch count and last batch, and a sha256 over every batch key with its ETag. The `fleet` DVC
+    stage writes it, so `dvc repro` re-runs ingest when, and only when, the fleet sent something."""
+    bucket, prefix = s3.split_url(source.store)
+    sources.check_bucket(client, source.store)
+    paginator = client.get_paginator("list_objects_v2")
+    devices = [
+        item["Prefix"]
+        for page in paginator.paginate(Bucket=bucket, Prefix=f"{prefix}{batches.PREFIX}", Delimiter="/")
+        for item in page.get("CommonPrefixes", [])
+    ]
+    fingerprint, by_device = hashlib.sha256(), {}
+    for device_prefix in devices:
+        device = device_prefix[len(prefix) + len(batches.PREFIX) :].rstrip("/")
+        listed = [
+            (item["Key"], str(item.get("ETag", "")))
+            for page in paginator.paginate(Bucket=bucket, Prefix=f"{device_prefix}observations/", Delimiter="/")
+            for item in page.get("Contents", [])
+            if batches.parse_batch_key(item["Key"][len(prefix) :]) is not None
+        ]
+        for key, etag in listed:
+            fingerprint.update(f"{key} {etag}\n".encode())
+        if listed:
+            by_device[device] = {"batches": len(listed), "latest_batch": listed[-1][0]}
+    return {"store": source.store, "devices": len(by_device), "batches": sum(d["batches"] for d in by_device.values()), "batches_sha256": fingerprint.hexdigest(), "by_device": by_device}
+
+
 def read_fleet(source: FleetSource, client, outcome: read.Outcome, intake, now: pd.Timestamp, runner: validation.SuiteRunner | None,
                attempts: int, backoff_seconds: float) -> read.Outcome:
     """Every registered device's batches under source.store into the intake (module doc)."""

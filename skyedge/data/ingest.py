@@ -159,8 +159,9 @@ def station_table(intake: spool.Intake, station: str, coordinates: dict, window:
     return table, raw
 
 
-def training_statistics(intake: spool.Intake, window: int, fractions: tuple[float, float, float], holdout: set[str]) -> tuple[dict, dict]:
-    """Pass 2: the sensor normalisation and the climatology from every station's training block."""
+def training_statistics(intake: spool.Intake, window: int, fractions: tuple[float, float, float], holdout: set[str]) -> tuple[dict, dict, dict]:
+    """Pass 2: the sensor normalisation, the climatology and the sensors' drift reference
+    (skyedge.core.drift) from every station's training block."""
     moments, climate = samples.FeatureMoments(), samples.Climatology()
     for station in sorted(intake.stations):
         rows = intake.station_records(station)
@@ -169,7 +170,7 @@ def training_statistics(intake: spool.Intake, window: int, fractions: tuple[floa
         moments.add(features.raw_features({column: rows[column] for column in SENSOR_COLUMNS})[train])
         current = features.horizon_labels(hours, rows["temperature_c"], rows["precip_mm"])  # temp_now, rain_now
         climate.add(pd.DataFrame({"temp_now": current["temp_now"][train], "rain_now": current["rain_now"][train], "hour_of_day": hours[train] % 24}))
-    return moments.normalisation(), climate.result()
+    return moments.normalisation(), climate.result(), moments.drift_sensors()
 
 
 def photo_table(intake: spool.Intake, fractions: tuple[float, float, float]) -> tuple[pd.DataFrame, int]:
@@ -314,7 +315,7 @@ def run(params: Ingest, data: Data, out_dir: Path, now: pd.Timestamp | None = No
         if unknown:
             raise ValueError(f"ingest.split.holdout_stations names {', '.join(unknown)}, which no source has; stations: {', '.join(sorted(intake.stations))}")
         coordinates = {station: place for o in reversed(outcomes) for station, place in o.coordinates.items()}  # the first source wins
-        normalisation, climate = training_statistics(intake, window, fractions, holdout)
+        normalisation, climate, drift_sensors = training_statistics(intake, window, fractions, holdout)
         photos, duplicates = photo_table(intake, fractions)
         partial = {name: work / f"{name}.partial" for name in ("samples", "windows", "images")}
         written = write_samples(partial, intake, photos, coordinates, normalisation, window, fractions, holdout)
@@ -334,6 +335,9 @@ def run(params: Ingest, data: Data, out_dir: Path, now: pd.Timestamp | None = No
             "sensors": {**normalisation, "window_hours": window, "n_features": features.N_FEATURES},
             "image": inputs.image_spec(data.image_size),
             "climatology": climate,
+            # The station's drift tests compare its readings with these (the package stage adds
+            # the training photos' statistics and puts the whole in the manifest).
+            "drift_sensors": drift_sensors,
         }
         for name, target in (("samples", files.samples), ("windows", files.windows), ("images", files.images)):
             partial[name].replace(target)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from skyedge.core import features
+from skyedge.core import drift, features
 from skyedge.core.contract import SENSOR_COLUMNS, STATION_ID
 
 TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
@@ -177,6 +177,7 @@ class FeatureMoments:
     (Chan et al.'s pairwise update): features.fit_normalisation's result without holding the rows."""
 
     def __init__(self) -> None:
+        self.rows = 0
         self.count = np.zeros(features.N_RAW)
         self.mean = np.zeros(features.N_RAW)
         self.m2 = np.zeros(features.N_RAW)
@@ -184,6 +185,7 @@ class FeatureMoments:
     def add(self, raw: np.ndarray) -> None:
         if not len(raw):
             return
+        self.rows += len(raw)
         known = np.isfinite(raw)
         count = known.sum(axis=0)
         mean = np.where(count > 0, np.where(known, raw, 0.0).sum(axis=0) / np.maximum(count, 1), 0.0)
@@ -194,6 +196,12 @@ class FeatureMoments:
             self.mean = np.where(total > 0, self.mean + delta * count / np.maximum(total, 1), 0.0)
             self.m2 = self.m2 + m2 + delta**2 * self.count * count / np.maximum(total, 1)
         self.count = total
+
+    def drift_sensors(self) -> dict[str, dict]:
+        """Per feature: values present, mean, std and missing rate, as the station's drift tests
+        read them (skyedge.core.drift.sensor_reference)."""
+        std = np.sqrt(self.m2 / np.maximum(self.count, 1))
+        return {name: drift.sensor_reference(self.count[i], self.mean[i], std[i], self.rows) for i, name in enumerate(features.RAW_FEATURES)}
 
     def normalisation(self) -> dict[str, list[float]]:
         """The same dict as features.fit_normalisation: 0 mean and 1 std where a feature has no

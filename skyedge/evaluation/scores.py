@@ -13,6 +13,7 @@ capture time get a group of their own), else the date part of `timestamp`.
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 from skyedge.core.contract import HORIZONS, SKY_CLASSES
 from skyedge.evaluation import metrics
@@ -135,7 +136,10 @@ def summary_row(name: str, scores: dict) -> dict:
     return row
 
 
-def groups_of(samples) -> dict[str, np.ndarray]:
+FLEET_NEWEST_DAYS = 14  # "the newest fleet weeks": what the stations saw most recently
+
+
+def groups_of(samples, fleet_sources: frozenset[str] = frozenset()) -> dict[str, np.ndarray]:
     """Boolean masks of the groups reported side by side, for samples that carry `day_in_train`
     and `station_in_train` (1: training saw that capture day / station):
 
@@ -143,6 +147,8 @@ def groups_of(samples) -> dict[str, np.ndarray]:
       seen_days      photos of a day training also had (a class with one capture day only)
       later_season   station hours of training stations, in a later block than training's
       station:<id>   each held-out station, never trained on
+      fleet_newest   rows from the fleet (sources named in fleet_sources) of its newest
+                     FLEET_NEWEST_DAYS days: how the model does on what stations see now
     """
     stations = samples["station_id"].fillna("").to_numpy() != ""
     day_seen = samples["day_in_train"].to_numpy() == 1
@@ -150,15 +156,20 @@ def groups_of(samples) -> dict[str, np.ndarray]:
     groups = {"unseen_days": ~day_seen, "seen_days": day_seen & ~stations, "later_season": stations & station_seen & ~day_seen}
     for station in sorted(set(samples["station_id"][stations & ~station_seen])):
         groups[f"station:{station}"] = samples["station_id"].to_numpy() == station
+    from_fleet = samples["source"].isin(fleet_sources).to_numpy() if fleet_sources else np.zeros(len(samples), bool)
+    if from_fleet.any():
+        days = pd.to_datetime(samples["day"].where(from_fleet))
+        groups["fleet_newest"] = from_fleet & (days >= days.max() - pd.Timedelta(days=FLEET_NEWEST_DAYS - 1)).to_numpy()
     return groups
 
 
-def grouped_score(outputs: dict[str, np.ndarray], samples, climatology: dict, n_boot: int = 500, seed: int = 0, max_window_gap_hours: int | None = None) -> dict:
+def grouped_score(outputs: dict[str, np.ndarray], samples, climatology: dict, n_boot: int = 500, seed: int = 0, max_window_gap_hours: int | None = None,
+                  fleet_sources: frozenset[str] = frozenset()) -> dict:
     """`score` on the field estimate (rows from days training never saw), with every group of
     `groups_of` scored beside it under `groups` (an empty group is left out). `estimate` says
     which rows the headline scores are: unseen days, or all rows when none is unseen (data the
     model was trained on: say so, never pass it off as an estimate)."""
-    masks = groups_of(samples)
+    masks = groups_of(samples, fleet_sources)
     subset = lambda mask: ({name: values[mask] for name, values in outputs.items()}, samples[mask].reset_index(drop=True))  # noqa: E731
     unseen = masks["unseen_days"]
     headline = unseen if unseen.any() else np.ones(len(samples), bool)
