@@ -152,7 +152,7 @@ def test_the_manifest_carries_the_training_statistics_stations_check_drift_again
     data = load_ingested(pipeline.ingest)
     train_photos = data.samples.loc[(data.samples["split"] == "train") & (data.samples["image_idx"] >= 0), "image_idx"].nunique()
     assert reference["format"] == drift.FORMAT and reference["photos"]["n"] == train_photos > 0
-    assert list(reference["sensors"]) == list(RAW_FEATURES)
+    assert set(reference["sensors"]) == set(RAW_FEATURES)
     temperature = reference["sensors"]["temperature_c"]
     assert temperature["n"] > 0 and temperature["std"] > 0 and 0 <= temperature["missing_rate"] < 0.5
     # The training photos compared with the reference: no photo test fires.
@@ -218,7 +218,8 @@ def test_a_head_without_validation_skill_ships_persistence_and_the_device_says_s
     result = predict.forecast(state, sensors)
     assert [row["rain_from"] for row in result["forecast"]] == ["persistence", "model", "model", "model"]
     assert [row["temp_from"] for row in result["forecast"]] == ["model", "model", "persistence", "model"]
-    assert result["forecast"][2]["temp_c"] == pytest.approx(station["temperature_c"].iloc[-1], abs=0.01)
+    # fp16 (a 23.1 reads 23.09375) then rounded to hundredths for display
+    assert result["forecast"][2]["temp_c"] == pytest.approx(station["temperature_c"].iloc[-1], abs=0.02)
     text = predict.format_forecast(result)
     assert "persistence: the model had no skill over persistence there on validation" in text
     assert result["coordinates"] == "missing: UTC fallback" and "no stations.csv beside the records" in text
