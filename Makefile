@@ -31,7 +31,7 @@ plots: setup
 	$(BIN)/dvc plots show
 	@echo "open dvc_plots/index.html (works offline: Vega from $(VEGA))"
 
-# The seven DVC stages on params.yaml (synthetic data, default profile) run by the retrain flow
+# The DVC stages on params.yaml (synthetic data, default profile) run by the retrain flow
 # with AUTO approval: gate, publish to the embedded local registry (.skyedge/registry), dvc push to
 # .skyedge/registry/dvc. Prefect needs no server here (it starts a temporary local API itself).
 run: setup

@@ -1,7 +1,7 @@
 """The retrain flow under a real Prefect server (test harness) with S3 on moto's server.
 
 One workspace (a git copy of the project, tiny profile) serves every test: the first flow run
-reproduces the seven stages; later runs find DVC up to date and exercise gate, approval, publish,
+reproduces the DVC stages; later runs find DVC up to date and exercise gate, approval, publish,
 the DVC remote, the served deployment and the sweep (whose copies reuse the upstream outputs).
 Tests run in file order: reject and timeout first (nothing published yet), approve, then the
 DVC remote and the deployment (a run of the unchanged model), the gate refusals, the sweep.
@@ -201,7 +201,7 @@ def test_after_publishing_dvc_pull_in_a_second_copy_restores_the_outputs(workspa
 
     root = workspace["root"]
     keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=workspace["bucket"], Prefix="registry/dvc/")["Contents"]]
-    assert len(keys) >= 10, keys  # every cached output of seven stages
+    assert len(keys) >= 10, keys  # every cached output of the stages
     assert "skyedge" in (root / ".dvc" / "config.local").read_text() and "skyedge" not in (root / ".dvc" / "config").read_text()
 
     # A second machine: the commit plus dvc.lock and params.yaml, no outputs and no cache.
