@@ -52,10 +52,32 @@ def bucket(endpoint: str) -> str:
     return f"s3://{name}/registry"
 
 
+def start_s3_server() -> tuple[subprocess.Popen, str]:
+    """moto's S3 server in a process of its own, as a real store would be: in this process (a
+    thread) it would compete with the simulated stations for the interpreter lock and slow both."""
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)
+            return server, endpoint
+        except OSError:
+            if server.poll() is not None:
+                raise SystemExit(f"bench-fleet: moto's S3 server exited ({server.returncode})")
+            time.sleep(0.1)
+    server.terminate()
+    raise SystemExit("bench-fleet: moto's S3 server did not answer within 30 s")
+
+
 def main(argv: list[str] | None = None) -> None:
     import time
-
-    from moto.server import ThreadedMotoServer
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--package", type=Path, default=Path("data/package"), help="the release the fleet starts on")
@@ -69,10 +91,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"bench-fleet: {args.package} is not a package: run `make run` first (or pass --package)")
 
     os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
+    server, endpoint = start_s3_server()
     os.environ["AWS_ENDPOINT_URL"] = endpoint
     workspace = Path.cwd()
     results = []
@@ -96,7 +115,8 @@ def main(argv: list[str] | None = None) -> None:
             )
             agent = json.loads(one.stdout.strip().splitlines()[-1])
     finally:
-        server.stop()
+        server.terminate()
+        server.wait()
     print(text_table(results, COLUMNS))
     print(f"one agent (record + forecast + upload + pull each hour, 24 h, its own process): peak RSS {agent['peak_rss_mb']:.0f} MB")
     args.out.parent.mkdir(parents=True, exist_ok=True)
