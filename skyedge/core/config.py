@@ -76,7 +76,7 @@ class SyntheticSource(Section):
     stations: Annotated[int, Field(ge=1)]
     days: Annotated[int, Field(ge=2)]
     seed: int
-    image_size: Annotated[int, Field(ge=64, le=256)]  # rendered side; ingest resizes to data.image_size
+    image_size: Annotated[int, Field(ge=64, le=128)]  # rendered side; ingest resizes to data.image_size
     unlabelled_share: Annotated[float, Field(ge=0, lt=1)]  # photos whose index.csv label is left empty
 
 

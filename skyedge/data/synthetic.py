@@ -5,28 +5,9 @@ a hidden per-station "storm potential" s_t (a mean-reverting process with fair-w
 and storm-building episodes) sets the sky regime through thresholds with hysteresis, so the sky
 class persists for hours. Rain falls only under thick_dark_clouds, more likely the higher s_t.
 The sensors see s_t only through noise and confounders (pressure also follows a slow synoptic
-walk, humidity a diurnal cycle), while the sky photo views the regime. Pressure therefore falls
-and humidity rises before rain, yet the image still adds information about rain a few hours
-ahead that the sensors alone do not carry.
-
-The photo is what a whole-sky camera records (skyedge.data.camera): a fisheye circle with a
-horizon ring and black corners, the station's own buildings, trees and mast in every frame, the
-sun where the ephemeris puts it for the station and the hour (glare, saturation), dark noisy
-nights, exposure errors, drops on the dome after rain, dust and debris. The view is imperfect on
-purpose, so the sky class is not free to read off and compression has something to lose.
-
-Layout under out_dir:
-
-    stations/syn-NN.csv        hourly records; `image` points at ../images/...
-    stations/stations.csv      coordinates and elevation
-    images/syn-NN/<stamp>.png  the photos (RGB, image_size x image_size)
-    index.csv                  path (images/...), label (empty when unlabelled), timestamp
-    masks/syn-NN/<stamp>.png   the true sky mask of each photo, for evaluation only: 1-bit PNG,
-                               1 = sky visible, 0 = outside the circle, horizon ring, obstruction
-                               or debris on the dome (camera.mask_path maps a photo to its mask)
-
-Ingest finds photos only through the `image` column and index.csv, neither of which names a
-mask, and masks/ holds no CSV, so masks are never read as training photos.
+walk, humidity a diurnal cycle), while the sky photo is a clean view of the regime. Pressure
+therefore falls and humidity rises before rain, yet the image still adds information about
+rain a few hours ahead that the sensors alone do not carry.
 """
 
 from __future__ import annotations
@@ -40,7 +21,6 @@ from PIL import Image
 from tqdm import tqdm
 
 from skyedge.core import contract, solar
-from skyedge.data import camera
 
 # Sky regimes from calm to stormy; the index of a regime is its rank in storminess.
 REGIMES: tuple[str, ...] = (
@@ -59,7 +39,7 @@ _FAIR_TARGETS = (0.05, 0.6)
 _STORM_TARGETS = (0.9, 1.2)
 # Diurnal temperature amplitude multiplier per regime: clouds damp the daily swing.
 _CLOUD_DAMPING = np.array([1.0, 0.85, 0.7, 0.45, 0.3])
-_IMAGE_SIZES = range(64, 257)
+_IMAGE_SIZES = range(64, 129)
 _TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 
@@ -130,6 +110,11 @@ def _site(rng: np.random.Generator) -> Site:
     return Site(round(float(rng.uniform(-45.0, 55.0)), 3), round(float(rng.uniform(-179.0, 179.0)), 3), round(float(rng.uniform(0.0, 700.0))))
 
 
+def _daylight(sun: solar.SunPosition) -> np.ndarray:
+    """0 at night, 1 with the sun overhead: the sine of its elevation above the horizon."""
+    return np.clip(np.sin(np.deg2rad(sun.elevation_deg)), 0.0, 1.0)
+
+
 def _sensors(
     rng: np.random.Generator, site: Site, sun: solar.SunPosition, s: np.ndarray, regime: np.ndarray, precip: np.ndarray
 ) -> dict[str, np.ndarray]:
@@ -173,12 +158,63 @@ def _sensors(
     }
 
 
-def _severity(s: np.ndarray, regime: np.ndarray) -> np.ndarray:
-    """Where s_t stands inside its regime's band, 0..1: the renderer lets a sky about to change
-    regime look a little like the next one (real class boundaries are fuzzy, labels are not)."""
-    edges = np.concatenate([[_REGIME_THRESHOLDS[0] - 0.3], _REGIME_THRESHOLDS, [_REGIME_THRESHOLDS[-1] + 0.35]])
-    low, high = edges[regime], edges[regime + 1]
-    return np.clip((s - low) / (high - low), 0.0, 1.0)
+def _value_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
+    """Smooth noise in [0, 1]: a random grid of about cells^2, upsampled with smoothstep interpolation."""
+    grid = rng.random((cells + 2, cells + 2))
+    # A random sub-cell offset so cloud edges do not line up with the pixel grid in every image.
+    coords = np.linspace(0.0, cells, size, endpoint=False) + rng.random()
+    left = np.floor(coords).astype(int)
+    frac = coords - np.floor(coords)
+    frac = frac * frac * (3 - 2 * frac)
+    rows = grid[left] * (1 - frac)[:, None] + grid[left + 1] * frac[:, None]
+    return rows[:, left] * (1 - frac) + rows[:, left + 1] * frac
+
+
+def _cloud_field(rng: np.random.Generator, size: int, cells: tuple[int, ...]) -> np.ndarray:
+    """Sum of value noise at a few scales (coarser ones weigh more), rescaled to [0, 1]."""
+    field = sum(_value_noise(rng, size, c) / c for c in cells)
+    return (field - field.min()) / (np.ptp(field) + 1e-9)
+
+
+def _render_sky(rng: np.random.Generator, regime: str, daylight: float, size: int) -> np.ndarray:
+    """RGB uint8 photo of a sky in the given regime; brightness follows daylight."""
+    height = np.linspace(0.0, 1.0, size)[:, None, None]  # 0 at the top of the frame
+    zenith = np.array([0.22, 0.42, 0.85]) + rng.normal(0.0, 0.03, 3)
+    horizon = np.array([0.62, 0.76, 0.95]) + rng.normal(0.0, 0.03, 3)
+    sky = np.broadcast_to(zenith + (horizon - zenith) * height, (size, size, 3)).copy()
+
+    if regime in ("clear_sky", "veil_clouds", "patterned_clouds") and daylight > 0:
+        sun_y, sun_x = rng.uniform(0.1, 0.9, 2) * size
+        yy, xx = np.mgrid[0:size, 0:size]
+        glow = np.exp(-((yy - sun_y) ** 2 + (xx - sun_x) ** 2) / (2 * (0.08 * size) ** 2))
+        sky += 0.5 * daylight * glow[..., None]
+
+    if regime == "veil_clouds":  # translucent low-contrast haze over the blue
+        alpha = rng.uniform(0.35, 0.55) * (0.6 + 0.4 * _cloud_field(rng, size, (2, 4)))
+        colour = np.full(3, rng.uniform(0.85, 0.95))
+    elif regime == "patterned_clouds":  # many small sharp white blobs
+        field = _cloud_field(rng, size, (12, 24))
+        cut = np.quantile(field, 1 - rng.uniform(0.3, 0.5))
+        alpha = 0.95 * np.clip((field - cut) / 0.05, 0.0, 1.0)
+        colour = np.full(3, rng.uniform(0.92, 1.0))
+    elif regime == "thick_white_clouds":  # large bright masses with a few blue gaps
+        field = _cloud_field(rng, size, (2, 4, 8))
+        cut = np.quantile(field, 1 - rng.uniform(0.75, 0.88))
+        alpha = np.clip((field - cut) / 0.1, 0.0, 1.0)
+        colour = rng.uniform(0.8, 0.92) * (0.85 + 0.15 * field[..., None])
+    elif regime == "thick_dark_clouds":  # near-full dark grey deck
+        field = _cloud_field(rng, size, (2, 4))
+        alpha = np.full((size, size), 0.98)
+        colour = rng.uniform(0.25, 0.38) * (0.85 + 0.3 * field[..., None])
+    else:
+        alpha = np.zeros((size, size))
+        colour = np.zeros(3)
+
+    image = sky * (1 - alpha[..., None]) + colour * alpha[..., None]
+    # Night darkens the frame but keeps a floor so the classes stay distinguishable.
+    exposure = (0.35 + 0.65 * daylight) * rng.uniform(0.85, 1.15)
+    image = image * exposure + rng.normal(0.0, 0.015, image.shape)
+    return (np.clip(image, 0.0, 1.0) * 255).round().astype(np.uint8)
 
 
 def _format_reading(column: str, value: float) -> str:
@@ -202,17 +238,15 @@ def generate(
     start: str = "2024-03-01T00:00:00Z",
     progress: bool = False,
 ) -> dict:
-    """Write station CSVs, stations.csv (coordinates), sky PNGs, their sky masks and index.csv
-    under out_dir (layout in the module docstring); return a summary.
+    """Write station CSVs, stations.csv (coordinates), sky PNGs and index.csv under out_dir; return a summary.
 
-    Photos are rendered at image_size (64..256 px; ingest resizes them to data.image_size).
     index.csv lists every photo; `unlabelled_share` of them have an empty label, as at a real
     station where nobody labels every frame (distillation learns from them). Same arguments give
     byte-identical files: every random draw comes from `seed`, one child stream per station for
-    its site, one for the weather, one for its images and one for its camera and dome.
+    its site, one for the weather and one for its images.
     """
     if image_size not in _IMAGE_SIZES:
-        raise ValueError(f"image_size must be in 64..256, got {image_size}")
+        raise ValueError(f"image_size must be in 64..128, got {image_size}")
     if stations < 1 or days < 1:
         raise ValueError(f"stations and days must be >= 1, got stations={stations}, days={days}")
     out_dir = Path(out_dir)
@@ -229,36 +263,27 @@ def generate(
     bar = tqdm(total=stations * hours, desc="synthetic images", disable=not progress)
     site_rows = []
     for station, station_seed in enumerate(np.random.SeedSequence(seed).spawn(stations)):
-        # Four streams: adding the camera's (the fourth child) left the first three, so the weather, unchanged.
-        site_rng, weather_rng, image_rng, camera_rng = (np.random.default_rng(s) for s in station_seed.spawn(4))
+        site_rng, weather_rng, image_rng = (np.random.default_rng(s) for s in station_seed.spawn(3))
         station_id = f"syn-{station:02d}"
         site = _site(site_rng)
         site_rows.append([station_id, f"{site.latitude:.3f}", f"{site.longitude:.3f}", f"{site.elevation_m:.0f}"])
         sun = solar.sun_position(epoch_hours, site.latitude, site.longitude)
+        daylight = _daylight(sun)
         s = _storm_potential(weather_rng, hours)
         regime = _regimes(s)
         precip = _precipitation(weather_rng, s, regime)
         sensors = _sensors(weather_rng, site, sun, s, regime, precip)
         unlabelled = image_rng.random(hours) < unlabelled_share
-        raining = sensors["precip_mm"] > contract.RAIN_THRESHOLD_MM
-        rainy_hours += int(raining.sum())
-        lens = camera.make_camera(camera_rng, image_size)
-        domes = camera.dome_timeline(camera_rng, raining, image_size)
-        severity = _severity(s, regime)
-        moon = camera.moon_position(epoch_hours, site.latitude, site.longitude)
+        rainy_hours += int((sensors["precip_mm"] > contract.RAIN_THRESHOLD_MM).sum())
 
-        for tree in ("images", "masks"):
-            (out_dir / tree / station_id).mkdir(parents=True, exist_ok=True)
+        image_dir = out_dir / "images" / station_id
+        image_dir.mkdir(parents=True, exist_ok=True)
         rows = []
         for t in range(hours):
             label = REGIMES[regime[t]]
-            pixels, mask = camera.render(
-                lens, image_rng, int(regime[t]), float(severity[t]), float(sun.elevation_deg[t]), float(sun.azimuth_deg[t]), domes[t],
-                moon=(float(moon[0][t]), float(moon[1][t]), float(moon[2][t])),
-            )
+            pixels = _render_sky(image_rng, label, float(daylight[t]), image_size)
             image_path = f"images/{station_id}/{file_stems[t]}.png"
             Image.fromarray(pixels, "RGB").save(out_dir / image_path, format="PNG", compress_level=6)
-            Image.fromarray(mask.astype(bool)).save(out_dir / camera.mask_path(image_path), format="PNG")
             readings = [_format_reading(column, sensors[column][t]) for column in contract.SENSOR_COLUMNS]
             rows.append([station_id, stamps[t], *readings, f"../{image_path}"])
             index_rows.append([image_path, "" if unlabelled[t] else label, stamps[t]])
@@ -274,7 +299,6 @@ def generate(
         "stations": stations,
         "records": records,
         "images": records,
-        "masks": records,  # masks/<station>/<stamp>.png beside images/: evaluation only
         "rain_fraction": rainy_hours / records,
         "class_counts": class_counts,
         "unlabelled": sum(1 for row in index_rows if not row[1]),
