@@ -98,7 +98,7 @@ def next_releases(data_dir: Path, scratch: Path) -> dict[str, Path]:
     base = FitConfig(1, config.batch_size, config.lr, params.common.seed + 1, photo_share=params.data.photo_share)
     torch.set_num_threads(params.common.threads)
 
-    retrained = sharing.share_weights(checkpoints.load_module(pruned.module("pruned")), dataclasses.replace(config, epochs=1), data, base, teacher).model
+    retrained = sharing.share_weights(checkpoints.load_module(pruned.module("pruned")), config.model_copy(update={"epochs": 1}), data, base, teacher).model
     export_onnx(retrained, scratch / "retrain.onnx", size, window, data.windows.shape[2])
 
     heads = checkpoints.load_module(quantized.candidate("shared").with_suffix(".pt"))
