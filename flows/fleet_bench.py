@@ -25,12 +25,13 @@ from flows import fleet_sim
 from skyedge.core.tables import Column, text_table
 
 _ONE_AGENT = """
-import json, resource, sys
+import json, sys
 from pathlib import Path
 from flows import fleet_sim
+from skyedge.core.inference import peak_rss_bytes
 result = fleet_sim.run(Path(sys.argv[1]), sys.argv[2], sys.argv[3], Path(sys.argv[4]), Path(sys.argv[5]), stations=1, hours=int(sys.argv[6]),
                        scenario="good", release_at=int(sys.argv[6]) // 2, pull_every=1, faults=fleet_sim.Faults(), work=Path(sys.argv[7]), use_flow=False)
-print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "pulls": result["pulls"]}))
+print(json.dumps({"peak_rss_mb": peak_rss_bytes() / 2**20, "pulls": result["pulls"]}))
 """
 
 COLUMNS = [

@@ -39,14 +39,15 @@ HEADS = ("sky_head", "rain_head", "temp_head", "rain_persistence")
 DECODE_RUNS = 20
 
 _DECODE = """
-import json, resource, sys, time
+import json, sys, time
+from skyedge.core.inference import peak_rss_bytes
 from skyedge.release import container
 blob, sha, runs = open(sys.argv[1], "rb").read(), sys.argv[2], int(sys.argv[3])
 times = []
 for _ in range(runs):
     t = time.perf_counter(); container.decode(blob, sha); times.append((time.perf_counter() - t) * 1000)
 times.sort()
-print(json.dumps({"decode_ms_p50": times[len(times) // 2], "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+print(json.dumps({"decode_ms_p50": times[len(times) // 2], "peak_rss_mb": peak_rss_bytes() / 2**20}))
 """
 
 
