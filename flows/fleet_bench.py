@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"bench-fleet: {args.package} is not a package: run `make run` first (or pass --package)")
 
     os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # as the CLI: offline, telemetry only logs errors
     server, endpoint = start_s3_server()
     os.environ["AWS_ENDPOINT_URL"] = endpoint
     workspace = Path.cwd()
