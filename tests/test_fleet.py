@@ -38,7 +38,7 @@ def bucket(aws_env) -> str:
 @pytest.fixture(scope="module")
 def feeds(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("feeds")
-    synthetic.generate(folder, stations=3, days=2, seed=0, image_size=64, unlabelled_share=0.0)
+    synthetic.generate(folder, stations=3, days=3, seed=0, image_size=64, unlabelled_share=0.0)
     return folder
 
 
@@ -59,7 +59,7 @@ def small_fleet_workspace(tmp_path: Path) -> Path:
     return workspace
 
 
-def simulate(tmp_path, bucket, feeds, baseline, scenario, faults, hours=26) -> dict:
+def simulate(tmp_path, bucket, feeds, baseline, scenario, faults, hours=32) -> dict:
     return fleet_sim.run(
         small_fleet_workspace(tmp_path), bucket, None, feeds, baseline, stations=6, hours=hours, scenario=scenario,
         release_at=10, pull_every=2, faults=faults, work=tmp_path / "work",
@@ -74,7 +74,7 @@ def test_a_bad_release_is_aborted_at_the_first_ring_and_every_station_goes_back_
     assert aborted["action"] == "abort" and aborted["ring"] == 34 and "temp_skill_persistence" in aborted["reason"]
     assert result["final_versions"] == {1: 6}  # every station back on the release before
     assert result["hours_bad_release_to_fleet_back"] is not None
-    assert result["readings_taken"] == result["readings_in_store"] == 6 * 26
+    assert result["readings_taken"] == result["readings_in_store"] == 6 * 32
     assert result["duplicates_in_store"] == result["gaps_in_store"] == 0
     assert result["devices_ever_without_verified_model"] == 0
     assert result["kills"] > 0 and result["cut_responses"] > 0 and result["refused_while_down"] > 0  # the faults happened
@@ -82,7 +82,7 @@ def test_a_bad_release_is_aborted_at_the_first_ring_and_every_station_goes_back_
 
 
 def test_a_good_release_widens_ring_by_ring_to_the_whole_fleet(tmp_path, bucket, feeds, baseline, prefect_harness):
-    result = simulate(tmp_path, bucket, feeds, baseline, fleet_sim.GOOD, fleet_sim.Faults(seed=2), hours=30)
+    result = simulate(tmp_path, bucket, feeds, baseline, fleet_sim.GOOD, fleet_sim.Faults(seed=2), hours=56)  # each ring's verdict needs two days
     actions = [d["action"] for d in result["rollout_history"]]
     assert result["rollout_state"] == rollout.COMPLETED, result["rollout_history"]
     assert [a for a in actions if a != "hold"] == ["advance", "complete"] and "hold" in actions  # held while the evidence was thin

@@ -75,7 +75,7 @@ def test_a_ring_holds_without_enough_matured_forecasts():
 
 
 def test_a_release_clearly_worse_in_the_field_is_aborted():
-    decision = rollout.decide(state(), CONFIG, POINTER_ALL_NEW, fleet(hours=24, new_error=6.0), START + timedelta(hours=2))
+    decision = rollout.decide(state(), CONFIG, POINTER_ALL_NEW, fleet(hours=30, new_error=6.0), START + timedelta(hours=2))
     assert decision.action == rollout.ABORT and "temp_skill_persistence" in decision.reason
     temp = next(c for c in decision.comparisons if c.metric == "temp_skill_persistence")
     assert temp.verdict == "inferior" and temp.interval[1] < -0.05
@@ -111,8 +111,8 @@ def test_cohorts_are_compared_by_their_gain_over_persistence_so_a_calm_cohort_do
         # hour, version, h, rain_prob, temp_c, rain_now, temp_now, rain_obs, temp_obs
         [10, NEW, 1, 0.0, 10.0 + 0.02**0.5, 0.0, 10.1, 0.0, 10.0],  # new: se 0.02, persistence 0.01
         [10, OLD, 1, 0.0, 10.0 + 8.99**0.5, 0.0, 13.0, 0.0, 10.0],  # old: se 8.99, persistence 9
-        [11, NEW, 1, 0.0, 10.0 + 0.02**0.5, 0.0, 10.1, 0.0, 10.0],
-        [11, OLD, 1, 0.0, 10.0 + 8.99**0.5, 0.0, 13.0, 0.0, 10.0],
+        [34, NEW, 1, 0.0, 10.0 + 0.02**0.5, 0.0, 10.1, 0.0, 10.0],  # the same, a day later
+        [34, OLD, 1, 0.0, 10.0 + 8.99**0.5, 0.0, 13.0, 0.0, 10.0],
     ]
     result = rollout.compare(np.array(rows, float), NEW, OLD, "temp", margin=0.05, n_boot=50, seed=0)
     assert result.new == pytest.approx(-1.0) and result.old == pytest.approx(1 - 8.99 / 9)  # each against its own
@@ -120,9 +120,12 @@ def test_cohorts_are_compared_by_their_gain_over_persistence_so_a_calm_cohort_do
     assert abs(result.difference) < 0.01 and result.verdict == "non-inferior"
 
 
-def test_no_verdict_before_the_new_release_has_enough_matured_forecasts():
+def test_no_verdict_before_enough_matured_forecasts_over_at_least_two_days():
     rows = [[10, NEW, 1, 0.0, 20.0, 0.0, 10.0, 0.0, 10.0], [10, OLD, 1, 0.0, 10.5, 0.0, 11.0, 0.0, 10.0],
             [11, NEW, 1, 0.0, 20.0, 0.0, 10.0, 0.0, 10.0], [11, OLD, 1, 0.0, 10.5, 0.0, 11.0, 0.0, 10.0]]
     few = rollout.compare(np.array(rows, float), NEW, OLD, "temp", margin=0.05, n_boot=50, seed=0, min_forecasts=3)
     assert few.difference < -1 and few.verdict == "undecided"  # far worse, but on two forecasts
+    one_day = rollout.compare(np.array(rows, float), NEW, OLD, "temp", margin=0.05, n_boot=50, seed=0, min_forecasts=2)
+    assert one_day.days == 1 and one_day.verdict == "undecided"  # enough forecasts, but every resample is the same day
+    rows += [[34, NEW, 1, 0.0, 20.0, 0.0, 10.0, 0.0, 10.0], [34, OLD, 1, 0.0, 10.5, 0.0, 11.0, 0.0, 10.0]]
     assert rollout.compare(np.array(rows, float), NEW, OLD, "temp", margin=0.05, n_boot=50, seed=0, min_forecasts=2).verdict == "inferior"

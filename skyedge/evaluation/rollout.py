@@ -25,7 +25,8 @@ At each check (`decide`), for the current ring:
   almost nothing, and being off by a hundredth of a degree there would swing the difference by
   whole units. Its 95% interval resamples whole days (`metrics.bootstrap_ci`), as the promotion
   gate does. No verdict (undecided) before the new release has `min_matured_forecasts` in the
-  paired hours: neither an abort nor an advance on a handful of forecasts.
+  paired hours, and before those hours span MIN_DAYS days (with one day every resample is that
+  day, and the "interval" is a point): neither an abort nor an advance on a handful of forecasts.
   Abort when the interval lies entirely below -margin (worse beyond the margin, with 95%
   confidence); advance only when its lower end is at or above -margin (non-inferior).
 - **evidence**: advance also needs the ring to have soaked `soak_hours` and the new release to
@@ -61,6 +62,7 @@ FAILED_REASONS = frozenset({"health-check-failed", "canary-mismatch"})
 PAIR_COLUMNS = RECENT_COLUMNS
 _COL = {name: i for i, name in enumerate(PAIR_COLUMNS)}
 HOUR = timedelta(hours=1)
+MIN_DAYS = 2  # days of paired hours before a day-resampled interval means anything
 
 
 class RolloutError(ValueError):
@@ -151,6 +153,7 @@ class Comparison:
     new_forecasts: int
     old_forecasts: int
     verdict: str  # non-inferior | inferior | undecided
+    days: int = 0  # distinct days the paired hours span
 
 
 def _per_hour_errors(pairs: np.ndarray, version: int, kind: str, hours: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -201,7 +204,8 @@ def compare(pairs: np.ndarray, new: int, old: int, kind: str, margin: float, n_b
             interval = list(metrics.bootstrap_ci(difference, days, n_boot, seed))
         except ValueError:
             interval = None
-    if interval is None or new_n.sum() < min_forecasts:
+    n_days = len(np.unique(hours // 24)) if len(hours) else 0
+    if interval is None or new_n.sum() < min_forecasts or n_days < MIN_DAYS:
         verdict = "undecided"
     elif interval[1] < -margin:
         verdict = "inferior"
@@ -211,7 +215,7 @@ def compare(pairs: np.ndarray, new: int, old: int, kind: str, margin: float, n_b
         verdict = "undecided"
     return Comparison(
         metric, skill(new_err, new_ref) if len(hours) else None, skill(old_err, old_ref) if len(hours) else None,
-        value, interval, margin, len(hours), int(new_n.sum()), int(old_n.sum()), verdict,
+        value, interval, margin, len(hours), int(new_n.sum()), int(old_n.sum()), verdict, n_days,
     )
 
 
@@ -278,6 +282,9 @@ def decide(state: dict[str, Any], config: Rollout, pointer: dict[str, Any], stat
         missing.append(f"soaked {soaked:.1f} of {config.soak_hours} h")
     if matured < config.min_matured_forecasts:
         missing.append(f"{matured} of {config.min_matured_forecasts} matured forecasts of version {state['version']} in hours both cohorts forecast")
+    few_days = min(c.days for c in comparisons)
+    if few_days < MIN_DAYS:
+        missing.append(f"paired hours span {few_days} day(s): a day-resampled interval needs {MIN_DAYS}")
     undecided = [c.metric for c in comparisons if c.verdict != "non-inferior"]
     if undecided and not missing:
         missing.append(f"non-inferiority not yet shown for {', '.join(undecided)} (interval reaches below -margin)")
