@@ -71,7 +71,7 @@ def test_a_bad_release_is_aborted_at_the_first_ring_and_every_station_goes_back_
     result = simulate(tmp_path, bucket, feeds, baseline, fleet_sim.BAD, faults)
     assert result["rollout_state"] == rollout.ABORTED, result["rollout_history"]
     aborted = result["rollout_history"][-1]
-    assert aborted["action"] == "abort" and aborted["ring"] == 34 and "temp_skill_persistence" in aborted["reason"]
+    assert aborted["action"] == "abort" and aborted["ring"] == 34 and ("temp_skill_persistence" in aborted["reason"] or "rain_bss_persistence" in aborted["reason"])  # both were degraded
     assert result["final_versions"] == {1: 6}  # every station back on the release before
     assert result["hours_bad_release_to_fleet_back"] is not None
     assert result["readings_taken"] == result["readings_in_store"] == 6 * 32
@@ -82,7 +82,7 @@ def test_a_bad_release_is_aborted_at_the_first_ring_and_every_station_goes_back_
 
 
 def test_a_good_release_widens_ring_by_ring_to_the_whole_fleet(tmp_path, bucket, feeds, baseline, prefect_harness):
-    result = simulate(tmp_path, bucket, feeds, baseline, fleet_sim.GOOD, fleet_sim.Faults(seed=2), hours=56)  # each ring's verdict needs two days
+    result = simulate(tmp_path, bucket, feeds, baseline, fleet_sim.GOOD, fleet_sim.Faults(seed=2), hours=44)  # the first ring's verdict needs two days
     actions = [d["action"] for d in result["rollout_history"]]
     assert result["rollout_state"] == rollout.COMPLETED, result["rollout_history"]
     assert [a for a in actions if a != "hold"] == ["advance", "complete"] and "hold" in actions  # held while the evidence was thin

@@ -64,6 +64,14 @@ def test_the_last_ring_completes_the_rollout():
     assert decision.action == rollout.COMPLETE
 
 
+def test_the_last_ring_completes_once_soaked_when_no_old_cohort_is_left_to_pair_with():
+    everyone_new = fleet(hours=48, new_error=0.5, n_new=10, n_old=0)
+    assert rollout.decide(state(ring=2), CONFIG, POINTER_ALL_NEW, everyone_new, START + timedelta(hours=3)).action == rollout.HOLD
+    done = rollout.decide(state(ring=2), CONFIG, POINTER_ALL_NEW, everyone_new, START + timedelta(hours=6))
+    assert done.action == rollout.COMPLETE and "no old cohort left" in done.reason
+    assert rollout.decide(state(ring=1), CONFIG, POINTER_ALL_NEW, everyone_new, START + timedelta(hours=6)).action == rollout.HOLD  # not before the last ring
+
+
 def test_a_ring_holds_until_it_has_soaked():
     decision = rollout.decide(state(), CONFIG, POINTER_ALL_NEW, fleet(hours=48, new_error=0.5), START + timedelta(hours=3))
     assert decision.action == rollout.HOLD and "soaked 3.0 of 6" in decision.reason

@@ -30,7 +30,10 @@ At each check (`decide`), for the current ring:
   Abort when the interval lies entirely below -margin (worse beyond the margin, with 95%
   confidence); advance only when its lower end is at or above -margin (non-inferior).
 - **evidence**: advance also needs the ring to have soaked `soak_hours` and the new release to
-  have `min_matured_forecasts` scored forecasts in the paired hours; else hold.
+  have `min_matured_forecasts` scored forecasts in the paired hours; else hold. The last ring
+  (100%) moves every device to the new release, so no old cohort is left to pair with: it
+  completes once soaked with failures under the limit (an inferior verdict on whatever pairs
+  remain still aborts).
 
 `apply` carries a decision out in the registry: advance widens the staged rollout (signed with
 the TUF keys; at 100 percent the rollout field is removed), abort re-points the channel to the
@@ -280,6 +283,11 @@ def decide(state: dict[str, Any], config: Rollout, pointer: dict[str, Any], stat
     missing = []
     if soaked < config.soak_hours:
         missing.append(f"soaked {soaked:.1f} of {config.soak_hours} h")
+    if next_ring is None and not missing:
+        # The last ring moves every device to the new release: no old cohort is left to pair
+        # hours with, so the earlier rings' verdicts stand and soak + failures decide (an
+        # inferior verdict on the pairs that remain has aborted above).
+        return Decision(COMPLETE, f"ring {ring}% soaked {soaked:.1f} h, {failed} of {reported} failed; no old cohort left to pair with at {ring}%: the rollout is complete", **common)
     if matured < config.min_matured_forecasts:
         missing.append(f"{matured} of {config.min_matured_forecasts} matured forecasts of version {state['version']} in hours both cohorts forecast")
     few_days = min(c.days for c in comparisons)
@@ -290,8 +298,6 @@ def decide(state: dict[str, Any], config: Rollout, pointer: dict[str, Any], stat
         missing.append(f"non-inferiority not yet shown for {', '.join(undecided)} (interval reaches below -margin)")
     if missing:
         return Decision(HOLD, "not enough evidence yet: " + "; ".join(missing), **common)
-    if next_ring is None:
-        return Decision(COMPLETE, f"ring {ring}% soaked {soaked:.1f} h, {failed} of {reported} failed, field skill non-inferior: the rollout is complete", **common)
     return Decision(ADVANCE, f"ring {ring}% soaked {soaked:.1f} h, {failed} of {reported} failed, field skill non-inferior: widening to {next_ring}%", **common)
 
 
