@@ -294,26 +294,27 @@ def test_a_candidate_below_a_threshold_is_refused_naming_the_criterion(workspace
 
 
 def test_a_candidate_worse_than_production_is_refused(workspace, tmp_path):
-    """Production is the workspace's current candidate; then a retrain goes wrong (the pruned
-    student loses 90% of its channels and is not fine-tuned) and must lose to it on the same rows."""
+    """Production becomes the teacher (on the tiny profile it forecasts rain far better than the
+    one-epoch student); the student must then lose to it on the same rows."""
+    import json
+
+    from skyedge.core.config import load_params
     from skyedge.release import registry, signing
     from skyedge.release.store import open_store
+    from stages import package
 
     root = workspace["root"]
-    store = str(root.parent / "worse-registry")  # its own: production is set here by hand
-    shutil.copytree(root / "data" / "package", tmp_path / "production")
+    quantize_dir = tmp_path / "quantize"
+    quantize_dir.mkdir()
+    shutil.copyfile(root / "data" / "embed" / "teacher.onnx", quantize_dir / "shipped.onnx")
+    (quantize_dir / "report.json").write_text(json.dumps({"shipped": "teacher", "reason": "test: production is the teacher", "fallback": {"rain": [False] * 4, "temp": [False] * 4}}))
+    params = load_params(root / "params.yaml")
+    package.run(params, root / "data" / "ingest", quantize_dir, root / "data" / "evaluate", tmp_path / "teacher_package", signing.key_path_from_env())
     key = signing.load_private_key(signing.key_path_from_env()).public_key()
-    registry.publish(open_store(store), tmp_path / "production", public_key=key, force=True)
-    profile = root / "profiles" / "tiny.yaml"
-    before = profile.read_text()
-    tiny = yaml.safe_load(before)
-    tiny["prune"].update(finetune_epochs=0, structured={"method": "structured", "ratio": 0.9})
-    profile.write_text(yaml.safe_dump(tiny, sort_keys=False))
-    try:
-        state = run_retrain(workspace=str(root), store=store, approval="auto")
-    finally:
-        profile.write_text(before)
-    # refused against production (which criteria fall below depends on what the cut destroyed)
+    registry.publish(open_store(workspace["store"]), tmp_path / "teacher_package", public_key=key, force=True)
+
+    state = run_retrain(workspace=str(root), store=workspace["store"], approval="auto")
+    # refused against production; which criteria fall below depends on where the teacher is better
     assert state.name == "GateRefused" and re.search(r"vs_production_\w+: difference -", state.message), state.message
 
 
