@@ -89,10 +89,10 @@ def constant_package(out_dir: Path, version: int, rain: list[float], temp: list[
     return out_dir
 
 
-def install(state: Path, package: Path) -> None:
-    """Point state/active at the package, as the agent's swap does."""
-    link = state / "active"
-    tmp = state / ".active.tmp"
+def install(state: Path, package: Path, slot: str = "active") -> None:
+    """Point state/active (or state/previous) at the package, as the agent's swap does."""
+    link = state / slot
+    tmp = state / f".{slot}.tmp"
     tmp.unlink(missing_ok=True)
     os.symlink(package, tmp)
     os.replace(tmp, link)
@@ -191,6 +191,35 @@ def test_each_model_version_is_scored_on_its_own_forecasts(state, tmp_path):
     # v2 at hour 1 for hour 2: (0.3 - 0)^2 = 0.09, |25 - 21| = 4; persistence (1 - 0)^2, |22 - 21|
     assert horizon(field, 2, 1)["rain"] == {"n": 1, "brier": pytest.approx(0.09), "brier_persistence": 1.0, "brier_skill": pytest.approx(0.91)}
     assert horizon(field, 2, 1)["temp"] == {"n": 1, "rmse": pytest.approx(4.0), "rmse_persistence": pytest.approx(1.0), "skill": pytest.approx(-3.0)}
+
+
+def test_the_previous_release_forecasts_in_the_shadow_on_the_same_reading_and_is_reported_apart(state, tmp_path):
+    install(state, constant_package(tmp_path / "v2", 2, rain=[0.3] * 4, temp=[25.0] * 4))
+    install(state, constant_package(tmp_path / "v1", 1, rain=[0.8] * 4, temp=[20.0] * 4), slot="previous")
+    with open_journal(state) as journal:
+        first = journal.observe(reading(0, 20, 0.0))
+        journal.observe(reading(1, 22, 0.5))
+        field, recent = journal.field_skill(), journal.recent_pairs()
+    assert first.forecast["model"]["version"] == 2  # the station's forecast is the active release's
+    assert [(v["version"], v["forecasts"]) for v in field["versions"]] == [(2, 2)]  # shadows score no release
+    column = {name: i for i, name in enumerate(recent["columns"])}
+    h1 = [row for row in recent["rows"] if row[column["h"]] == 1]
+    # hour 0 for hour 1, both releases on the same reading: (version, shadow, rain_prob, temp_c, temp_now, temp_obs)
+    assert [[row[column[k]] for k in ("version", "shadow", "rain_prob", "temp_c", "temp_now", "temp_obs")] for row in h1] == [
+        [2, 0, 0.3, 25.0, 20.0, 22.0],
+        [1, 1, 0.8, 20.0, 20.0, 22.0],
+    ]
+
+
+def test_no_shadow_forecast_without_a_previous_release_or_when_it_is_the_active_one(state, tmp_path):
+    package = constant_package(tmp_path / "v1", 1, rain=[0.8] * 4, temp=[20.0] * 4)
+    install(state, package)
+    with open_journal(state) as journal:
+        journal.observe(reading(0, 20, 0.0))
+        install(state, package, slot="previous")  # a rollback that left previous = active
+        journal.observe(reading(1, 22, 0.5))
+        recent = journal.recent_pairs()
+    assert {row[recent["columns"].index("shadow")] for row in recent["rows"]} == {0}
 
 
 # --- the data contract on the station --------------------------------------------------------------

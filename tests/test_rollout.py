@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from skyedge.core.config import Rollout
+from skyedge.device.journal import RECENT_COLUMNS
 from skyedge.evaluation import rollout
 
 START = datetime(2026, 6, 1, tzinfo=UTC)
@@ -29,9 +30,10 @@ def state(ring: int = 0) -> dict:
 POINTER_ALL_NEW = {"channel": "production", "version": NEW, "previous": {"version": OLD}}  # no rollout field: everyone in the cohort
 
 
-def station(device: str, version: int, hours: int, temp_error: float, seed: int, outcome: dict | None = None) -> dict:
+def station(device: str, version: int, hours: int, temp_error: float, seed: int, outcome: dict | None = None, shadow_error: float | None = None) -> dict:
     """A device's status.json: hourly forecasts for 4 horizons, scored. Truth is a daily cycle;
-    persistence misses by the hour's change; the model misses by `temp_error` of noise."""
+    persistence misses by the hour's change; the model misses by `temp_error` of noise. A device
+    on the new release also reports the old release's shadow forecasts (`shadow_error`)."""
     rng = np.random.default_rng(seed)
     rows = []
     first_hour = START.timestamp() // 3600
@@ -41,14 +43,17 @@ def station(device: str, version: int, hours: int, temp_error: float, seed: int,
             now = 15 + 5 * np.sin(2 * np.pi * t / 24)
             rain_obs = float(rng.random() < 0.3)
             rain_now = float(rng.random() < 0.3)
-            rain_prob = float(np.clip(0.3 + (0.4 if rain_obs else -0.2) + rng.normal(0, 0.1), 0, 1)) if version == NEW or temp_error < 5 else 0.5
-            rows.append([first_hour + t, version, h, rain_prob, truth + rng.normal(0, temp_error), rain_now, now, rain_obs, truth])
+            for release, error, shadow in ((version, temp_error, 0), (OLD, shadow_error, 1)):
+                if error is None:
+                    continue
+                rain_prob = float(np.clip(0.3 + (0.4 if rain_obs else -0.2) + rng.normal(0, 0.1), 0, 1))
+                rows.append([first_hour + t, release, h, rain_prob, truth + rng.normal(0, error), rain_now, now, rain_obs, truth, shadow])
     return {"device_id": device, "time": (START + timedelta(hours=hours)).isoformat(), "version": version, "state": "up-to-date", "target_version": NEW,
-            "field": {"recent": {"columns": list(rollout.PAIR_COLUMNS), "rows": rows}}, **(outcome or {})}
+            "field": {"recent": {"columns": list(RECENT_COLUMNS), "rows": rows}}, **(outcome or {})}
 
 
 def fleet(hours: int, new_error: float, old_error: float = 0.5, n_new: int = 5, n_old: int = 20, failing: int = 0) -> list[dict]:
-    new = [station(f"new-{i}", NEW, hours, new_error, i, {"state": "refused", "reason": "health-check-failed"} if i < failing else None) for i in range(n_new)]
+    new = [station(f"new-{i}", NEW, hours, new_error, i, {"state": "refused", "reason": "health-check-failed"} if i < failing else None, shadow_error=old_error) for i in range(n_new)]
     old = [station(f"old-{i}", OLD, hours, old_error, 100 + i) for i in range(n_old)]
     return new + old
 
@@ -64,12 +69,11 @@ def test_the_last_ring_completes_the_rollout():
     assert decision.action == rollout.COMPLETE
 
 
-def test_the_last_ring_completes_once_soaked_when_no_old_cohort_is_left_to_pair_with():
+def test_the_last_ring_completes_once_soaked():
     everyone_new = fleet(hours=48, new_error=0.5, n_new=10, n_old=0)
     assert rollout.decide(state(ring=2), CONFIG, POINTER_ALL_NEW, everyone_new, START + timedelta(hours=3)).action == rollout.HOLD
     done = rollout.decide(state(ring=2), CONFIG, POINTER_ALL_NEW, everyone_new, START + timedelta(hours=6))
-    assert done.action == rollout.COMPLETE and "no old cohort left" in done.reason
-    assert rollout.decide(state(ring=1), CONFIG, POINTER_ALL_NEW, everyone_new, START + timedelta(hours=6)).action == rollout.HOLD  # not before the last ring
+    assert done.action == rollout.COMPLETE and "the rollout is complete" in done.reason
 
 
 def test_a_ring_holds_until_it_has_soaked():
@@ -94,46 +98,60 @@ def test_too_many_failed_devices_abort_the_rollout():
     assert decision.action == rollout.ABORT and "2 of 30 devices" in decision.reason
 
 
-def test_the_comparison_pairs_hours_and_pools_cohorts_as_computed_by_hand():
-    # Two hours, one device per cohort, horizon 1; temperature errors chosen by hand.
-    rows = [
-        # hour, version, h, rain_prob, temp_c, rain_now, temp_now, rain_obs, temp_obs
-        [10, NEW, 1, 0.0, 11.0, 0.0, 12.0, 0.0, 10.0],  # new: se 1, persistence 4
-        [10, OLD, 1, 0.0, 13.0, 0.0, 12.0, 0.0, 10.0],  # old: se 9, persistence 4
-        [11, NEW, 1, 0.0, 10.0, 0.0, 11.0, 0.0, 10.0],  # new: se 0, persistence 1
-        [11, OLD, 1, 0.0, 10.0, 0.0, 11.0, 0.0, 10.0],  # old: se 0, persistence 1
-        [12, NEW, 1, 0.0, 50.0, 0.0, 11.0, 0.0, 10.0],  # an hour only the new cohort forecast: not paired, ignored
-    ]
-    result = rollout.compare(np.array(rows, float), NEW, OLD, "temp", margin=0.05, n_boot=50, seed=0)
-    assert result.hours == 2 and result.new_forecasts == 2 and result.old_forecasts == 2
+COLUMNS = (*RECENT_COLUMNS, "device")
+
+
+def pair_rows(*rows: tuple) -> np.ndarray:
+    """Rows of rollout.PAIR_COLUMNS from (device, hour, version, shadow, temp_c, temp_now, temp_obs): horizon 1, no rain."""
+    assert rollout.PAIR_COLUMNS == COLUMNS
+    return np.array([[hour, version, 1, 0.0, temp, 0.0, now, 0.0, obs, shadow, device] for device, hour, version, shadow, temp, now, obs in rows], float)
+
+
+def test_the_comparison_pairs_each_forecast_with_the_old_releases_on_the_same_station_and_hour_as_computed_by_hand():
+    pairs = pair_rows(
+        # device, hour, version, shadow, temp_c, temp_now, temp_obs
+        (0, 10, NEW, 0, 11.0, 12.0, 10.0),  # new: se 1, persistence 4
+        (0, 10, OLD, 1, 13.0, 12.0, 10.0),  # old's shadow forecast on the same reading: se 9
+        (0, 11, NEW, 0, 10.0, 11.0, 10.0),  # new: se 0, persistence 1
+        (0, 11, OLD, 1, 10.0, 11.0, 10.0),  # old: se 0
+        (1, 10, OLD, 0, 50.0, 11.0, 10.0),  # another station on the old release: not the same reading, not paired
+        (0, 12, NEW, 0, 50.0, 11.0, 10.0),  # no shadow forecast that hour: not paired, ignored
+    )
+    result = rollout.compare(pairs, NEW, OLD, "temp", margin=0.05, n_boot=50, seed=0)
+    assert result.hours == 2 and result.forecasts == 2 and result.stations == 1
     assert result.new == pytest.approx(1 - 1 / 5) and result.old == pytest.approx(1 - 9 / 5)
-    assert result.difference == pytest.approx(0.8 - (-0.8))
+    assert result.difference == pytest.approx((9 - 1) / 5)  # = skill(new) - skill(old)
 
 
-def test_cohorts_are_compared_by_their_gain_over_persistence_so_a_calm_cohort_does_not_swing_it():
-    """The new cohort's stations stayed calm (persistence nearly perfect) and its forecasts were off
-    by a hundredth of a degree squared more than persistence; the old cohort's beat persistence by as
-    little. Each against its own persistence the new release would look a whole unit of skill worse
-    (-1 vs 0.001); by gain over persistence in pooled units the difference is what it is: tiny."""
-    rows = [
-        # hour, version, h, rain_prob, temp_c, rain_now, temp_now, rain_obs, temp_obs
-        [10, NEW, 1, 0.0, 10.0 + 0.02**0.5, 0.0, 10.1, 0.0, 10.0],  # new: se 0.02, persistence 0.01
-        [10, OLD, 1, 0.0, 10.0 + 8.99**0.5, 0.0, 13.0, 0.0, 10.0],  # old: se 8.99, persistence 9
-        [34, NEW, 1, 0.0, 10.0 + 0.02**0.5, 0.0, 10.1, 0.0, 10.0],  # the same, a day later
-        [34, OLD, 1, 0.0, 10.0 + 8.99**0.5, 0.0, 13.0, 0.0, 10.0],
-    ]
-    result = rollout.compare(np.array(rows, float), NEW, OLD, "temp", margin=0.05, n_boot=50, seed=0)
-    assert result.new == pytest.approx(-1.0) and result.old == pytest.approx(1 - 8.99 / 9)  # each against its own
-    assert result.difference == pytest.approx(((0.01 - 0.02) - (9 - 8.99)) / ((0.01 + 9) / 2))
-    assert abs(result.difference) < 0.01 and result.verdict == "non-inferior"
+def test_two_releases_that_forecast_alike_differ_by_exactly_zero_whatever_the_stations_weather():
+    """One station calm (persistence almost perfect), one stormy: measured against each other, as
+    cohorts of different stations, they would differ by whole units of skill. Paired on the same
+    readings the stations' weather cancels out."""
+    rows = []
+    for day in (0, 1):
+        for hour in range(10, 16):
+            at = day * 24 + hour
+            rows += [(0, at, NEW, 0, 10.05, 10.1, 10.0), (0, at, OLD, 1, 10.05, 10.1, 10.0),  # calm
+                     (1, at, NEW, 0, 12.0, 16.0, 10.0), (1, at, OLD, 1, 12.0, 16.0, 10.0)]  # stormy
+    result = rollout.compare(pair_rows(*rows), NEW, OLD, "temp", margin=0.05, n_boot=50, seed=0, min_forecasts=10)
+    assert result.difference == 0.0 and result.interval == [0.0, 0.0] and result.verdict == "non-inferior"
+    assert result.stations == 2 and result.days == 2
 
 
 def test_no_verdict_before_enough_matured_forecasts_over_at_least_two_days():
-    rows = [[10, NEW, 1, 0.0, 20.0, 0.0, 10.0, 0.0, 10.0], [10, OLD, 1, 0.0, 10.5, 0.0, 11.0, 0.0, 10.0],
-            [11, NEW, 1, 0.0, 20.0, 0.0, 10.0, 0.0, 10.0], [11, OLD, 1, 0.0, 10.5, 0.0, 11.0, 0.0, 10.0]]
-    few = rollout.compare(np.array(rows, float), NEW, OLD, "temp", margin=0.05, n_boot=50, seed=0, min_forecasts=3)
+    rows = [(0, 10, NEW, 0, 20.0, 11.0, 10.0), (0, 10, OLD, 1, 10.5, 11.0, 10.0),
+            (0, 11, NEW, 0, 20.0, 11.0, 10.0), (0, 11, OLD, 1, 10.5, 11.0, 10.0)]
+    few = rollout.compare(pair_rows(*rows), NEW, OLD, "temp", margin=0.05, n_boot=50, seed=0, min_forecasts=3)
     assert few.difference < -1 and few.verdict == "undecided"  # far worse, but on two forecasts
-    one_day = rollout.compare(np.array(rows, float), NEW, OLD, "temp", margin=0.05, n_boot=50, seed=0, min_forecasts=2)
+    one_day = rollout.compare(pair_rows(*rows), NEW, OLD, "temp", margin=0.05, n_boot=50, seed=0, min_forecasts=2)
     assert one_day.days == 1 and one_day.verdict == "undecided"  # enough forecasts, but every resample is the same day
-    rows += [[34, NEW, 1, 0.0, 20.0, 0.0, 10.0, 0.0, 10.0], [34, OLD, 1, 0.0, 10.5, 0.0, 11.0, 0.0, 10.0]]
-    assert rollout.compare(np.array(rows, float), NEW, OLD, "temp", margin=0.05, n_boot=50, seed=0, min_forecasts=2).verdict == "inferior"
+    rows += [(0, 34, NEW, 0, 20.0, 11.0, 10.0), (0, 34, OLD, 1, 10.5, 11.0, 10.0)]
+    assert rollout.compare(pair_rows(*rows), NEW, OLD, "temp", margin=0.05, n_boot=50, seed=0, min_forecasts=2).verdict == "inferior"
+
+
+def test_field_pairs_read_each_status_by_its_column_names_and_number_the_stations():
+    older = {"field": {"recent": {"columns": list(RECENT_COLUMNS[:-1]), "rows": [[10, OLD, 1, 0.2, 11.0, 0.0, 12.0, 0.0, 10.0]]}}}  # before shadow forecasts
+    newer = {"field": {"recent": {"columns": list(RECENT_COLUMNS), "rows": [[10, OLD, 1, 0.2, 11.0, 0.0, 12.0, 0.0, 10.0, 1]]}}}
+    pairs = rollout.field_pairs([older, {}, newer])
+    column = {name: i for i, name in enumerate(rollout.PAIR_COLUMNS)}
+    assert pairs[:, column["shadow"]].tolist() == [0, 1] and pairs[:, column["device"]].tolist() == [0, 2]

@@ -18,6 +18,11 @@ blocks the writer, and a transaction survives SIGKILL and (synchronous=FULL) a p
              `image_readable`, `unique_station_timestamp`, `gap_in_window`, ...
   forecasts  (seq, h): what the active model said at the reading's hour for hour + h, its
              version, and the persistence references of that hour (rain now, temperature now).
+  shadow_forecasts (seq, h): the same for the previous release (the agent's `previous` slot,
+             kept for rollback), run beside the active one on the same window and photo. A
+             rollout compares the two on the same station, hour and reading
+             (skyedge.evaluation.rollout): the station's weather cancels out, only the release
+             differs. Never used as the station's forecast.
   uplink     one row: the upload cursor and the batch in flight (see skyedge.device.uplink).
 
 The forecast is `skyedge device predict`'s own (skyedge.device.predict.forecast), fed the window
@@ -63,7 +68,7 @@ PHOTO_DIR = "photos"
 SCHEMA_VERSION = 1
 DRIFT_READINGS = 168  # a week of hourly readings: the station's recent inputs for the drift tests
 RECENT_HOURS = 72  # matured forecasts reported one by one (status.json field.recent): what rollouts pair by hour
-RECENT_COLUMNS = ("hour", "version", "h", "rain_prob", "temp_c", "rain_now", "temp_now", "rain_obs", "temp_obs")
+RECENT_COLUMNS = ("hour", "version", "h", "rain_prob", "temp_c", "rain_now", "temp_now", "rain_obs", "temp_obs", "shadow")
 NO_MODEL = "no-active-model"
 WINDOW_FIELD = "window"  # the flags' field for a rule about the window, not one column
 # Ingest's photo rules (skyedge.data.validation's image suite), for a station without pandas.
@@ -99,6 +104,17 @@ CREATE TABLE IF NOT EXISTS flags (
 );
 CREATE INDEX IF NOT EXISTS flags_seq ON flags (seq);
 CREATE TABLE IF NOT EXISTS forecasts (
+    seq INTEGER NOT NULL REFERENCES readings (seq),
+    hour INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    h INTEGER NOT NULL,
+    rain_prob REAL NOT NULL,
+    temp_c REAL NOT NULL,
+    rain_now REAL,
+    temp_now REAL,
+    PRIMARY KEY (seq, h)
+);
+CREATE TABLE IF NOT EXISTS shadow_forecasts (
     seq INTEGER NOT NULL REFERENCES readings (seq),
     hour INTEGER NOT NULL,
     version INTEGER NOT NULL,
@@ -403,21 +419,27 @@ class Journal:
             db.execute(f"INSERT INTO readings ({', '.join(record)}) VALUES ({', '.join('?' * len(record))})", tuple(record.values()))
             db.executemany("INSERT INTO flags (seq, field, rule, value) VALUES (?, ?, ?, ?)", [(seq, f["field"], f["rule"], f["value"]) for f in flags])
 
+        shadow = None
         if hour is None:  # a timestamp rule, or a repeated hour: no place in time to forecast from
             forecast, skipped = None, rule or "unique_station_timestamp"
         else:
-            forecast, skipped = self._forecast(hour, Path(photo) if pixels is not None else None)
+            used_photo = Path(photo) if pixels is not None else None
+            forecast, skipped = self._forecast(hour, used_photo)
+            shadow = self._shadow_forecast(hour, used_photo, forecast)
         with self._write() as db:
             if forecast is not None:
                 self._record_forecast(db, seq, hour, forecast, values, flags)
+                if shadow is not None:
+                    self._record_forecast(db, seq, hour, shadow, values, [], table="shadow_forecasts")
             else:
                 db.execute("UPDATE readings SET forecast_skipped = ? WHERE seq = ?", (skipped, seq))
         return ObservationResult(seq, hour, flags, forecast, skipped, self.enforce_photo_budget())
 
-    def _forecast(self, hour: int, photo: Path | None) -> tuple[dict[str, Any] | None, str | None]:
-        """`skyedge device predict` on the window of readings ending at `hour`, or why not."""
+    def _forecast(self, hour: int, photo: Path | None, slot: Path | None = None) -> tuple[dict[str, Any] | None, str | None]:
+        """`skyedge device predict` on the window of readings ending at `hour` with the active model
+        (or the one in `slot`), or why not."""
         try:
-            slot = predict.active_slot(self.dir)
+            slot = slot or predict.active_slot(self.dir)
         except predict.PredictError:
             return None, NO_MODEL
         window = int(json.loads((slot / mf.MANIFEST_FILE).read_text())["preprocessing"]["sensors"]["window_hours"])
@@ -429,18 +451,32 @@ class Journal:
                 writer.writerow(contract.REQUIRED_COLUMNS)
                 writer.writerows(rows)
             try:
-                return predict.forecast(self.dir, sensors_csv, photo, station=self.station_id, latitude=self.latitude, longitude=self.longitude), None
+                return predict.forecast(self.dir, sensors_csv, photo, station=self.station_id, latitude=self.latitude, longitude=self.longitude, slot=slot), None
             except (predict.PredictError, inference.ModelFileError, OSError) as exc:
                 return None, f"forecast-failed: {exc}"
 
-    def _record_forecast(self, db: sqlite3.Connection, seq: int, hour: int, forecast: dict[str, Any], values: dict[str, float], flags: list[dict[str, str]]) -> None:
+    def _shadow_forecast(self, hour: int, photo: Path | None, active: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The previous release's forecast from the same window and photo (module doc), when the
+        agent keeps one that differs from the active release; None otherwise or if it fails (a
+        shadow forecast is evidence for rollouts, never the station's forecast)."""
+        previous = predict.previous_slot(self.dir)
+        if active is None or previous is None:
+            return None
+        shadow, _ = self._forecast(hour, photo, previous)
+        if shadow is None or int(shadow["model"]["version"]) == int(active["model"]["version"]):
+            return None
+        return shadow
+
+    def _record_forecast(
+        self, db: sqlite3.Connection, seq: int, hour: int, forecast: dict[str, Any], values: dict[str, float], flags: list[dict[str, str]], table: str = "forecasts"
+    ) -> None:
         version = int(forecast["model"]["version"])
         temp_now, rain_now = _finite(values["temperature_c"]), _rain(values["precip_mm"])
         db.executemany(
-            "INSERT INTO forecasts (seq, hour, version, h, rain_prob, temp_c, rain_now, temp_now) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO {table} (seq, hour, version, h, rain_prob, temp_c, rain_now, temp_now) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [(seq, hour, version, row["h"], row["rain_prob"], row["temp_c"], rain_now, temp_now) for row in forecast["forecast"]],
         )
-        if forecast["window_rule"]:
+        if forecast["window_rule"] and table == "forecasts":
             gap = {"field": WINDOW_FIELD, "rule": forecast["window_rule"], "value": f"{forecast['window_missing_hours']} of {forecast['window_hours']} hours without a reading"}
             flags.append(gap)
             db.execute("INSERT INTO flags (seq, field, rule, value) VALUES (?, ?, ?, ?)", (seq, gap["field"], gap["rule"], gap["value"]))
@@ -479,13 +515,17 @@ class Journal:
         return field_section(np.array(pairs, dtype=np.float64).reshape(-1, 8), counts)
 
     def recent_pairs(self, hours: int = RECENT_HOURS) -> dict[str, Any]:
-        """Every matured forecast issued in the last `hours` hours of readings, one row each, for
-        the rollout's paired-by-hour comparison (skyedge.evaluation.rollout.PAIR_COLUMNS)."""
+        """Every matured forecast issued in the last `hours` hours of readings, one row each, the
+        shadow forecasts of the previous release beside them (shadow = 1), for the rollout's
+        comparison (skyedge.evaluation.rollout)."""
         newest = self.db.execute("SELECT MAX(hour) FROM readings").fetchone()[0]
+        matured = (
+            "SELECT f.hour, f.version, f.h, f.rain_prob, f.temp_c, f.rain_now, f.temp_now, o.rain_obs, o.temp_obs, {shadow}"
+            " FROM {table} f JOIN readings o ON o.hour = f.hour + f.h WHERE f.hour > :since"
+        )
         rows = self.db.execute(
-            "SELECT f.hour, f.version, f.h, f.rain_prob, f.temp_c, f.rain_now, f.temp_now, o.rain_obs, o.temp_obs"
-            " FROM forecasts f JOIN readings o ON o.hour = f.hour + f.h WHERE f.hour > ? ORDER BY f.hour, f.h",
-            ((newest or 0) - hours,),
+            f"{matured.format(table='forecasts', shadow=0)} UNION ALL {matured.format(table='shadow_forecasts', shadow=1)} ORDER BY 1, 10, 3",
+            {"since": (newest or 0) - hours},
         ).fetchall()
         return {"hours": hours, "columns": list(RECENT_COLUMNS), "rows": [list(row) for row in rows]}
 

@@ -32,6 +32,12 @@ def active_slot(state_dir: Path) -> Path:
     return link.resolve()  # resolved once: an update swapping `active` now does not affect us
 
 
+def previous_slot(state_dir: Path) -> Path | None:
+    """The release the agent keeps for rollback (its `previous` link), or None."""
+    link = Path(state_dir) / "previous"
+    return link.resolve() if link.is_symlink() and link.resolve().is_dir() else None
+
+
 def _parse_time(text: str, where: str) -> datetime:
     try:
         moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
@@ -111,10 +117,12 @@ def load_image(path: Path, size: int) -> np.ndarray:
 
 
 def forecast(
-    state_dir: Path, sensors_csv: Path, image: Path | None = None, station: str | None = None, session: Any = None, latitude: float | None = None, longitude: float | None = None
+    state_dir: Path, sensors_csv: Path, image: Path | None = None, station: str | None = None, session: Any = None, latitude: float | None = None, longitude: float | None = None,
+    slot: Path | None = None,
 ) -> dict[str, Any]:
-    """The forecast at the time of the station's latest record, from the active model."""
-    slot = active_slot(state_dir)
+    """The forecast at the time of the station's latest record, from the active model (or the
+    model in `slot`: the journal's shadow forecast runs the previous release)."""
+    slot = slot or active_slot(state_dir)
     document = json.loads((slot / mf.MANIFEST_FILE).read_text())
     prep = document["preprocessing"]
     window = int(prep["sensors"]["window_hours"])

@@ -92,8 +92,9 @@ def station_table(rows: list[dict[str, Any]]) -> str:
 def release_skill(statuses: list[dict[str, Any]], n_boot: int, seed: int) -> list[dict[str, Any]]:
     """Per release and horizon: the fleet's pooled field skill against persistence with a 95%
     interval that resamples whole days (every station's matured forecasts, status field.recent)."""
-    pairs = rollout.field_pairs(statuses)
     col = {name: i for i, name in enumerate(rollout.PAIR_COLUMNS)}
+    pairs = rollout.field_pairs(statuses)
+    pairs = pairs[pairs[:, col["shadow"]] == 0]  # a release's field skill: its forecasts while active
     rows = []
     for version in sorted({int(v) for v in pairs[:, col["version"]]}) if len(pairs) else []:
         for h in HORIZONS:

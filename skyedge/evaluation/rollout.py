@@ -11,29 +11,29 @@ At each check (`decide`), for the current ring:
 - **failures**: the share of the ring's devices (in the cohort of the new release, reported since
   the ring started) whose last pull was refused, failed its health check or ended in an error.
   Above `max_failure_rate`: abort.
-- **field skill, paired by hour**: every station scores its matured forecasts against its own
-  later readings (skyedge.device.journal) and reports them per issue hour (status.json
-  `field.recent`). For each hour that both cohorts forecast, the new release's devices and the
-  old release's devices are pooled separately; the statistic is skill(new) - skill(old) over the
-  hours, with skill = 1 - error / error of persistence (rain: Brier; temperature: squared error),
-  computed as each cohort's gain over its own persistence per forecast, new minus old, in units
-  of the persistence error of both cohorts together:
-      ((mean persistence error - mean error)(new) - (same)(old)) / mean persistence error(both)
-  It equals skill(new) - skill(old) when the cohorts' persistence errors are equal, and is 0 for
-  two releases that both forecast persistence. The cohorts are different stations: each against
-  its own persistence, a cohort that stayed dry and calm (persistence nearly perfect) divides by
-  almost nothing, and being off by a hundredth of a degree there would swing the difference by
-  whole units. Its 95% interval resamples whole days (`metrics.bootstrap_ci`), as the promotion
-  gate does. No verdict (undecided) before the new release has `min_matured_forecasts` in the
-  paired hours, and before those hours span MIN_DAYS days (with one day every resample is that
-  day, and the "interval" is a point): neither an abort nor an advance on a handful of forecasts.
-  Abort when the interval lies entirely below -margin (worse beyond the margin, with 95%
-  confidence); advance only when its lower end is at or above -margin (non-inferior).
-- **evidence**: advance also needs the ring to have soaked `soak_hours` and the new release to
-  have `min_matured_forecasts` scored forecasts in the paired hours; else hold. The last ring
-  (100%) moves every device to the new release, so no old cohort is left to pair with: it
-  completes once soaked with failures under the limit (an inferior verdict on whatever pairs
-  remain still aborts).
+- **field skill, paired on the same forecasts**: every station scores its matured forecasts
+  against its own later readings (skyedge.device.journal) and reports them per issue hour
+  (status.json `field.recent`). A station on the new release also runs the release it replaced
+  (the agent keeps it for rollback) on the same window and photo: a shadow forecast, never used,
+  only scored. The comparison pairs each forecast of the new release with the old release's
+  forecast of the same station, hour and horizon, so the weather, the station and the hour are
+  the same on both sides and only the release differs:
+      skill(new) - skill(old) = (error(old) - error(new)) / error(persistence)
+  summed over the pairs (rain: Brier; temperature: squared error; persistence: the reading at
+  issue time, the same for both). Two releases that forecast alike differ by exactly 0.
+  Comparing the new cohort's stations with the old cohort's (other stations, other weather)
+  measured the stations instead: in a 60-station simulation a re-packaged release with the very
+  same predictions was aborted at the first ring, 0.29 "worse" on rain. Its 95% interval
+  resamples whole days (`metrics.bootstrap_ci`), as the promotion gate does. No verdict
+  (undecided) before `min_matured_forecasts` pairs, and before those hours span MIN_DAYS days
+  (with one day every resample is that day, and the "interval" is a point): neither an abort
+  nor an advance on a handful of forecasts. Abort when the interval lies entirely below
+  -margin (worse beyond the margin, with 95% confidence); advance only when its lower end is at
+  or above -margin (non-inferior).
+- **evidence**: advance also needs the ring to have soaked `soak_hours` and
+  `min_matured_forecasts` pairs; else hold. The last ring (100%) completes once soaked with
+  failures under the limit: the earlier rings showed non-inferiority, and an inferior verdict on
+  the last ring's own pairs still aborts.
 
 `apply` carries a decision out in the registry: advance widens the staged rollout (signed with
 the TUF keys; at 100 percent the rollout field is removed), abort re-points the channel to the
@@ -61,11 +61,12 @@ ROLLOUTS = "rollouts"
 ADVANCE, HOLD, ABORT, COMPLETE = "advance", "hold", "abort", "complete"
 RUNNING, COMPLETED, ABORTED = "running", "completed", "aborted"
 FAILED_REASONS = frozenset({"health-check-failed", "canary-mismatch"})
-# Columns of the matured-forecast rows a station reports (status.json field.recent.rows).
-PAIR_COLUMNS = RECENT_COLUMNS
+# Columns of the matured-forecast rows: a station's status.json field.recent rows, then the index
+# of the station in the list they were gathered from.
+PAIR_COLUMNS = (*RECENT_COLUMNS, "device")
 _COL = {name: i for i, name in enumerate(PAIR_COLUMNS)}
 HOUR = timedelta(hours=1)
-MIN_DAYS = 2  # days of paired hours before a day-resampled interval means anything
+MIN_DAYS = 2  # days the pairs span before a day-resampled interval means anything
 
 
 class RolloutError(ValueError):
@@ -137,14 +138,26 @@ def device_statuses(store: Store) -> list[dict[str, Any]]:
 
 
 def field_pairs(statuses: list[dict[str, Any]]) -> np.ndarray:
-    """All stations' matured forecasts as [P, len(PAIR_COLUMNS)] floats (NaN: missing)."""
-    rows = [row for status in statuses for row in ((status.get("field") or {}).get("recent") or {}).get("rows", [])]
-    return np.array(rows, dtype=np.float64).reshape(-1, len(PAIR_COLUMNS)) if rows else np.empty((0, len(PAIR_COLUMNS)))
+    """All stations' matured forecasts as [P, len(PAIR_COLUMNS)] floats (NaN: missing). Columns are
+    read by the names each status gives (a status from before shadow forecasts has none: 0)."""
+    blocks = []
+    for device, status in enumerate(statuses):
+        recent = (status.get("field") or {}).get("recent") or {}
+        rows = np.array(recent.get("rows") or [], dtype=np.float64)
+        if not rows.size:
+            continue
+        names = list(recent.get("columns") or RECENT_COLUMNS[: rows.shape[1]])
+        block = np.zeros((len(rows), len(PAIR_COLUMNS)))
+        for name, column in _COL.items():
+            block[:, column] = rows[:, names.index(name)] if name in names else 0.0
+        block[:, _COL["device"]] = device
+        blocks.append(block)
+    return np.concatenate(blocks) if blocks else np.empty((0, len(PAIR_COLUMNS)))
 
 
 @dataclass(frozen=True)
 class Comparison:
-    """skill(new) - skill(old) over the hours both cohorts forecast, with its day-resampled interval."""
+    """skill(new) - skill(old) on the same forecasts (station, hour, horizon), with its day-resampled interval."""
 
     metric: str
     new: float | None
@@ -152,63 +165,55 @@ class Comparison:
     difference: float | None
     interval: list[float] | None
     margin: float
-    hours: int
-    new_forecasts: int
-    old_forecasts: int
+    hours: int  # distinct issue hours of the pairs
+    forecasts: int  # pairs: a forecast of each release for the same station, hour and horizon
+    stations: int
+    days: int  # distinct days the pairs' hours span
     verdict: str  # non-inferior | inferior | undecided
-    days: int = 0  # distinct days the paired hours span
 
 
-def _per_hour_errors(pairs: np.ndarray, version: int, kind: str, hours: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per hour in `hours`: summed squared error of the model, of persistence, and the count."""
+def paired_errors(pairs: np.ndarray, new: int, old: int, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(hour, station, error of new, error of old, error of persistence) per pair: a forecast of each
+    release for the same station, hour and horizon, with observation and persistence reference."""
     model, now, obs = (("rain_prob", "rain_now", "rain_obs") if kind == "rain" else ("temp_c", "temp_now", "temp_obs"))
-    mine = pairs[(pairs[:, _COL["version"]] == version) & np.isfinite(pairs[:, _COL[obs]]) & np.isfinite(pairs[:, _COL[now]]) & np.isfinite(pairs[:, _COL[model]])]
-    if not len(hours):
-        return np.zeros(0), np.zeros(0), np.zeros(0, dtype=np.int64)
-    index = np.searchsorted(hours, mine[:, _COL["hour"]])
-    inside = (index < len(hours)) & (hours[np.minimum(index, len(hours) - 1)] == mine[:, _COL["hour"]])
-    index, mine = index[inside], mine[inside]
-    error = np.bincount(index, (mine[:, _COL[model]] - mine[:, _COL[obs]]) ** 2, len(hours))
-    reference = np.bincount(index, (mine[:, _COL[now]] - mine[:, _COL[obs]]) ** 2, len(hours))
-    return error, reference, np.bincount(index, minlength=len(hours))
+    usable = pairs[np.isfinite(pairs[:, _COL[obs]]) & np.isfinite(pairs[:, _COL[now]]) & np.isfinite(pairs[:, _COL[model]])]
+    key = ("device", "hour", "h")
+    old_rows = {tuple(row[[_COL[k] for k in key]]): row for row in usable[usable[:, _COL["version"]] == old]}
+    matched = [(row, old_rows[k]) for row in usable[usable[:, _COL["version"]] == new] if (k := tuple(row[[_COL[k] for k in key]])) in old_rows]
+    if not matched:
+        return (np.zeros(0),) * 5
+    new_rows, old_matched = (np.array(side) for side in zip(*matched))
+    return (
+        new_rows[:, _COL["hour"]],
+        new_rows[:, _COL["device"]],
+        (new_rows[:, _COL[model]] - new_rows[:, _COL[obs]]) ** 2,
+        (old_matched[:, _COL[model]] - new_rows[:, _COL[obs]]) ** 2,
+        (new_rows[:, _COL[now]] - new_rows[:, _COL[obs]]) ** 2,
+    )
 
 
 def compare(pairs: np.ndarray, new: int, old: int, kind: str, margin: float, n_boot: int, seed: int, min_forecasts: int = 1) -> Comparison:
-    """The paired-by-hour comparison of one score (kind "rain": Brier skill; "temp": squared-error
-    skill, both against persistence), pooled over horizons."""
+    """The paired comparison of one score (kind "rain": Brier skill; "temp": squared-error skill,
+    both against persistence), pooled over horizons and stations (module doc)."""
     metric = "rain_bss_persistence" if kind == "rain" else "temp_skill_persistence"
-    hours_new = set(pairs[pairs[:, _COL["version"]] == new, _COL["hour"]])
-    hours_old = set(pairs[pairs[:, _COL["version"]] == old, _COL["hour"]])
-    hours = np.array(sorted(hours_new & hours_old))
-    new_err, new_ref, new_n = _per_hour_errors(pairs, new, kind, hours)
-    old_err, old_ref, old_n = _per_hour_errors(pairs, old, kind, hours)
-    both = (new_n > 0) & (old_n > 0)
-    hours, new_err, new_ref, new_n, old_err, old_ref, old_n = (a[both] for a in (hours, new_err, new_ref, new_n, old_err, old_ref, old_n))
-
-    def skill(err: np.ndarray, ref: np.ndarray) -> float | None:
-        return 1.0 - float(err.sum()) / float(ref.sum()) if ref.sum() > 0 else None
+    hour, station, new_err, old_err, reference = paired_errors(pairs, new, old, kind)
+    hours, by_hour = np.unique(hour, return_inverse=True)
+    new_sum, old_sum, ref_sum = (np.bincount(by_hour, values, len(hours)) for values in (new_err, old_err, reference))
 
     def difference(idx: np.ndarray) -> float | None:
-        """Gain over persistence per forecast, new minus old, in pooled persistence error (module doc)."""
-        n_new, n_old = new_n[idx].sum(), old_n[idx].sum()
-        reference = (new_ref[idx].sum() + old_ref[idx].sum()) / (n_new + n_old)
-        if reference <= 0:
-            return None
-        gain_new = (new_ref[idx].sum() - new_err[idx].sum()) / n_new
-        gain_old = (old_ref[idx].sum() - old_err[idx].sum()) / n_old
-        return float((gain_new - gain_old) / reference)
+        """skill(new) - skill(old) over the pairs of these hours."""
+        persistence = ref_sum[idx].sum()
+        return float((old_sum[idx].sum() - new_sum[idx].sum()) / persistence) if persistence > 0 else None
 
-    everything = np.arange(len(hours))
-    value = difference(everything) if len(hours) else None
+    value = difference(np.arange(len(hours))) if len(hours) else None
     interval = None
     if value is not None:
-        days = (hours // 24).astype(np.int64)  # epoch hours -> epoch days: hours of one day move together
-        try:
-            interval = list(metrics.bootstrap_ci(difference, days, n_boot, seed))
+        try:  # hours of one day move together: epoch hours // 24 = epoch days
+            interval = list(metrics.bootstrap_ci(difference, (hours // 24).astype(np.int64), n_boot, seed))
         except ValueError:
             interval = None
-    n_days = len(np.unique(hours // 24)) if len(hours) else 0
-    if interval is None or new_n.sum() < min_forecasts or n_days < MIN_DAYS:
+    n_days = len(np.unique(hours // 24))
+    if interval is None or len(new_err) < min_forecasts or n_days < MIN_DAYS:
         verdict = "undecided"
     elif interval[1] < -margin:
         verdict = "inferior"
@@ -216,9 +221,12 @@ def compare(pairs: np.ndarray, new: int, old: int, kind: str, margin: float, n_b
         verdict = "non-inferior"
     else:
         verdict = "undecided"
+    persistence = reference.sum()
     return Comparison(
-        metric, skill(new_err, new_ref) if len(hours) else None, skill(old_err, old_ref) if len(hours) else None,
-        value, interval, margin, len(hours), int(new_n.sum()), int(old_n.sum()), verdict, n_days,
+        metric,
+        float(1 - new_err.sum() / persistence) if persistence > 0 else None,
+        float(1 - old_err.sum() / persistence) if persistence > 0 else None,
+        value, interval, margin, len(hours), len(new_err), len(np.unique(station)), n_days, verdict,
     )
 
 
@@ -278,21 +286,20 @@ def decide(state: dict[str, Any], config: Rollout, pointer: dict[str, Any], stat
     inferior = [c for c in comparisons if c.verdict == "inferior"]
     if inferior:
         worst = inferior[0]
-        return Decision(ABORT, f"{worst.metric}: version {state['version']} is worse than {state['previous_version']} by {-worst.difference:.3f} (95% interval [{worst.interval[0]:+.3f}, {worst.interval[1]:+.3f}], entirely below -{worst.margin:g}) over {worst.hours} paired hours", **common)
-    matured = min(c.new_forecasts for c in comparisons)
+        return Decision(ABORT, f"{worst.metric}: version {state['version']} is worse than {state['previous_version']} by {-worst.difference:.3f} (95% interval [{worst.interval[0]:+.3f}, {worst.interval[1]:+.3f}], entirely below -{worst.margin:g}) on {worst.forecasts} paired forecasts of {worst.stations} stations over {worst.hours} hours", **common)
+    matured = min(c.forecasts for c in comparisons)
     missing = []
     if soaked < config.soak_hours:
         missing.append(f"soaked {soaked:.1f} of {config.soak_hours} h")
     if next_ring is None and not missing:
-        # The last ring moves every device to the new release: no old cohort is left to pair
-        # hours with, so the earlier rings' verdicts stand and soak + failures decide (an
-        # inferior verdict on the pairs that remain has aborted above).
-        return Decision(COMPLETE, f"ring {ring}% soaked {soaked:.1f} h, {failed} of {reported} failed; no old cohort left to pair with at {ring}%: the rollout is complete", **common)
+        # The earlier rings showed non-inferiority; here soak and failures decide (an inferior
+        # verdict on this ring's own pairs has aborted above).
+        return Decision(COMPLETE, f"ring {ring}% soaked {soaked:.1f} h, {failed} of {reported} failed, no inferior field skill: the rollout is complete", **common)
     if matured < config.min_matured_forecasts:
-        missing.append(f"{matured} of {config.min_matured_forecasts} matured forecasts of version {state['version']} in hours both cohorts forecast")
+        missing.append(f"{matured} of {config.min_matured_forecasts} matured forecasts of version {state['version']} paired with version {state['previous_version']}'s on the same station and hour")
     few_days = min(c.days for c in comparisons)
     if few_days < MIN_DAYS:
-        missing.append(f"paired hours span {few_days} day(s): a day-resampled interval needs {MIN_DAYS}")
+        missing.append(f"the pairs span {few_days} day(s): a day-resampled interval needs {MIN_DAYS}")
     undecided = [c.metric for c in comparisons if c.verdict != "non-inferior"]
     if undecided and not missing:
         missing.append(f"non-inferiority not yet shown for {', '.join(undecided)} (interval reaches below -margin)")
@@ -338,9 +345,10 @@ COMPARISON_COLUMNS = [
     Column("difference", "new - old", format="+.3f"),
     Column("interval", "95% interval (days)", format=lambda ci: f"[{ci[0]:+.3f}, {ci[1]:+.3f}]"),
     Column("margin", format="g"),
-    Column("hours", "paired hours"),
-    Column("new_forecasts", "n new"),
-    Column("old_forecasts", "n old"),
+    Column("forecasts", "pairs"),
+    Column("stations"),
+    Column("hours"),
+    Column("days"),
     Column("verdict", align="left"),
 ]
 
