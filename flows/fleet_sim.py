@@ -78,6 +78,9 @@ class FaultyProxy:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body go out in two writes: with Nagle's algorithm the body waits for the
+            # client's delayed ACK of the headers (tens of ms per request on loopback).
+            disable_nagle_algorithm = True
 
             def log_message(self, *args: Any) -> None:
                 pass
