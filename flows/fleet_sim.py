@@ -455,4 +455,7 @@ def summary(result: dict[str, Any]) -> str:
     lines = [text_table([result], SUMMARY_COLUMNS), "", f"versions at the end: {result['final_versions']}", ""]
     history = {"history": result["rollout_history"]}
     lines.append(rollout.ring_history(history) if result["rollout_history"] else "no rollout decision")
+    if result["rollout_history"]:
+        last = result["rollout_history"][-1]
+        lines += ["", f"last decision ({last['action']} at ring {last['ring']:g}%, {last['decided_at']}): {last['reason']}", text_table(last["comparisons"], rollout.COMPARISON_COLUMNS)]
     return "\n".join(lines)

@@ -86,6 +86,10 @@ def test_a_good_release_widens_ring_by_ring_to_the_whole_fleet(tmp_path, bucket,
     actions = [d["action"] for d in result["rollout_history"]]
     assert result["rollout_state"] == rollout.COMPLETED, result["rollout_history"]
     assert [a for a in actions if a != "hold"] == ["advance", "complete"] and "hold" in actions  # held while the evidence was thin
+    advanced = next(d for d in result["rollout_history"] if d["action"] == "advance")
+    # The good release forecasts as the old one did; compared on the same readings (the old one's
+    # shadow forecasts on the new release's stations) the difference is exactly 0.
+    assert all(c["difference"] == 0.0 and c["forecasts"] >= 12 and c["verdict"] == "non-inferior" for c in advanced["comparisons"])
     assert result["final_versions"] == {2: 6}
     assert result["readings_taken"] == result["readings_in_store"]
     store = open_store(bucket)
