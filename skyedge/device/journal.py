@@ -77,6 +77,23 @@ USABLE_PHOTO_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", 
 _OFFSET = re.compile(r"(?:Z|[+-]\d{2}:?\d{2})$")  # ingest's timestamp_has_offset
 _SENSORS = contract.SENSOR_COLUMNS
 
+
+
+def _forecast_table(name: str) -> str:
+    """The active release's forecasts and the previous release's shadow forecasts: one shape."""
+    return f"""CREATE TABLE IF NOT EXISTS {name} (
+    seq INTEGER NOT NULL REFERENCES readings (seq),
+    hour INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    h INTEGER NOT NULL,
+    rain_prob REAL NOT NULL,
+    temp_c REAL NOT NULL,
+    rain_now REAL,
+    temp_now REAL,
+    PRIMARY KEY (seq, h)
+);"""
+
+
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS readings (
     seq INTEGER PRIMARY KEY,
@@ -103,28 +120,8 @@ CREATE TABLE IF NOT EXISTS flags (
     value TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS flags_seq ON flags (seq);
-CREATE TABLE IF NOT EXISTS forecasts (
-    seq INTEGER NOT NULL REFERENCES readings (seq),
-    hour INTEGER NOT NULL,
-    version INTEGER NOT NULL,
-    h INTEGER NOT NULL,
-    rain_prob REAL NOT NULL,
-    temp_c REAL NOT NULL,
-    rain_now REAL,
-    temp_now REAL,
-    PRIMARY KEY (seq, h)
-);
-CREATE TABLE IF NOT EXISTS shadow_forecasts (
-    seq INTEGER NOT NULL REFERENCES readings (seq),
-    hour INTEGER NOT NULL,
-    version INTEGER NOT NULL,
-    h INTEGER NOT NULL,
-    rain_prob REAL NOT NULL,
-    temp_c REAL NOT NULL,
-    rain_now REAL,
-    temp_now REAL,
-    PRIMARY KEY (seq, h)
-);
+{_forecast_table("forecasts")}
+{_forecast_table("shadow_forecasts")}
 CREATE TABLE IF NOT EXISTS uplink (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     uploaded_through INTEGER NOT NULL,
