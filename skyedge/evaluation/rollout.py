@@ -177,9 +177,9 @@ def paired_errors(pairs: np.ndarray, new: int, old: int, kind: str) -> tuple[np.
     release for the same station, hour and horizon, with observation and persistence reference."""
     model, now, obs = (("rain_prob", "rain_now", "rain_obs") if kind == "rain" else ("temp_c", "temp_now", "temp_obs"))
     usable = pairs[np.isfinite(pairs[:, _COL[obs]]) & np.isfinite(pairs[:, _COL[now]]) & np.isfinite(pairs[:, _COL[model]])]
-    key = ("device", "hour", "h")
-    old_rows = {tuple(row[[_COL[k] for k in key]]): row for row in usable[usable[:, _COL["version"]] == old]}
-    matched = [(row, old_rows[k]) for row in usable[usable[:, _COL["version"]] == new] if (k := tuple(row[[_COL[k] for k in key]])) in old_rows]
+    key_columns = [_COL["device"], _COL["hour"], _COL["h"]]
+    old_rows = {tuple(row[key_columns]): row for row in usable[usable[:, _COL["version"]] == old]}
+    matched = [(row, old_rows[key]) for row in usable[usable[:, _COL["version"]] == new] if (key := tuple(row[key_columns])) in old_rows]
     if not matched:
         return (np.zeros(0),) * 5
     new_rows, old_matched = (np.array(side) for side in zip(*matched))
