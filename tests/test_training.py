@@ -163,6 +163,33 @@ def test_distillation_on_unlabelled_photos_uses_no_label(pipeline):
         assert torch.equal(value, students[1][name]), name
 
 
+def test_heads_on_cached_features_learn_each_photos_own_label_even_with_mixup_configured(pipeline):
+    """The teacher's heads train on features cached from the clean photos. Features that name the
+    class outright must give a head that is sure of it: mixing the targets of two photos whose
+    features were not mixed would teach it about 0.6 for the right class."""
+    from skyedge.data.dataset import load_ingested
+    from skyedge.train.training import Batches, FitConfig, fit, forward
+
+    data = load_ingested(pipeline.ingest)
+    torch.manual_seed(0)
+    model = tiny_student(pipeline, momentum=0.1)
+    labels = np.full(len(data.images), -1)
+    photo_rows = data.samples[(data.samples["image_idx"] >= 0) & (data.samples["labelled"] == 1)]
+    labels[photo_rows["image_idx"].to_numpy()] = photo_rows["sky_label"].to_numpy()
+    cache = torch.zeros(len(data.images), model.backbone.channels)
+    known = np.flatnonzero(labels >= 0)
+    cache[known, labels[known]] = 20.0  # the first five features say the class, loudly
+    for parameter in model.backbone.parameters():
+        parameter.requires_grad_(False)
+    fit(model, data, FitConfig(5, 64, 3e-2, 0, photo_share=0.5, augmentation=STRONG), "heads", embed_cache=cache)
+    rows = data.split("train")[np.isin(data.samples["image_idx"].to_numpy()[data.split("train")], known)]
+    batch = Batches(data, rows).batch(rows)
+    with torch.no_grad():
+        probabilities = torch.softmax(forward(model, batch, cache)["sky_logits"], 1)
+    assert STRONG.mixup > 0
+    assert probabilities[torch.arange(len(rows)), batch["sky"]].mean() > 0.9
+
+
 def test_the_kept_epoch_is_the_one_with_the_lowest_grouped_validation_loss(pipeline):
     from skyedge.data.dataset import load_ingested
     from skyedge.train.training import FitConfig, fit

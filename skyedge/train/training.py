@@ -360,7 +360,10 @@ def fit(
             model.backbone.eval()
         total, count = 0.0, 0
         order = train_batches.epoch_rows(config, rng)
-        for batch in tqdm(train_batches.epoch(order, config, rng), desc=f"{desc} epoch {epoch}/{config.epochs}", total=-(-len(order) // config.batch_size), leave=False):
+        # On cached features the photo is the clean view whatever the batch's pixels say, and
+        # mixup would mix the targets of photos whose features it did not mix: half the labels
+        # would belong to another photo. Cached features train on clean, one-hot batches.
+        for batch in tqdm(train_batches.epoch(order, config, rng, augment=embed_cache is None), desc=f"{desc} epoch {epoch}/{config.epochs}", total=-(-len(order) // config.batch_size), leave=False):
             batch = to_device(batch, device)
             out = forward(model, batch, embed_cache)
             loss = supervised_loss(out, batch, temp_std, hard_weight)
