@@ -3,7 +3,10 @@
 The teacher (data/embed/teacher.pt) scores every augmented batch the student sees, labelled
 photos and unlabelled ones alike (skyedge.train.training: patient and consistent distillation).
 The same student is also trained WITHOUT the teacher (same data, augmentation, epochs and seed)
-so the gain of distillation is always measured, not assumed. Writes under data/distill/
+so the gain of distillation is always measured, not assumed, and the one that scores better on
+the grouped validation rows (days and stations training never saw) is the one the prune stage
+compresses and the pipeline ships (`chosen` in metrics.json): a teacher no better than the
+student alone can only pull it towards its own mistakes. Writes under data/distill/
 (skyedge.core.paths.Distill): student.pt and student.onnx (with KD), student_alone.pt and
 student_alone.onnx (without), history.csv, metrics.json.
 """
@@ -11,6 +14,7 @@ student_alone.onnx (without), history.csv, metrics.json.
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 import torch
@@ -42,9 +46,23 @@ def run(params: Distill, data_params: Data, augment: Augment, common: Common, in
         curves += [{"model": name, **row} for row in history]
         metrics[name] = next(row for row in history if row["best"])
     metrics["kd_gain_val_sky_accuracy"] = metrics["student"]["val_sky_accuracy"] - metrics["student_alone"]["val_sky_accuracy"]
+    metrics["chosen"] = choose_student({name: metrics[name] for name in paths.Distill.MODELS})
     files.write_rows(out.history, curves)
     files.write_json(out.metrics, metrics)
     return metrics
+
+
+def choose_student(kept_epochs: dict[str, dict]) -> str:
+    """The student to compress and ship: the higher grouped-validation sky accuracy (what
+    distillation is for), then the lower validation loss (rain and temperature too); a tie keeps
+    the first named, the distilled one. Without labelled validation photos the loss decides."""
+
+    def rank(name: str) -> tuple[float, float]:
+        scores = kept_epochs[name]
+        accuracy = scores["val_sky_accuracy"]
+        return (0.0 if math.isnan(accuracy) else accuracy, -scores["val_loss"])
+
+    return max(kept_epochs, key=rank)
 
 
 def main(argv: list[str] | None = None) -> None:

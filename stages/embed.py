@@ -1,8 +1,9 @@
 """embed: fine-tune the pretrained teacher: the model whose view of each photo the student learns.
 
 The teacher is fine-tuned end to end for `finetune_epochs` on augmented photos (params
-`augment`), then its image features are cached and the heads train on them for `epochs` (cheap:
-the backbone runs once per photo). The distill and prune stages run it online on the very views
+`augment`), then its image features are cached, for the clean photo and `cache_views - 1`
+augmented views of it, and the heads train on them for `epochs` (cheap: the backbone runs
+cache_views times per photo, not once per step). The distill and prune stages run it online on the very views
 they train the student on. Writes under data/embed/ (skyedge.core.paths.Embed): teacher.pt (whole
 module), teacher.onnx, history.csv and metrics.json.
 """
@@ -35,7 +36,7 @@ def run(params: Embed, data_params: Data, augment: Augment, common: Common, inge
 
     for parameter in teacher.backbone.parameters():
         parameter.requires_grad_(False)
-    cache = backbone_features(teacher, data)
+    cache = backbone_features(teacher, data, config.augmentation, params.cache_views, common.seed)
     heads = replace(config, epochs=params.epochs, lr=params.lr * 3)
     history += [{**row, "epoch": row["epoch"] + params.finetune_epochs} for row in fit(teacher, data, heads, "teacher heads", embed_cache=cache)]
     for parameter in teacher.backbone.parameters():
@@ -46,7 +47,7 @@ def run(params: Embed, data_params: Data, augment: Augment, common: Common, inge
     checkpoints.save_module(teacher, out.teacher_module)
     models.export_onnx(teacher, out.teacher_onnx, data_params.image_size, data_params.window_hours, N_FEATURES)
     files.write_rows(out.history, history)
-    metrics = {"teacher": params.teacher, "weights": params.weights, "embedding_dim": int(cache.shape[1]), **history[-1]}
+    metrics = {"teacher": params.teacher, "weights": params.weights, "embedding_dim": int(cache.shape[2]), **history[-1]}
     files.write_json(out.metrics, metrics)
     return metrics
 

@@ -1,4 +1,7 @@
-"""prune: compress the distilled student three ways, fine-tuning each with the teacher.
+"""prune: compress the student three ways, fine-tuning each with the teacher.
+
+The student is the one the distill stage chose by the grouped validation estimate (`chosen` in
+data/distill/metrics.json: with KD, or alone).
 
 1. structured channel pruning (Torch-Pruning, DepGraph) of the student -> pruned: the model the
    quantize stage calibrates and the pipeline ships (fewer MACs, really lower latency);
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 from pathlib import Path
 
 import torch
@@ -52,9 +56,10 @@ def run(params: Prune, distill: Distill, data_params: Data, augment: Augment, co
     data = load_ingested(ingest_dir)
     out = paths.Prune(out_dir)
     student_files = paths.Distill(distill_dir)
-    student = checkpoints.load_module(student_files.module("student"))
+    chosen = json.loads(student_files.metrics.read_text())["chosen"]  # with or without KD: the grouped estimate chose
+    student = checkpoints.load_module(student_files.module(chosen))
     inputs = models.example_inputs(data_params.image_size, data_params.window_hours, N_FEATURES)
-    before = describe(student, student_files.onnx("student"), data, inputs, params.latency_runs)
+    before = describe(student, student_files.onnx(chosen), data, inputs, params.latency_runs)
     teacher = Teacher.load(paths.Embed(embed_dir).teacher_module, distill)
     config = FitConfig(
         params.finetune_epochs, distill.batch_size, params.lr, common.seed, distill.image_dropout, data_params.photo_share,
@@ -83,6 +88,7 @@ def run(params: Prune, distill: Distill, data_params: Data, augment: Augment, co
         curves = [{"model": "pruned", "epoch": 0, "train_loss": float("nan"), **{k: after[k] for k in after if k.startswith("val_")}}]
     files.write_rows(out.history, curves)
     metrics = {
+        "student": chosen,
         "ratio": params.structured.ratio,
         "before": before,
         "after": after,

@@ -59,6 +59,27 @@ def test_distill_trains_the_student_with_and_without_the_teacher(pipeline):
     assert (pipeline.distill / "student.onnx").stat().st_size * 20 < teacher_bytes
 
 
+def test_the_student_that_ships_is_the_one_the_grouped_validation_estimate_prefers(pipeline):
+    from stages.distill import choose_student
+
+    metrics = json.loads((pipeline.distill / "metrics.json").read_text())
+    kept = {name: metrics[name] for name in ("student", "student_alone")}
+    better = max(kept, key=lambda name: kept[name]["val_sky_accuracy"])
+    if kept["student"]["val_sky_accuracy"] != kept["student_alone"]["val_sky_accuracy"]:
+        assert metrics["chosen"] == better
+    pruned = json.loads((pipeline.prune / "metrics.json").read_text())
+    assert pruned["student"] == metrics["chosen"]
+    assert pruned["before"]["val_sky_accuracy"] == pytest.approx(kept[metrics["chosen"]]["val_sky_accuracy"])
+
+    def kept_epoch(accuracy: float, loss: float) -> dict:
+        return {"val_sky_accuracy": accuracy, "val_loss": loss}
+
+    assert choose_student({"student": kept_epoch(0.80, 0.5), "student_alone": kept_epoch(0.90, 0.9)}) == "student_alone"
+    assert choose_student({"student": kept_epoch(0.90, 0.5), "student_alone": kept_epoch(0.90, 0.4)}) == "student_alone"
+    assert choose_student({"student": kept_epoch(0.90, 0.5), "student_alone": kept_epoch(0.90, 0.5)}) == "student"  # a tie keeps KD
+    assert choose_student({"student": kept_epoch(float("nan"), 0.3), "student_alone": kept_epoch(float("nan"), 0.4)}) == "student"
+
+
 def test_structured_pruning_really_lowers_macs_params_and_bytes(pipeline):
     metrics = json.loads((pipeline.prune / "metrics.json").read_text())
     before, after = metrics["before"], metrics["after"]

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from skyedge.train import checkpoints
 from skyedge.train.training import N_VIEWS, Augmentation, dihedral, epoch_order
 
 
@@ -176,9 +177,9 @@ def test_heads_on_cached_features_learn_each_photos_own_label_even_with_mixup_co
     labels = np.full(len(data.images), -1)
     photo_rows = data.samples[(data.samples["image_idx"] >= 0) & (data.samples["labelled"] == 1)]
     labels[photo_rows["image_idx"].to_numpy()] = photo_rows["sky_label"].to_numpy()
-    cache = torch.zeros(len(data.images), model.backbone.channels)
+    cache = torch.zeros(1, len(data.images), model.backbone.channels)  # one cached view
     known = np.flatnonzero(labels >= 0)
-    cache[known, labels[known]] = 20.0  # the first five features say the class, loudly
+    cache[0, known, labels[known]] = 20.0  # the first five features say the class, loudly
     for parameter in model.backbone.parameters():
         parameter.requires_grad_(False)
     fit(model, data, FitConfig(5, 64, 3e-2, 0, photo_share=0.5, augmentation=STRONG), "heads", embed_cache=cache)
@@ -188,6 +189,24 @@ def test_heads_on_cached_features_learn_each_photos_own_label_even_with_mixup_co
         probabilities = torch.softmax(forward(model, batch, cache)["sky_logits"], 1)
     assert STRONG.mixup > 0
     assert probabilities[torch.arange(len(rows)), batch["sky"]].mean() > 0.9
+
+
+def test_the_teachers_cached_features_hold_the_clean_photo_and_augmented_views_of_it(pipeline):
+    """Distillation asks the teacher about augmented views, so its heads train on cached features
+    of such views too; view 0 is the clean photo that validation and the device see."""
+    from skyedge.core import inputs
+    from skyedge.data.dataset import load_ingested
+    from skyedge.train.training import backbone_features
+
+    data = load_ingested(pipeline.ingest)
+    model = checkpoints.load_module(pipeline.embed / "teacher.pt")
+    cache = backbone_features(model, data, STRONG, views=3, seed=0)
+    assert cache.shape == (3, len(data.images), model.backbone.channels)
+    first = torch.from_numpy(inputs.normalise_image(data.images[:4].astype(np.float32) / 255.0, data.preprocessing["image"]))
+    with torch.no_grad():
+        assert torch.allclose(cache[0, :4], model.backbone(first), atol=1e-5)
+    assert not torch.allclose(cache[1], cache[0]) and not torch.allclose(cache[2], cache[1])
+    assert torch.equal(cache, backbone_features(model, data, STRONG, views=3, seed=0))  # deterministic
 
 
 def test_the_kept_epoch_is_the_one_with_the_lowest_grouped_validation_loss(pipeline):
