@@ -74,6 +74,8 @@ def cmd_repro(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    import json
+
     from skyedge.core import files, paths
     from stages.evaluate import variant_table
 
@@ -82,7 +84,20 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"{table} not found: run `dvc repro` (or `make run`) first", file=sys.stderr)
         return 1
     print(variant_table(files.read_rows(table)))
+    distilled = paths.Workspace().distill.metrics
+    if not args.evaluate and distilled.exists():
+        print(chosen_student_line(json.loads(distilled.read_text())))
     return 0
+
+
+def chosen_student_line(distill_metrics: dict) -> str:
+    """Which student was pruned and shipped, and the grouped-validation numbers that chose it."""
+    accuracy = {name: distill_metrics[name]["val_sky_accuracy"] for name in ("student", "student_alone")}
+    chosen = distill_metrics.get("chosen", "student")  # a run from before the choice always pruned the KD student
+    return (
+        f"pruned and shipped: {chosen} (grouped validation sky accuracy: "
+        f"with KD {accuracy['student']:.3f}, alone {accuracy['student_alone']:.3f})"
+    )
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

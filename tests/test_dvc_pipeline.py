@@ -3,6 +3,7 @@
 `fleet` lists the fleet's stores on every repro (always_changed); without fleet sources its
 output never changes, so nothing after it runs unless something else changed."""
 
+import json
 import os
 import re
 import subprocess
@@ -76,6 +77,8 @@ def test_dvc_repro_runs_every_stage_then_does_nothing_then_only_what_changed(pro
     table = run([sys.executable, "-m", "cli.main", "report"], root, env)
     for variant in ("teacher", "student", "pruned", "quantized", "shipped"):
         assert variant in table
+    chosen = json.loads((root / "data" / "distill" / "metrics.json").read_text())["chosen"]
+    assert f"pruned and shipped: {chosen} (grouped validation sky accuracy: with KD " in table
 
 
 def test_editing_another_profile_re_runs_nothing_and_a_bad_profile_never_reaches_params_yaml(project):
