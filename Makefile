@@ -96,6 +96,15 @@ bench-models: setup
 
 bench: bench-models
 
+# Leave-one-capture-day-out sky accuracy of teacher, student alone and student with KD, each fold
+# trained with the pipeline's recipe on the other days' photos (skyedge/evaluation/crossval.py):
+# the estimate where a fixed split holds out too few days -> reports/crossval.json.
+.PHONY: bench-crossval
+bench-crossval: setup
+	$(BIN)/python -m skyedge.evaluation.crossval --data $(BENCH_DATA) --out reports/crossval.json
+
+bench: bench-crossval
+
 # Bytes over the air (the model container, deltas, gzip/zstd baselines), decode cost, and what
 # weight sharing costs in accuracy -> reports/bench_ota.json. Needs a pipeline run (make run).
 .PHONY: bench-ota bench-fleet

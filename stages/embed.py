@@ -11,7 +11,6 @@ module), teacher.onnx, history.csv and metrics.json.
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -21,7 +20,7 @@ from skyedge.core.config import Augment, Common, Data, Embed, load_params
 from skyedge.core.features import N_FEATURES
 from skyedge.data.dataset import load_ingested
 from skyedge.train import checkpoints, models
-from skyedge.train.training import Augmentation, FitConfig, backbone_features, fit, resolve_device
+from skyedge.train.training import Augmentation, FitConfig, fit_teacher, resolve_device
 
 
 def run(params: Embed, data_params: Data, augment: Augment, common: Common, ingest_dir: Path, out_dir: Path) -> dict:
@@ -32,22 +31,14 @@ def run(params: Embed, data_params: Data, augment: Augment, common: Common, inge
         params.finetune_epochs, params.batch_size, params.lr, common.seed, params.image_dropout, data_params.photo_share,
         Augmentation(**augment.model_dump()), resolve_device(common.device),
     )
-    history = fit(teacher, data, config, "teacher fine-tune") if params.finetune_epochs else []
-
-    for parameter in teacher.backbone.parameters():
-        parameter.requires_grad_(False)
-    cache = backbone_features(teacher, data, config.augmentation, params.cache_views, common.seed)
-    heads = replace(config, epochs=params.epochs, lr=params.lr * 3)
-    history += [{**row, "epoch": row["epoch"] + params.finetune_epochs} for row in fit(teacher, data, heads, "teacher heads", embed_cache=cache)]
-    for parameter in teacher.backbone.parameters():
-        parameter.requires_grad_(True)
+    history = fit_teacher(teacher, data, config, params.epochs, params.cache_views)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     out = paths.Embed(out_dir)
     checkpoints.save_module(teacher, out.teacher_module)
     models.export_onnx(teacher, out.teacher_onnx, data_params.image_size, data_params.window_hours, N_FEATURES)
     files.write_rows(out.history, history)
-    metrics = {"teacher": params.teacher, "weights": params.weights, "embedding_dim": int(cache.shape[2]), **history[-1]}
+    metrics = {"teacher": params.teacher, "weights": params.weights, "embedding_dim": teacher.backbone.channels, **history[-1]}
     files.write_json(out.metrics, metrics)
     return metrics
 

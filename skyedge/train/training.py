@@ -47,6 +47,7 @@ from skyedge.train import checkpoints
 from skyedge.train.models import NowcastNet
 
 N_VIEWS = 8  # the dihedral group of a square image: 4 turns, each also mirrored
+WARMUP_SHARE = 0.2  # of the one-cycle learning-rate schedule's steps
 RECALIBRATION_BATCHES = 20  # training batches averaged into the BatchNorm statistics
 EVAL_BATCH = 512
 
@@ -353,7 +354,11 @@ def fit(
     optimiser = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=1e-4)
     # An epoch's length does not depend on which photos are drawn, so any generator will do here.
     batches_per_epoch = max(1, -(-len(train_batches.epoch_rows(config, np.random.default_rng(0))) // config.batch_size))
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=config.lr, total_steps=config.epochs * batches_per_epoch, pct_start=0.2)
+    steps = config.epochs * batches_per_epoch
+    # OneCycleLR divides by zero when its warm-up is exactly one step (0.2 x 5 steps) or there is a
+    # single step: it then schedules one step more than is taken (the last rate ends a hair higher).
+    total_steps = steps + 1 if steps < 2 or steps * WARMUP_SHARE == 1 else steps
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=config.lr, total_steps=total_steps, pct_start=WARMUP_SHARE)
     hard_weight = 1.0 if teacher is None else 1 - teacher.alpha
     history, best_state, best_loss = [], None, float("inf")
     for epoch in range(1, config.epochs + 1):
@@ -392,6 +397,21 @@ def fit(
     model.to("cpu").eval()  # checkpoints and ONNX export are CPU-side
     if teacher is not None:
         teacher.model.to("cpu")
+    return history
+
+
+def fit_teacher(teacher: NowcastNet, data: Ingested, config: FitConfig, head_epochs: int, cache_views: int) -> list[dict[str, float]]:
+    """The embed stage's recipe: `config.epochs` of end-to-end fine-tuning on augmented photos,
+    then `head_epochs` of the heads (3x the learning rate) on cached backbone features of each
+    photo's clean view and `cache_views - 1` augmented ones; returns the training curve."""
+    history = fit(teacher, data, config, "teacher fine-tune") if config.epochs else []
+    for parameter in teacher.backbone.parameters():
+        parameter.requires_grad_(False)
+    cache = backbone_features(teacher, data, config.augmentation, cache_views, config.seed)
+    heads = replace(config, epochs=head_epochs, lr=config.lr * 3)
+    history += [{**row, "epoch": row["epoch"] + config.epochs} for row in fit(teacher, data, heads, "teacher heads", embed_cache=cache)]
+    for parameter in teacher.backbone.parameters():
+        parameter.requires_grad_(True)
     return history
 
 

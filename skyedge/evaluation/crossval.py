@@ -1,0 +1,171 @@
+"""`make bench-crossval`: leave-one-capture-day-out estimate of the sky recipe, with and without KD.
+
+A fixed split holds out little when a class has few capture days. SWIMCAT has 1 to 3 per class:
+its test split keeps 57 unseen photos of 2 days, its val split one class of one day. Here every
+capture day of the labelled photos is held out in turn, when its class also has photos of
+another day (a class seen on one day only cannot be estimated on a day training never saw).
+
+Each fold runs the pipeline's own recipe on the photos of the other days only: the teacher as the
+embed stage trains it (skyedge.train.training.fit_teacher: fine-tune, heads on cached views),
+then the student with it and without it as the distill stage does (same augmentation, KD loss,
+epochs and seed). Each is scored on the held-out day's photos. Station rows are left out: they
+carry no sky label, and the sky head is what distillation changes. Photos repeat `repeats` times
+per epoch (a new augmented view each time), as `data.photo_share` repeats them in the pipeline.
+
+Prints a table per fold and pooled; the KD gain (student - student_alone) and the teacher's
+headroom over the student alone come with 95% intervals that resample whole days. Writes
+reports/crossval.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from skyedge.core import paths
+from skyedge.core.config import Params, load_params
+from skyedge.core.tables import Column, text_table
+from skyedge.data.dataset import Ingested, load_ingested
+from skyedge.evaluation import metrics
+from skyedge.train import models
+from skyedge.train.models import NowcastNet
+from skyedge.train.training import Augmentation, Batches, FitConfig, Teacher, fit, fit_teacher, forward, resolve_device
+
+MODELS = ("teacher", "student_alone", "student")
+BOOTSTRAP = 500
+
+
+def labelled_photos(data: Ingested) -> np.ndarray:
+    """Rows of photos with a sky label (any split: every day takes its turn)."""
+    samples = data.samples
+    labelled = samples["labelled"].to_numpy(bool) if "labelled" in samples else samples["sky_label"].to_numpy() >= 0
+    return np.flatnonzero((samples["image_idx"].to_numpy() >= 0) & labelled & (samples["sky_label"].to_numpy() >= 0))
+
+
+def held_out_days(days: np.ndarray, labels: np.ndarray) -> list[str]:
+    """Days that can be held out: those with a photo of a class that also has another day."""
+    classes_per_day = {day: set(labels[days == day]) for day in np.unique(days)}
+    other_days = {label: set(days[labels == label]) for label in np.unique(labels)}
+    return sorted(day for day, classes in classes_per_day.items() if any(other_days[label] - {day} for label in classes))
+
+
+def fold_data(data: Ingested, rows: np.ndarray, day: str, repeats: int) -> Ingested:
+    """The photos of `rows` as an Ingested of their own: those of `day` are the test split (once
+    each), every other day's photos train, each repeated `repeats` times."""
+    days = data.samples["day"].to_numpy()[rows]
+    order = np.concatenate([np.repeat(rows[days != day], repeats), rows[days == day]])
+    samples = data.samples.iloc[order].reset_index(drop=True)
+    held = samples["day"].to_numpy() == day
+    samples["split"] = np.where(held, "test", "train")
+    samples["day_in_train"] = (~held).astype(int)
+    return Ingested(samples=samples, windows=data.windows[order], images=data.images, preprocessing=data.preprocessing)
+
+
+@torch.no_grad()
+def photo_hits(model: NowcastNet, data: Ingested, rows: np.ndarray) -> np.ndarray:
+    """1/0 per row: did the model name the photo's class (clean photo, eval mode)."""
+    model.eval()
+    batch = Batches(data, rows).batch(rows)
+    return (forward(model, batch, None)["sky_logits"].argmax(1) == batch["sky"]).numpy().astype(float)
+
+
+def run_fold(params: Params, fold: Ingested) -> dict[str, np.ndarray]:
+    """Teacher, student_alone and student trained on the fold's training photos, scored on its test
+    photos. No photo is dropped (image_dropout 0): every row here is a photo, and the fold has no
+    validation rows, so each model keeps its last epoch."""
+    embed, distill, common = params.embed, params.distill, params.common
+    augmentation, device = Augmentation(**params.augment.model_dump()), resolve_device(common.device)
+    window, temp_std = params.data.window_hours, fold.preprocessing["sensors"]["std"][0]
+    test = fold.split("test")
+    torch.manual_seed(common.seed)
+    teacher = models.build_teacher(embed.teacher, embed.weights, window, temp_std)
+    fit_teacher(teacher, fold, FitConfig(embed.finetune_epochs, embed.batch_size, embed.lr, common.seed, 0.0, 0.0, augmentation, device), embed.epochs, embed.cache_views)
+    hits = {"teacher": photo_hits(teacher, fold, test)}
+    student_config = FitConfig(distill.epochs, distill.batch_size, distill.lr, common.seed, 0.0, 0.0, augmentation, device)
+    for name, kd in (("student_alone", None), ("student", Teacher(teacher, distill.kd_temperature, distill.kd_alpha, distill.embed_weight))):
+        torch.manual_seed(common.seed)  # both start from the same weights
+        student = models.build_student(distill.student, distill.width, window, temp_std)
+        fit(student, fold, student_config, f"{name} (fold)", teacher=kd)
+        hits[name] = photo_hits(student, fold, test)
+    return hits
+
+
+@dataclass
+class Estimate:
+    folds: list[dict]  # one row per held-out day: photos and each model's accuracy
+    pooled: dict  # each model's accuracy over every held-out photo, and the differences with intervals
+
+
+def estimate(params: Params, data: Ingested, repeats: int, max_folds: int | None = None) -> Estimate:
+    rows = labelled_photos(data)
+    days, labels = data.samples["day"].to_numpy()[rows], data.samples["sky_label"].to_numpy()[rows]
+    chosen_days = held_out_days(days, labels)[:max_folds]
+    fold_rows, hits, photo_days = [], {name: [] for name in MODELS}, []
+    for number, day in enumerate(chosen_days, 1):
+        print(f"crossval: fold {number}/{len(chosen_days)}, day {day} held out", flush=True)
+        fold = fold_data(data, rows, day, repeats)
+        fold_hits = run_fold(params, fold)
+        photo_days += [day] * len(fold_hits["teacher"])
+        for name in MODELS:
+            hits[name].append(fold_hits[name])
+        fold_rows.append({"day": day, "photos": len(fold_hits["teacher"]), **{name: float(fold_hits[name].mean()) for name in MODELS}})
+    pooled_hits = {name: np.concatenate(hits[name]) if hits[name] else np.zeros(0) for name in MODELS}
+    groups = np.asarray(photo_days)
+
+    def points(better: str, worse: str) -> dict:
+        diff = pooled_hits[better] - pooled_hits[worse]
+        if not len(diff):
+            return {"value": None, "interval": None}
+        interval = metrics.bootstrap_ci(lambda idx: 100 * float(diff[idx].mean()), groups, BOOTSTRAP, seed=0)
+        return {"value": 100 * float(diff.mean()), "interval": [round(v, 2) for v in interval]}
+
+    pooled = {
+        "days": len(chosen_days),
+        "photos": int(len(groups)),
+        **{name: float(pooled_hits[name].mean()) if len(groups) else None for name in MODELS},
+        "kd_gain_points": points("student", "student_alone"),
+        "teacher_headroom_points": points("teacher", "student_alone"),
+    }
+    return Estimate(fold_rows, pooled)
+
+
+def table(result: Estimate) -> str:
+    pooled = {"day": "pooled", **{k: result.pooled[k] for k in ("photos", *MODELS)}}
+    columns = [Column("day", align="left"), Column("photos", format="d"), *(Column(name, format=".3f") for name in MODELS)]
+    lines = [text_table([*result.folds, pooled], columns)]
+    for key, label in (("kd_gain_points", "KD gain (student - student_alone)"), ("teacher_headroom_points", "teacher headroom (teacher - student_alone)")):
+        entry = result.pooled[key]
+        if entry["value"] is not None:
+            low, high = entry["interval"]
+            lines.append(f"{label}: {entry['value']:+.1f} points, 95% interval [{low:+.1f}, {high:+.1f}] (days resampled)")
+    return "\n".join(lines)
+
+
+def run(data_dir: Path, params: Params, out: Path, repeats: int, max_folds: int | None = None) -> Estimate:
+    torch.set_num_threads(params.common.threads)
+    data = load_ingested(paths.Ingest(data_dir / "ingest").dir)
+    result = estimate(params, data, repeats, max_folds)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"data": str(data_dir.resolve()), "repeats": repeats, "folds": result.folds, "pooled": result.pooled}, indent=2) + "\n")
+    print(table(result))
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Leave-one-capture-day-out sky accuracy of teacher, student alone and student with KD")
+    parser.add_argument("--data", type=Path, default=paths.Workspace().data, help="the data/ directory of the last pipeline run (its ingest)")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="the recipe (embed, distill, augment), with its active profile")
+    parser.add_argument("--out", type=Path, default=Path("reports/crossval.json"))
+    parser.add_argument("--repeats", type=int, default=4, help="views of each training photo per epoch")
+    parser.add_argument("--max-folds", type=int, default=None, help="hold out only the first N days (quick look)")
+    args = parser.parse_args(argv)
+    run(args.data, load_params(args.params), args.out, args.repeats, args.max_folds)
+
+
+if __name__ == "__main__":
+    main()

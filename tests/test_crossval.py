@@ -1,0 +1,46 @@
+"""Leave-one-capture-day-out: every day with a class seen elsewhere takes its turn, training never sees it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from skyedge.data.dataset import load_ingested
+from skyedge.evaluation import crossval
+
+
+def test_a_day_is_held_out_only_when_one_of_its_classes_has_another_day():
+    days = np.array(["a", "a", "b", "c", "c"])
+    labels = np.array([0, 1, 0, 2, 2])  # class 2 only on day c: no day training saw could teach it
+    assert crossval.held_out_days(days, labels) == ["a", "b"]
+
+
+def test_a_fold_trains_on_every_other_day_repeated_and_tests_its_day_once(pipeline):
+    data = load_ingested(pipeline.ingest)
+    rows = crossval.labelled_photos(data)
+    days = data.samples["day"].to_numpy()[rows]
+    day = crossval.held_out_days(days, data.samples["sky_label"].to_numpy()[rows])[0]
+    fold = crossval.fold_data(data, rows, day, repeats=3)
+    train, test = fold.split("train"), fold.split("test")
+    assert set(fold.samples["day"].iloc[test]) == {day} and len(test) == (days == day).sum()
+    assert day not in set(fold.samples["day"].iloc[train]) and len(train) == 3 * (days != day).sum()
+    assert (fold.samples["sky_label"] >= 0).all() and (fold.samples["image_idx"] >= 0).all()  # labelled photos only
+    assert len(fold.windows) == len(fold.samples)
+    assert len(fold.grouped("test")) == len(test)
+
+
+def test_the_estimate_pools_the_held_out_days_and_the_kd_gain_is_the_paired_difference(pipeline, tmp_path):
+    out = tmp_path / "crossval.json"
+    result = crossval.run(pipeline.root, pipeline.params, out, repeats=1, max_folds=2)
+    assert len(result.folds) == 2 and len({row["day"] for row in result.folds}) == 2
+    pooled = result.pooled
+    assert pooled["photos"] == sum(row["photos"] for row in result.folds) > 0
+    for name in crossval.MODELS:
+        assert pooled[name] == pytest.approx(sum(row[name] * row["photos"] for row in result.folds) / pooled["photos"])
+    gain = pooled["kd_gain_points"]
+    assert gain["value"] == pytest.approx(100 * (pooled["student"] - pooled["student_alone"]))
+    assert gain["interval"][0] <= gain["value"] <= gain["interval"][1]
+    assert json.loads(out.read_text())["pooled"] == json.loads(json.dumps(pooled))
+    assert "pooled" in crossval.table(result) and "KD gain (student - student_alone)" in crossval.table(result)
