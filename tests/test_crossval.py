@@ -33,7 +33,7 @@ def test_a_fold_trains_on_every_other_day_repeated_and_tests_its_day_once(pipeli
 
 def test_the_estimate_pools_the_held_out_days_and_the_kd_gain_is_the_paired_difference(pipeline, tmp_path):
     out = tmp_path / "crossval.json"
-    result = crossval.run(pipeline.root, pipeline.params, out, repeats=1, max_folds=2)
+    result = crossval.run(pipeline.root, pipeline.params, out, repeats=1, batch_size=16, max_folds=2)
     assert len(result.folds) == 2 and len({row["day"] for row in result.folds}) == 2
     pooled = result.pooled
     assert pooled["photos"] == sum(row["photos"] for row in result.folds) > 0
@@ -44,3 +44,24 @@ def test_the_estimate_pools_the_held_out_days_and_the_kd_gain_is_the_paired_diff
     assert gain["interval"][0] <= gain["value"] <= gain["interval"][1]
     assert json.loads(out.read_text())["pooled"] == json.loads(json.dumps(pooled))
     assert "pooled" in crossval.table(result) and "KD gain (student - student_alone)" in crossval.table(result)
+
+
+def test_by_default_a_fold_gets_the_pipelines_photo_views_per_epoch_and_photos_per_batch(pipeline):
+    import pandas as pd
+
+    from skyedge.data.dataset import Ingested
+
+    params = pipeline.params.model_copy(update={"data": pipeline.params.data.model_copy(update={"photo_share": 0.1})})
+    stations, photos = 900, 100  # an epoch of the pipeline: 900 station hours + 100 photo views (10 %)
+    samples = pd.DataFrame({
+        "split": "train",
+        "image_idx": [-1] * stations + list(range(photos)),
+        "sky_label": [-1] * stations + [k % 5 for k in range(photos)],
+        "labelled": [0] * stations + [1] * photos,
+    })
+    data = Ingested(samples=samples, windows=np.zeros((len(samples), 1, 1)), images=np.zeros((photos, 1, 1, 3)), preprocessing={})
+    assert crossval.pipeline_schedule(data, params) == (1, max(8, round(0.1 * params.distill.batch_size)))  # at least 8 a batch
+    more_hours = Ingested(samples=pd.concat([samples.iloc[:stations]] * 5 + [samples.iloc[stations:]]), windows=data.windows, images=data.images, preprocessing={})
+    assert crossval.pipeline_schedule(more_hours, params)[0] == 5  # 4500 hours: 500 photo views, each photo 5x
+    # The synthetic default has a photo every hour: photos are not repeated, batches are the distill stage's.
+    assert crossval.pipeline_schedule(load_ingested(pipeline.ingest), pipeline.params) == (1, pipeline.params.distill.batch_size)

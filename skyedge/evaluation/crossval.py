@@ -9,8 +9,11 @@ Each fold runs the pipeline's own recipe on the photos of the other days only: t
 embed stage trains it (skyedge.train.training.fit_teacher: fine-tune, heads on cached views),
 then the student with it and without it as the distill stage does (same augmentation, KD loss,
 epochs and seed). Each is scored on the held-out day's photos. Station rows are left out: they
-carry no sky label, and the sky head is what distillation changes. Photos repeat `repeats` times
-per epoch (a new augmented view each time), as `data.photo_share` repeats them in the pipeline.
+carry no sky label, and the sky head is what distillation changes. By default a fold sees as many
+photo views per epoch, in batches of as many photos, as the pipeline's epochs do
+(`pipeline_schedule`: photos repeat until they are `data.photo_share` of an epoch there). A short
+schedule (`--repeats`, `--batch-size`) is a quick look only: from-scratch students with few steps
+fall back on the majority class, and the estimate says more about the schedule than the recipe.
 
 Prints a table per fold and pooled; the KD gain (student - student_alone) and the teacher's
 headroom over the student alone come with 95% intervals that resample whole days. Writes
@@ -54,6 +57,19 @@ def held_out_days(days: np.ndarray, labels: np.ndarray) -> list[str]:
     return sorted(day for day, classes in classes_per_day.items() if any(other_days[label] - {day} for label in classes))
 
 
+def pipeline_schedule(data: Ingested, params: Params) -> tuple[int, int]:
+    """(repeats, photos per batch) that give a fold the pipeline's photo views per epoch and its
+    photos per batch: with photo_share s, an epoch of the pipeline holds s / (1 - s) photo views
+    per row without a photo, and a batch holds about s x batch_size photos."""
+    train = data.split("train")
+    has_photo = data.samples["image_idx"].to_numpy()[train] >= 0
+    share = params.data.photo_share
+    if not 0 < share < 1 or has_photo.all():
+        return 1, params.distill.batch_size
+    views = share * (~has_photo).sum() / (1 - share)
+    return max(1, round(views / max(1, len(labelled_photos(data))))), max(8, round(share * params.distill.batch_size))
+
+
 def fold_data(data: Ingested, rows: np.ndarray, day: str, repeats: int) -> Ingested:
     """The photos of `rows` as an Ingested of their own: those of `day` are the test split (once
     each), every other day's photos train, each repeated `repeats` times."""
@@ -74,7 +90,7 @@ def photo_hits(model: NowcastNet, data: Ingested, rows: np.ndarray) -> np.ndarra
     return (forward(model, batch, None)["sky_logits"].argmax(1) == batch["sky"]).numpy().astype(float)
 
 
-def run_fold(params: Params, fold: Ingested) -> dict[str, np.ndarray]:
+def run_fold(params: Params, fold: Ingested, batch_size: int) -> dict[str, np.ndarray]:
     """Teacher, student_alone and student trained on the fold's training photos, scored on its test
     photos. No photo is dropped (image_dropout 0): every row here is a photo, and the fold has no
     validation rows, so each model keeps its last epoch."""
@@ -84,9 +100,9 @@ def run_fold(params: Params, fold: Ingested) -> dict[str, np.ndarray]:
     test = fold.split("test")
     torch.manual_seed(common.seed)
     teacher = models.build_teacher(embed.teacher, embed.weights, window, temp_std)
-    fit_teacher(teacher, fold, FitConfig(embed.finetune_epochs, embed.batch_size, embed.lr, common.seed, 0.0, 0.0, augmentation, device), embed.epochs, embed.cache_views)
+    fit_teacher(teacher, fold, FitConfig(embed.finetune_epochs, batch_size, embed.lr, common.seed, 0.0, 0.0, augmentation, device), embed.epochs, embed.cache_views)
     hits = {"teacher": photo_hits(teacher, fold, test)}
-    student_config = FitConfig(distill.epochs, distill.batch_size, distill.lr, common.seed, 0.0, 0.0, augmentation, device)
+    student_config = FitConfig(distill.epochs, batch_size, distill.lr, common.seed, 0.0, 0.0, augmentation, device)
     for name, kd in (("student_alone", None), ("student", Teacher(teacher, distill.kd_temperature, distill.kd_alpha, distill.embed_weight))):
         torch.manual_seed(common.seed)  # both start from the same weights
         student = models.build_student(distill.student, distill.width, window, temp_std)
@@ -101,7 +117,7 @@ class Estimate:
     pooled: dict  # each model's accuracy over every held-out photo, and the differences with intervals
 
 
-def estimate(params: Params, data: Ingested, repeats: int, max_folds: int | None = None) -> Estimate:
+def estimate(params: Params, data: Ingested, repeats: int, batch_size: int, max_folds: int | None = None) -> Estimate:
     rows = labelled_photos(data)
     days, labels = data.samples["day"].to_numpy()[rows], data.samples["sky_label"].to_numpy()[rows]
     chosen_days = held_out_days(days, labels)[:max_folds]
@@ -109,7 +125,7 @@ def estimate(params: Params, data: Ingested, repeats: int, max_folds: int | None
     for number, day in enumerate(chosen_days, 1):
         print(f"crossval: fold {number}/{len(chosen_days)}, day {day} held out", flush=True)
         fold = fold_data(data, rows, day, repeats)
-        fold_hits = run_fold(params, fold)
+        fold_hits = run_fold(params, fold, batch_size)
         photo_days += [day] * len(fold_hits["teacher"])
         for name in MODELS:
             hits[name].append(fold_hits[name])
@@ -146,12 +162,17 @@ def table(result: Estimate) -> str:
     return "\n".join(lines)
 
 
-def run(data_dir: Path, params: Params, out: Path, repeats: int, max_folds: int | None = None) -> Estimate:
+def run(data_dir: Path, params: Params, out: Path, repeats: int | None = None, batch_size: int | None = None, max_folds: int | None = None) -> Estimate:
+    """The estimate on the ingest of `data_dir`; repeats and batch_size default to the pipeline's schedule."""
     torch.set_num_threads(params.common.threads)
     data = load_ingested(paths.Ingest(data_dir / "ingest").dir)
-    result = estimate(params, data, repeats, max_folds)
+    default_repeats, default_batch = pipeline_schedule(data, params)
+    repeats, batch_size = repeats or default_repeats, batch_size or default_batch
+    print(f"crossval: each training photo {repeats}x per epoch, {batch_size} photos per batch", flush=True)
+    result = estimate(params, data, repeats, batch_size, max_folds)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"data": str(data_dir.resolve()), "repeats": repeats, "folds": result.folds, "pooled": result.pooled}, indent=2) + "\n")
+    document = {"data": str(data_dir.resolve()), "repeats": repeats, "batch_size": batch_size, "folds": result.folds, "pooled": result.pooled}
+    out.write_text(json.dumps(document, indent=2) + "\n")
     print(table(result))
     return result
 
@@ -161,10 +182,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, default=paths.Workspace().data, help="the data/ directory of the last pipeline run (its ingest)")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="the recipe (embed, distill, augment), with its active profile")
     parser.add_argument("--out", type=Path, default=Path("reports/crossval.json"))
-    parser.add_argument("--repeats", type=int, default=4, help="views of each training photo per epoch")
+    parser.add_argument("--repeats", type=int, default=None, help="views of each training photo per epoch (default: as in the pipeline)")
+    parser.add_argument("--batch-size", type=int, default=None, help="photos per batch (default: as in the pipeline)")
     parser.add_argument("--max-folds", type=int, default=None, help="hold out only the first N days (quick look)")
     args = parser.parse_args(argv)
-    run(args.data, load_params(args.params), args.out, args.repeats, args.max_folds)
+    run(args.data, load_params(args.params), args.out, args.repeats, args.batch_size, args.max_folds)
 
 
 if __name__ == "__main__":
