@@ -101,7 +101,7 @@ bench: bench-models
 # the estimate where a fixed split holds out too few days -> reports/crossval.json.
 .PHONY: bench-crossval
 bench-crossval: setup
-	$(BIN)/python -m skyedge.evaluation.crossval --data $(BENCH_DATA) --out reports/crossval.json
+	$(BIN)/python -m skyedge.evaluation.crossval --data $(BENCH_DATA) --params $(dir $(abspath $(BENCH_DATA)))params.yaml --out reports/crossval.json
 
 bench: bench-crossval
 

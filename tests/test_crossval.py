@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -11,10 +12,18 @@ from skyedge.data.dataset import load_ingested
 from skyedge.evaluation import crossval
 
 
-def test_a_day_is_held_out_only_when_one_of_its_classes_has_another_day():
+def test_a_day_is_held_out_only_when_one_of_its_classes_has_another_day_and_scores_only_those(pipeline):
     days = np.array(["a", "a", "b", "c", "c"])
     labels = np.array([0, 1, 0, 2, 2])  # class 2 only on day c: no day training saw could teach it
     assert crossval.held_out_days(days, labels) == ["a", "b"]
+    # On a copy of the pipeline's photos relabelled so: day a's class-1 photo is not scored.
+    data = load_ingested(pipeline.ingest)
+    rows = crossval.labelled_photos(data)[:5]
+    samples = data.samples.copy()
+    samples.loc[rows, "day"], samples.loc[rows, "sky_label"] = days, labels
+    fold = crossval.fold_data(dataclasses.replace(data, samples=samples), rows, "a", repeats=1)
+    assert list(fold.samples["sky_label"].iloc[fold.split("test")]) == [0]
+    assert sorted(fold.samples["sky_label"].iloc[fold.split("train")]) == [0, 2, 2]
 
 
 def test_a_fold_trains_on_every_other_day_repeated_and_tests_its_day_once(pipeline):
@@ -22,9 +31,11 @@ def test_a_fold_trains_on_every_other_day_repeated_and_tests_its_day_once(pipeli
     rows = crossval.labelled_photos(data)
     days = data.samples["day"].to_numpy()[rows]
     day = crossval.held_out_days(days, data.samples["sky_label"].to_numpy()[rows])[0]
+    labels = data.samples["sky_label"].to_numpy()[rows]
     fold = crossval.fold_data(data, rows, day, repeats=3)
     train, test = fold.split("train"), fold.split("test")
-    assert set(fold.samples["day"].iloc[test]) == {day} and len(test) == (days == day).sum()
+    scorable = (days == day) & np.isin(labels, labels[days != day])  # a class training has
+    assert set(fold.samples["day"].iloc[test]) == {day} and len(test) == scorable.sum() > 0
     assert day not in set(fold.samples["day"].iloc[train]) and len(train) == 3 * (days != day).sum()
     assert (fold.samples["sky_label"] >= 0).all() and (fold.samples["image_idx"] >= 0).all()  # labelled photos only
     assert len(fold.windows) == len(fold.samples)
@@ -60,8 +71,10 @@ def test_by_default_a_fold_gets_the_pipelines_photo_views_per_epoch_and_photos_p
         "labelled": [0] * stations + [1] * photos,
     })
     data = Ingested(samples=samples, windows=np.zeros((len(samples), 1, 1)), images=np.zeros((photos, 1, 1, 3)), preprocessing={})
-    assert crossval.pipeline_schedule(data, params) == (1, max(8, round(0.1 * params.distill.batch_size)))  # at least 8 a batch
-    more_hours = Ingested(samples=pd.concat([samples.iloc[:stations]] * 5 + [samples.iloc[stations:]]), windows=data.windows, images=data.images, preprocessing={})
-    assert crossval.pipeline_schedule(more_hours, params)[0] == 5  # 4500 hours: 500 photo views, each photo 5x
+    views, batch = crossval.pipeline_schedule(data, params)
+    assert views == pytest.approx(100) and batch == max(8, round(0.1 * params.distill.batch_size))  # at least 8 a batch
+    assert crossval.repeats_for(views, 20) == 5  # a fold that trains on 20 photos shows each 5x
+    assert crossval.repeats_for(views, 400) == 1
     # The synthetic default has a photo every hour: photos are not repeated, batches are the distill stage's.
-    assert crossval.pipeline_schedule(load_ingested(pipeline.ingest), pipeline.params) == (1, pipeline.params.distill.batch_size)
+    assert crossval.pipeline_schedule(load_ingested(pipeline.ingest), pipeline.params) == (None, pipeline.params.distill.batch_size)
+    assert crossval.repeats_for(None, 20) == 1

@@ -90,8 +90,8 @@ def test_camera_down_still_beats_persistence_on_the_default_synthetic_profile(tm
 
     p = load_params(REPO / "params.yaml", profile="default")
     ingest.run(p.ingest, p.data, tmp_path / "ingest")
-    embed.run(p.embed, p.data, p.common, tmp_path / "ingest", tmp_path / "embed")
-    distill.run(p.distill, p.data, p.common, tmp_path / "ingest", tmp_path / "embed", tmp_path / "distill")
+    embed.run(p.embed, p.data, p.augment, p.common, tmp_path / "ingest", tmp_path / "embed")
+    distill.run(p.distill, p.data, p.augment, p.common, tmp_path / "ingest", tmp_path / "embed", tmp_path / "distill")
     scores = camera_down_scores(tmp_path / "distill" / "student.onnx", tmp_path / "ingest")
     assert len(scores["horizons"]) == 4
     for entry in scores["horizons"]:

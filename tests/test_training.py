@@ -191,6 +191,36 @@ def test_heads_on_cached_features_learn_each_photos_own_label_even_with_mixup_co
     assert probabilities[torch.arange(len(rows)), batch["sky"]].mean() > 0.9
 
 
+def test_heads_on_cached_features_learn_every_cached_view_and_validate_on_the_clean_one(pipeline):
+    """Two cached views that name the class in different features: trained on random draws of
+    both, the heads know each; scored without a view, they read view 0."""
+    from skyedge.data.dataset import load_ingested
+    from skyedge.train.training import Batches, FitConfig, fit, forward, quick_scores
+
+    data = load_ingested(pipeline.ingest)
+    torch.manual_seed(0)
+    model = tiny_student(pipeline, momentum=0.1)
+    labels = np.full(len(data.images), -1)
+    photo_rows = data.samples[(data.samples["image_idx"] >= 0) & (data.samples["labelled"] == 1)]
+    labels[photo_rows["image_idx"].to_numpy()] = photo_rows["sky_label"].to_numpy()
+    known = np.flatnonzero(labels >= 0)
+    cache = torch.zeros(2, len(data.images), model.backbone.channels)
+    cache[0, known, labels[known]] = 20.0  # view 0: features 0..4 say the class
+    cache[1, known, 5 + labels[known]] = 20.0  # view 1: features 5..9 do
+    for parameter in model.backbone.parameters():
+        parameter.requires_grad_(False)
+    fit(model, data, FitConfig(5, 64, 3e-2, 0, photo_share=0.5), "heads", embed_cache=cache)
+    rows = data.split("train")[np.isin(data.samples["image_idx"].to_numpy()[data.split("train")], known)]
+    batch = Batches(data, rows).batch(rows)
+    with torch.no_grad():
+        for view in (0, 1):
+            probabilities = torch.softmax(forward(model, {**batch, "cache_view": torch.full_like(batch["image_idx"], view)}, cache)["sky_logits"], 1)
+            assert probabilities[torch.arange(len(rows)), batch["sky"]].mean() > 0.9, view
+    clean_only = cache.clone()
+    clean_only[1] = 0.0
+    assert quick_scores(model, Batches(data, rows), rows, clean_only)["val_sky_accuracy"] == quick_scores(model, Batches(data, rows), rows, cache)["val_sky_accuracy"]
+
+
 def test_the_teachers_cached_features_hold_the_clean_photo_and_augmented_views_of_it(pipeline):
     """Distillation asks the teacher about augmented views, so its heads train on cached features
     of such views too; view 0 is the clean photo that validation and the device see."""

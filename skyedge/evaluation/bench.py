@@ -86,8 +86,8 @@ def measure(data_dir: Path, runs: int, warmup: int) -> Measured:
     found = variants(data_dir)
     print(f"bench: timing {len(found)} variants in turns, {runs} runs each", flush=True)
     speeds = inference.interleaved_latency_ms({name: entry["onnx"] for name, entry in found.items()}, model_inputs(data, test[:1]), runs, warmup)
-    distilled = paths.Distill(data_dir / "distill").metrics
-    chosen = json.loads(distilled.read_text()).get("chosen", "student") if distilled.exists() else "student"
+    pruned = paths.Prune(data_dir / "prune").metrics  # names the student it pruned (a run before the choice: the KD one)
+    chosen = json.loads(pruned.read_text()).get("student", "student") if pruned.exists() else "student"
     measured = Measured([], {}, {}, samples["day"].to_numpy()[unseen_photos], chosen)
     for name, entry in found.items():
         outputs = inference.predict(inference.session(entry["onnx"]), inputs)

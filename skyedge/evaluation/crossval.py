@@ -9,7 +9,8 @@ Each fold runs the pipeline's own recipe on the photos of the other days only: t
 embed stage trains it (skyedge.train.training.fit_teacher: fine-tune, heads on cached views),
 then the student with it and without it as the distill stage does (same augmentation, KD loss,
 epochs and seed). Each is scored on the held-out day's photos. Station rows are left out: they
-carry no sky label, and the sky head is what distillation changes. By default a fold sees as many
+carry no sky label, and the sky head is what distillation changes; so are photos nobody labelled
+(the distill stage also distils on those: SWIMCAT has none). By default a fold sees as many
 photo views per epoch, in batches of as many photos, as the pipeline's epochs do
 (`pipeline_schedule`: photos repeat until they are `data.photo_share` of an epoch there). A short
 schedule (`--repeats`, `--batch-size`) is a quick look only: from-scratch students with few steps
@@ -57,24 +58,30 @@ def held_out_days(days: np.ndarray, labels: np.ndarray) -> list[str]:
     return sorted(day for day, classes in classes_per_day.items() if any(other_days[label] - {day} for label in classes))
 
 
-def pipeline_schedule(data: Ingested, params: Params) -> tuple[int, int]:
-    """(repeats, photos per batch) that give a fold the pipeline's photo views per epoch and its
-    photos per batch: with photo_share s, an epoch of the pipeline holds s / (1 - s) photo views
-    per row without a photo, and a batch holds about s x batch_size photos."""
+def pipeline_schedule(data: Ingested, params: Params) -> tuple[float | None, int]:
+    """(photo views per epoch, photos per batch) of the pipeline's training epochs: with
+    photo_share s, an epoch holds s / (1 - s) photo views per row without a photo, and a batch
+    about s x batch_size photos. None: photos are not repeated there (each once per epoch)."""
     train = data.split("train")
     has_photo = data.samples["image_idx"].to_numpy()[train] >= 0
     share = params.data.photo_share
     if not 0 < share < 1 or has_photo.all():
-        return 1, params.distill.batch_size
-    views = share * (~has_photo).sum() / (1 - share)
-    return max(1, round(views / max(1, len(labelled_photos(data))))), max(8, round(share * params.distill.batch_size))
+        return None, params.distill.batch_size
+    return share * (~has_photo).sum() / (1 - share), max(8, round(share * params.distill.batch_size))
+
+
+def repeats_for(views_per_epoch: float | None, training_photos: int) -> int:
+    """How often each of a fold's training photos repeats per epoch to give it those views."""
+    return 1 if views_per_epoch is None else max(1, round(views_per_epoch / max(1, training_photos)))
 
 
 def fold_data(data: Ingested, rows: np.ndarray, day: str, repeats: int) -> Ingested:
-    """The photos of `rows` as an Ingested of their own: those of `day` are the test split (once
-    each), every other day's photos train, each repeated `repeats` times."""
-    days = data.samples["day"].to_numpy()[rows]
-    order = np.concatenate([np.repeat(rows[days != day], repeats), rows[days == day]])
+    """The photos of `rows` as an Ingested of their own: every other day's photos train, each
+    repeated `repeats` times; the test split is `day`'s photos (once each) of the classes that
+    training has (a class seen on that day only cannot be learnt from the others)."""
+    days, labels = data.samples["day"].to_numpy()[rows], data.samples["sky_label"].to_numpy()[rows]
+    training = days != day
+    order = np.concatenate([np.repeat(rows[training], repeats), rows[~training & np.isin(labels, labels[training])]])
     samples = data.samples.iloc[order].reset_index(drop=True)
     held = samples["day"].to_numpy() == day
     samples["split"] = np.where(held, "test", "train")
@@ -117,14 +124,16 @@ class Estimate:
     pooled: dict  # each model's accuracy over every held-out photo, and the differences with intervals
 
 
-def estimate(params: Params, data: Ingested, repeats: int, batch_size: int, max_folds: int | None = None) -> Estimate:
+def estimate(params: Params, data: Ingested, views_per_epoch: float | None, batch_size: int, max_folds: int | None = None, repeats: int | None = None) -> Estimate:
+    """Every fold's scores and the pooled estimate; each fold's photos repeat `repeats` times per
+    epoch, else as often as gives `views_per_epoch`."""
     rows = labelled_photos(data)
     days, labels = data.samples["day"].to_numpy()[rows], data.samples["sky_label"].to_numpy()[rows]
     chosen_days = held_out_days(days, labels)[:max_folds]
     fold_rows, hits, photo_days = [], {name: [] for name in MODELS}, []
     for number, day in enumerate(chosen_days, 1):
         print(f"crossval: fold {number}/{len(chosen_days)}, day {day} held out", flush=True)
-        fold = fold_data(data, rows, day, repeats)
+        fold = fold_data(data, rows, day, repeats or repeats_for(views_per_epoch, int((days != day).sum())))
         fold_hits = run_fold(params, fold, batch_size)
         photo_days += [day] * len(fold_hits["teacher"])
         for name in MODELS:
@@ -166,12 +175,13 @@ def run(data_dir: Path, params: Params, out: Path, repeats: int | None = None, b
     """The estimate on the ingest of `data_dir`; repeats and batch_size default to the pipeline's schedule."""
     torch.set_num_threads(params.common.threads)
     data = load_ingested(paths.Ingest(data_dir / "ingest").dir)
-    default_repeats, default_batch = pipeline_schedule(data, params)
-    repeats, batch_size = repeats or default_repeats, batch_size or default_batch
-    print(f"crossval: each training photo {repeats}x per epoch, {batch_size} photos per batch", flush=True)
-    result = estimate(params, data, repeats, batch_size, max_folds)
+    views_per_epoch, default_batch = pipeline_schedule(data, params)
+    batch_size = batch_size or default_batch
+    schedule = f"each training photo {repeats}x per epoch" if repeats else f"{views_per_epoch or 'each photo once'} photo views per epoch"
+    print(f"crossval: {schedule}, {batch_size} photos per batch", flush=True)
+    result = estimate(params, data, views_per_epoch, batch_size, max_folds, repeats)
     out.parent.mkdir(parents=True, exist_ok=True)
-    document = {"data": str(data_dir.resolve()), "repeats": repeats, "batch_size": batch_size, "folds": result.folds, "pooled": result.pooled}
+    document = {"data": str(data_dir.resolve()), "repeats": repeats, "views_per_epoch": views_per_epoch, "batch_size": batch_size, "folds": result.folds, "pooled": result.pooled}
     out.write_text(json.dumps(document, indent=2) + "\n")
     print(table(result))
     return result

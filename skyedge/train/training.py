@@ -355,9 +355,9 @@ def fit(
     # An epoch's length does not depend on which photos are drawn, so any generator will do here.
     batches_per_epoch = max(1, -(-len(train_batches.epoch_rows(config, np.random.default_rng(0))) // config.batch_size))
     steps = config.epochs * batches_per_epoch
-    # OneCycleLR divides by zero when its warm-up is exactly one step (0.2 x 5 steps) or there is a
-    # single step: it then schedules one step more than is taken (the last rate ends a hair higher).
-    total_steps = steps + 1 if steps < 2 or steps * WARMUP_SHARE == 1 else steps
+    # OneCycleLR divides by zero when its warm-up is exactly one step (0.2 x 5 steps): it then
+    # schedules one step more than is taken (the last rate ends a hair above its floor).
+    total_steps = steps + 1 if steps * WARMUP_SHARE == 1 else steps
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=config.lr, total_steps=total_steps, pct_start=WARMUP_SHARE)
     hard_weight = 1.0 if teacher is None else 1 - teacher.alpha
     history, best_state, best_loss = [], None, float("inf")
