@@ -164,6 +164,23 @@ def test_distillation_on_unlabelled_photos_uses_no_label(pipeline):
         assert torch.equal(value, students[1][name]), name
 
 
+def frozen_student_with_telling_cache(pipeline, data, views: int):
+    """A tiny student with its backbone frozen, and a cache [views, M, E] in which view v names each
+    labelled photo's class, loudly, in features 5v..5v+4; returns (model, cache, photos with a label)."""
+    torch.manual_seed(0)
+    model = tiny_student(pipeline, momentum=0.1)
+    labels = np.full(len(data.images), -1)
+    photo_rows = data.samples[(data.samples["image_idx"] >= 0) & (data.samples["labelled"] == 1)]
+    labels[photo_rows["image_idx"].to_numpy()] = photo_rows["sky_label"].to_numpy()
+    known = np.flatnonzero(labels >= 0)
+    cache = torch.zeros(views, len(data.images), model.backbone.channels)
+    for view in range(views):
+        cache[view, known, 5 * view + labels[known]] = 20.0
+    for parameter in model.backbone.parameters():
+        parameter.requires_grad_(False)
+    return model, cache, known
+
+
 def test_heads_on_cached_features_learn_each_photos_own_label_even_with_mixup_configured(pipeline):
     """The teacher's heads train on features cached from the clean photos. Features that name the
     class outright must give a head that is sure of it: mixing the targets of two photos whose
@@ -172,16 +189,7 @@ def test_heads_on_cached_features_learn_each_photos_own_label_even_with_mixup_co
     from skyedge.train.training import Batches, FitConfig, fit, forward
 
     data = load_ingested(pipeline.ingest)
-    torch.manual_seed(0)
-    model = tiny_student(pipeline, momentum=0.1)
-    labels = np.full(len(data.images), -1)
-    photo_rows = data.samples[(data.samples["image_idx"] >= 0) & (data.samples["labelled"] == 1)]
-    labels[photo_rows["image_idx"].to_numpy()] = photo_rows["sky_label"].to_numpy()
-    cache = torch.zeros(1, len(data.images), model.backbone.channels)  # one cached view
-    known = np.flatnonzero(labels >= 0)
-    cache[0, known, labels[known]] = 20.0  # the first five features say the class, loudly
-    for parameter in model.backbone.parameters():
-        parameter.requires_grad_(False)
+    model, cache, known = frozen_student_with_telling_cache(pipeline, data, views=1)  # features 0..4 say the class
     fit(model, data, FitConfig(5, 64, 3e-2, 0, photo_share=0.5, augmentation=STRONG), "heads", embed_cache=cache)
     rows = data.split("train")[np.isin(data.samples["image_idx"].to_numpy()[data.split("train")], known)]
     batch = Batches(data, rows).batch(rows)
@@ -198,17 +206,7 @@ def test_heads_on_cached_features_learn_every_cached_view_and_validate_on_the_cl
     from skyedge.train.training import Batches, FitConfig, fit, forward, quick_scores
 
     data = load_ingested(pipeline.ingest)
-    torch.manual_seed(0)
-    model = tiny_student(pipeline, momentum=0.1)
-    labels = np.full(len(data.images), -1)
-    photo_rows = data.samples[(data.samples["image_idx"] >= 0) & (data.samples["labelled"] == 1)]
-    labels[photo_rows["image_idx"].to_numpy()] = photo_rows["sky_label"].to_numpy()
-    known = np.flatnonzero(labels >= 0)
-    cache = torch.zeros(2, len(data.images), model.backbone.channels)
-    cache[0, known, labels[known]] = 20.0  # view 0: features 0..4 say the class
-    cache[1, known, 5 + labels[known]] = 20.0  # view 1: features 5..9 do
-    for parameter in model.backbone.parameters():
-        parameter.requires_grad_(False)
+    model, cache, known = frozen_student_with_telling_cache(pipeline, data, views=2)  # view 0: features 0..4 say the class; view 1: 5..9
     fit(model, data, FitConfig(5, 64, 3e-2, 0, photo_share=0.5), "heads", embed_cache=cache)
     rows = data.split("train")[np.isin(data.samples["image_idx"].to_numpy()[data.split("train")], known)]
     batch = Batches(data, rows).batch(rows)
