@@ -151,7 +151,7 @@ def estimate(params: Params, data: Ingested, views_per_epoch: float | None, batc
 
     pooled = {
         "days": len(chosen_days),
-        "photos": int(len(groups)),
+        "photos": len(groups),
         **{name: float(pooled_hits[name].mean()) if len(groups) else None for name in MODELS},
         "kd_gain_points": points("student", "student_alone"),
         "teacher_headroom_points": points("teacher", "student_alone"),
