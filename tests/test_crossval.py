@@ -78,3 +78,9 @@ def test_by_default_a_fold_gets_the_pipelines_photo_views_per_epoch_and_photos_p
     # The synthetic default has a photo every hour: photos are not repeated, batches are the distill stage's.
     assert crossval.pipeline_schedule(load_ingested(pipeline.ingest), pipeline.params) == (None, pipeline.params.distill.batch_size)
     assert crossval.repeats_for(None, 20) == 1
+
+
+def test_without_a_pipeline_run_it_says_what_to_run(tiny, tmp_path):
+    with pytest.raises(SystemExit, match=r"samples.csv not found: run the pipeline first \(make run"):
+        crossval.run(tmp_path, tiny, tmp_path / "crossval.json")
+    assert not (tmp_path / "crossval.json").exists()

@@ -173,8 +173,11 @@ def table(result: Estimate) -> str:
 
 def run(data_dir: Path, params: Params, out: Path, repeats: int | None = None, batch_size: int | None = None, max_folds: int | None = None) -> Estimate:
     """The estimate on the ingest of `data_dir`; repeats and batch_size default to the pipeline's schedule."""
+    ingested = paths.Ingest(data_dir / "ingest")
+    if not ingested.samples.exists():
+        raise SystemExit(f"crossval: {ingested.samples} not found: run the pipeline first (make run, or make run-real for ../shared), or pass --data")
     torch.set_num_threads(params.common.threads)
-    data = load_ingested(paths.Ingest(data_dir / "ingest").dir)
+    data = load_ingested(ingested.dir)
     views_per_epoch, default_batch = pipeline_schedule(data, params)
     batch_size = batch_size or default_batch
     schedule = f"each training photo {repeats}x per epoch" if repeats else f"{views_per_epoch or 'each photo once'} photo views per epoch"
