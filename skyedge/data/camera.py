@@ -606,3 +606,15 @@ def mask_path(image_path: str) -> str:
     masks/<station>/<stem>.png (a tree beside images/, never named in a station CSV or index.csv)."""
     parts = Path(image_path).parts
     return str(Path("masks", *parts[1:])) if parts and parts[0] == "images" else str(Path("masks", *parts))
+
+
+def true_mask_file(image_file: str | Path) -> Path | None:
+    """The generator's true sky mask of an ingested photo (samples.csv's image_file, a resolved
+    path .../images/<station>/<stem>.png), or None when the photo has none (not synthetic, or
+    its folder has moved). For evaluation only: nothing trains on these masks."""
+    parts = Path(image_file).parts
+    if "images" not in parts:
+        return None
+    at = len(parts) - 1 - parts[::-1].index("images")  # the innermost images/: the generator's tree
+    candidate = Path(*parts[:at]) / mask_path(str(Path(*parts[at:])))
+    return candidate if candidate.is_file() else None

@@ -1,0 +1,80 @@
+"""Selective attention's crop: the box around the sky a mask shows, and the frame cut to it (numpy + Pillow).
+
+A box is four fractions of the frame, (top, left, bottom, right), bottom and right exclusive, so
+one box fits the same frame at any resolution: the attend stage finds it on the ingest's small
+images, a station applies it to its camera's full frame. Both sides crop with these functions,
+so a model sees on a station exactly the crop it saw in training. No torch: a station runs this.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+BOX_FIELDS = ("top", "left", "bottom", "right")
+WHOLE_FRAME = np.array([0.0, 0.0, 1.0, 1.0], dtype=np.float32)
+
+
+def _span(coordinates: np.ndarray, side: int, outlier_share: float) -> tuple[float, float]:
+    """First and one-past-last pixel of the sky along one axis, the outer `outlier_share` of sky
+    pixels on each end ignored: a few stray false positives in a corner must not widen the box."""
+    low, high = np.quantile(coordinates, [outlier_share, 1.0 - outlier_share])
+    return float(low), float(min(high + 1.0, side))
+
+
+def _squared(low: float, high: float, side: float, length: float) -> tuple[float, float]:
+    """[low, high) grown about its centre to `length`, shifted back inside [0, side)."""
+    centre = (low + high) / 2
+    low, high = centre - length / 2, centre + length / 2
+    shift = max(0.0, -low) - max(0.0, high - side)
+    return max(0.0, low + shift), min(side, high + shift)
+
+
+def box_from_mask(sky: np.ndarray, padding: float, outlier_share: float) -> np.ndarray:
+    """The crop box of a sky mask [H, W] (bool, or 1 where sky): the bounding box of its sky
+    pixels, grown by `padding` of the frame side on every side and made square (the student's
+    input is square: a square crop keeps the sky's shape), clipped to the frame. A mask with no
+    sky at all gives the whole frame: with nothing to attend to, the student sees everything."""
+    sky = np.asarray(sky) > 0
+    if sky.ndim != 2:
+        raise ValueError(f"box_from_mask: a mask is [H, W], got shape {sky.shape}")
+    height, width = sky.shape
+    rows, cols = np.nonzero(sky)
+    if not len(rows):
+        return WHOLE_FRAME.copy()
+    top, bottom = _span(rows, height, outlier_share)
+    left, right = _span(cols, width, outlier_share)
+    top, bottom = max(0.0, top - padding * height), min(float(height), bottom + padding * height)
+    left, right = max(0.0, left - padding * width), min(float(width), right + padding * width)
+    # Square in pixels: the longer side wins (at most the frame's shorter side).
+    length = min(max(bottom - top, right - left), float(min(height, width)))
+    top, bottom = _squared(top, bottom, height, length)
+    left, right = _squared(left, right, width, length)
+    return np.array([top / height, left / width, bottom / height, right / width], dtype=np.float32)
+
+
+def box_pixels(box: np.ndarray, height: int, width: int) -> tuple[int, int, int, int]:
+    """A fractional box as whole pixels of an H x W frame (top, left, bottom, right), at least one pixel."""
+    top, left, bottom, right = (float(v) for v in box)
+    if not (0 <= top < bottom <= 1 and 0 <= left < right <= 1):
+        raise ValueError(f"crop box {tuple(box)}: needs 0 <= top < bottom <= 1 and 0 <= left < right <= 1 (fractions of the frame)")
+    r0, c0 = int(np.floor(top * height)), int(np.floor(left * width))
+    r1, c1 = max(int(np.ceil(bottom * height)), r0 + 1), max(int(np.ceil(right * width)), c0 + 1)
+    return r0, c0, min(r1, height), min(c1, width)
+
+
+def crop_photo(photo: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
+    """An H x W x 3 uint8 frame cut to `box` and resized (bilinear) to size x size uint8."""
+    from PIL import Image
+
+    r0, c0, r1, c1 = box_pixels(box, photo.shape[0], photo.shape[1])
+    return np.asarray(Image.fromarray(np.ascontiguousarray(photo[r0:r1, c0:c1])).resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+
+
+def crop_photos(photos: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
+    """[M, H, W, 3] uint8 frames, each cut to its box [M, 4], as [M, size, size, 3] uint8."""
+    if len(photos) != len(boxes):
+        raise ValueError(f"crop_photos: {len(photos)} photos but {len(boxes)} boxes; one box per photo")
+    out = np.empty((len(photos), size, size, 3), dtype=np.uint8)
+    for i, (photo, box) in enumerate(zip(photos, boxes)):
+        out[i] = crop_photo(photo, box, size)
+    return out
