@@ -618,3 +618,22 @@ def true_mask_file(image_file: str | Path) -> Path | None:
     at = len(parts) - 1 - parts[::-1].index("images")  # the innermost images/: the generator's tree
     candidate = Path(*parts[:at]) / mask_path(str(Path(*parts[at:])))
     return candidate if candidate.is_file() else None
+
+
+def read_true_masks(image_files: list[str], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The true sky masks of ingested photos at size x size ([N, size, size] bool: sky where at
+    least half the pixels it covers see sky), and which photos have one ([N] bool)."""
+    from PIL import Image
+
+    masks = np.zeros((len(image_files), size, size), dtype=bool)
+    found = np.zeros(len(image_files), dtype=bool)
+    for i, image_file in enumerate(image_files):
+        path = true_mask_file(image_file) if isinstance(image_file, str) and image_file else None
+        if path is None:
+            continue
+        with Image.open(path) as mask:
+            # BOX averages the 0/255 pixels a small pixel covers: the ingest's bilinear resize of
+            # the photo blends the same ones.
+            masks[i] = np.asarray(mask.convert("L").resize((size, size), Image.Resampling.BOX)) >= 128
+        found[i] = True
+    return masks, found

@@ -86,8 +86,8 @@ class PseudoLabels:
     left_out: dict[str, str]  # station_id -> why it has no pseudo-label
 
     def of(self, stations: np.ndarray) -> np.ndarray:
-        """[N, H, W] float32 labels for frames of these stations (each must have a mask)."""
-        return np.stack([self.masks[s] for s in stations]).astype(np.float32)
+        """[N, H, W] bool labels for frames of these stations (each must have a mask)."""
+        return np.stack([self.masks[s] for s in stations])
 
 
 def station_pseudo_labels(images: np.ndarray, image_idx: np.ndarray, stations: np.ndarray, min_frames: int) -> PseudoLabels:
@@ -272,3 +272,42 @@ def sky_kept(boxes: np.ndarray, true: np.ndarray) -> np.ndarray:
     kept = box_masks(boxes, *true.shape[1:]) & true
     sky = true.sum(axis=(1, 2))
     return np.where(sky > 0, kept.sum(axis=(1, 2)) / np.maximum(sky, 1), 1.0)
+
+
+def summary(values: np.ndarray) -> dict:
+    """n, mean, median and min of per-frame scores (n = 0 and nothing else when there are none)."""
+    values = np.asarray(values, dtype=np.float64)
+    if not len(values):
+        return {"n": 0}
+    return {"n": int(len(values)), "mean": float(values.mean()), "median": float(np.median(values)), "min": float(values.min())}
+
+
+# --- a picture for people --------------------------------------------------------------------
+
+
+def preview(frames: np.ndarray, true: np.ndarray, predicted: np.ndarray, boxes: np.ndarray, captions: list[str], out: Path, tile: int = 128) -> Path:
+    """One row per frame: the frame, its true mask, the predicted mask, the frame with its crop
+    box drawn, and the crop; caption under each row."""
+    from PIL import Image, ImageDraw
+
+    from skyedge.core.crop import box_pixels, crop_photo
+
+    gap, caption_height = 4, 14
+    sheet = Image.new("RGB", (5 * (tile + gap), len(frames) * (tile + caption_height + gap)), "white")
+    draw = ImageDraw.Draw(sheet)
+
+    def big(pixels: np.ndarray) -> Image.Image:
+        return Image.fromarray(pixels).convert("RGB").resize((tile, tile), Image.Resampling.NEAREST)
+
+    for row, (frame, mask, guess, box, caption) in enumerate(zip(frames, true, predicted, boxes, captions)):
+        y = row * (tile + caption_height + gap)
+        boxed = big(frame)
+        top, left, bottom, right = box_pixels(box, tile, tile)
+        ImageDraw.Draw(boxed).rectangle((left, top, right - 1, bottom - 1), outline=(255, 40, 40), width=2)
+        tiles = (big(frame), big(mask.astype(np.uint8) * 255), big(guess.astype(np.uint8) * 255), boxed, big(crop_photo(frame, box, frame.shape[0])))
+        for column, image in enumerate(tiles):
+            sheet.paste(image, (column * (tile + gap), y))
+        draw.text((2, y + tile + 1), caption, fill="black")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out)
+    return out
