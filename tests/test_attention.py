@@ -1,0 +1,233 @@
+"""Selective attention (skyedge.train.attention, skyedge.core.crop): pseudo-labels from temporal
+variance, the mask net on frames and a station it never trained on, crop boxes, ONNX, and photos
+without a station. Real synthetic stations at the tiny profile's size, the tiny profile's attend
+settings; the bounds sit below what was measured (stated at each) so they catch a regression, not noise."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from skyedge.core import crop, inference
+from skyedge.core.config import Attend
+from skyedge.core.inputs import read_photo
+from skyedge.data import camera, synthetic
+from skyedge.train import attention
+
+STATIONS, DAYS, RENDER_SIZE = 3, 6, 64
+HELD_OUT = "syn-02"  # never trained on: the net must find the sky at a station it never saw
+TRAIN_SHARE = 0.6  # each station's first 60 % of hours train, the rest are scored
+
+
+@dataclass(frozen=True)
+class Frames:
+    images: np.ndarray  # [N, S, S, 3] uint8, as ingest stores them
+    true: np.ndarray  # [N, S, S] bool: the generator's masks, for scoring only
+    stations: np.ndarray  # [N] station_id
+    train: np.ndarray  # [N] bool: the station's first hours
+
+
+@pytest.fixture(scope="module")
+def settings(tiny) -> Attend:
+    return tiny.attend
+
+
+@pytest.fixture(scope="module")
+def size(tiny) -> int:
+    return tiny.data.image_size
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # The mask net is small: one thread avoids oversubscribing a machine that runs other jobs
+    # (measured 20x faster than two threads under load); restored for the tests after these.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def frames(tmp_path_factory, size) -> Frames:
+    folder = tmp_path_factory.mktemp("attention") / "synthetic"
+    synthetic.generate(folder, STATIONS, DAYS, seed=0, image_size=RENDER_SIZE, unlabelled_share=0.5)
+    files = sorted((folder / "images").glob("*/*.png"))
+    stations = np.array([path.parent.name for path in files])
+    hour = np.array([sum(stations[:i] == s) for i, s in enumerate(stations)])  # files sort by time per station
+    true, found = camera.read_true_masks([str(path.resolve()) for path in files], size)
+    assert found.all()
+    return Frames(np.stack([read_photo(path, size) for path in files]), true, stations, hour < TRAIN_SHARE * DAYS * 24)
+
+
+def fit(settings: Attend, images: np.ndarray, labels: np.ndarray) -> attention.SkyMaskNet:
+    torch.manual_seed(0)
+    net = attention.SkyMaskNet(settings.width)
+    attention.train_mask_net(net, images, labels, attention.MaskFit(settings.epochs, settings.batch_size, settings.lr, seed=0, device="cpu"))
+    return net.eval()
+
+
+@pytest.fixture(scope="module")
+def pseudo(frames, settings) -> attention.PseudoLabels:
+    seen = frames.train & (frames.stations != HELD_OUT)
+    return attention.station_pseudo_labels(frames.images, np.flatnonzero(seen), frames.stations[seen], settings.min_station_frames)
+
+
+@pytest.fixture(scope="module")
+def net(frames, pseudo, settings) -> attention.SkyMaskNet:
+    seen = frames.train & (frames.stations != HELD_OUT)
+    return fit(settings, frames.images[seen], pseudo.of(frames.stations[seen]).astype(np.float32))
+
+
+@pytest.fixture(scope="module")
+def predicted(frames, net, settings) -> np.ndarray:
+    return attention.predict_sky(net, frames.images, batch_size=256) > settings.threshold
+
+
+# --- pseudo-labels ---------------------------------------------------------------------------
+
+
+def test_temporal_variance_pseudo_labels_match_the_true_sky_of_every_frame(frames, pseudo):
+    assert set(pseudo.masks) == {"syn-00", "syn-01"} and not pseudo.left_out
+    for station, label in pseudo.masks.items():
+        mine = frames.stations == station
+        score = attention.iou(np.broadcast_to(label, frames.true[mine].shape), frames.true[mine])
+        # Only the first cut (what changes at all: the image circle) is the baseline to beat:
+        # the horizon ring and the obstructions change too, but less than the sky.
+        variance = attention.temporal_variance(frames.images[mine & frames.train])
+        live = np.log(variance + 1e-8) > attention.otsu_threshold(np.log(variance + 1e-8))
+        circle = attention.iou(np.broadcast_to(live, frames.true[mine].shape), frames.true[mine])
+        # Measured at 32 px over 87 training hours: 0.86 (syn-00) and 0.92 (syn-01) vs the circle's 0.61 / 0.58.
+        assert score.mean() > 0.8, f"{station}: pseudo-label IoU {score.mean():.3f}"
+        assert score.mean() > circle.mean() + 0.1, f"{station}: {score.mean():.3f} barely beats the image circle's {circle.mean():.3f}"
+
+
+def test_a_station_with_too_few_frames_gets_no_pseudo_label_and_photos_are_all_sky(frames):
+    idx = np.arange(12)
+    stations = np.array(["syn-00"] * 5 + [attention.PHOTO_ONLY] * 7)
+    labels = attention.station_pseudo_labels(frames.images, idx, stations, min_frames=6)
+    assert labels.left_out == {"syn-00": "5 training frames, fewer than attend.min_station_frames=6"}
+    assert labels.masks[attention.PHOTO_ONLY].all() and labels.frames_used == {attention.PHOTO_ONLY: 7}
+
+
+def test_otsu_splits_two_clusters_and_refuses_a_constant():
+    values = np.concatenate([np.full(100, 1.0), np.full(50, 5.0)]) + np.linspace(0, 0.1, 150)
+    assert np.array_equal(values > attention.otsu_threshold(values), np.arange(150) >= 100)
+    with pytest.raises(ValueError, match="at least two distinct values"):
+        attention.otsu_threshold(np.ones(10))
+
+
+# --- the net ---------------------------------------------------------------------------------
+
+
+def test_the_net_is_tiny_and_finds_the_sky_on_later_frames_and_at_a_station_it_never_saw(frames, net, predicted):
+    assert attention.count_parameters(net) < 10_000
+    score = attention.iou(predicted, frames.true)
+    later = ~frames.train & (frames.stations != HELD_OUT)
+    unseen = frames.stations == HELD_OUT
+    everything_is_sky = attention.iou(np.ones_like(frames.true), frames.true)
+    # Measured: 0.80 (later frames of trained stations), 0.79 (the unseen station); all-sky: 0.52.
+    assert score[later].mean() > 0.72, f"later frames: IoU {score[later].mean():.3f}"
+    assert score[unseen].mean() > 0.72, f"unseen station: IoU {score[unseen].mean():.3f}"
+    assert score[later | unseen].mean() > everything_is_sky[later | unseen].mean() + 0.2
+
+
+def test_onnx_attention_net_matches_pytorch_at_the_training_size_and_another(frames, net, tmp_path, size):
+    path = attention.export_onnx(net, tmp_path / "attention.onnx", size)
+    session = inference.session(path)
+    for frame_size in (size, 2 * size):  # height and width are dynamic: a station may run it on its own frame size
+        batch = np.stack([np.asarray(Image.fromarray(f).resize((frame_size, frame_size))) for f in frames.images[:8]])
+        expected = attention.predict_sky(net, batch, batch_size=8)
+        got = session.run(None, {attention.INPUT_FRAME: attention.to_tensor(batch).numpy()})[0][:, 0]
+        assert got.shape == expected.shape == (8, frame_size, frame_size)
+        assert np.abs(got - expected).max() < 1e-4
+
+
+# --- crop boxes ------------------------------------------------------------------------------
+
+
+def test_crop_boxes_lie_inside_the_frame_are_square_and_keep_the_true_sky(frames, predicted, settings, size):
+    boxes = attention.boxes_from_masks(predicted, settings.padding, settings.outlier_share)
+    top, left, bottom, right = boxes.T
+    assert ((0 <= top) & (top < bottom) & (bottom <= 1) & (0 <= left) & (left < right) & (right <= 1)).all()
+    assert np.allclose(bottom - top, right - left, atol=1e-6)  # square: the student's input is
+    scored = ~frames.train | (frames.stations == HELD_OUT)
+    kept = attention.sky_kept(boxes[scored], frames.true[scored])
+    area = ((bottom - top) * (right - left))[scored]
+    # Measured: 99.3 % of the sky kept on average (worst frame 91.5 %), in 79 % of the frame.
+    assert kept.mean() > 0.97 and kept.min() > 0.85, f"sky kept: mean {kept.mean():.3f}, min {kept.min():.3f}"
+    assert area.mean() < 0.95, f"the boxes keep {area.mean():.2f} of the frame: no attention at all"
+    cropped = crop.crop_photos(frames.images[scored][:4], boxes[scored][:4], size)
+    assert cropped.shape == (4, size, size, 3) and cropped.dtype == np.uint8
+
+
+def test_box_from_mask_on_hand_built_masks():
+    rows, cols = np.mgrid[0:40, 0:40]
+    disc = (rows - 20) ** 2 + (cols - 14) ** 2 < 8**2  # rows 13..27, columns 7..21
+    box = crop.box_from_mask(disc, padding=0.0, outlier_share=0.0)
+    assert np.allclose(box * 40, [13, 7, 28, 22])
+    stray = disc.copy()
+    stray[0, 39] = True  # a stray pixel in a corner: the outer 1 % of sky pixels (2 of 198) are ignored
+    assert np.allclose(crop.box_from_mask(stray, padding=0.0, outlier_share=0.01), box)
+    assert not np.allclose(crop.box_from_mask(stray, padding=0.0, outlier_share=0.0), box)
+    padded = crop.box_from_mask(disc, padding=0.1, outlier_share=0.0)
+    assert np.allclose(padded * 40, [9, 3, 32, 26])
+    assert np.array_equal(crop.box_from_mask(np.zeros((40, 40), bool), 0.1, 0.01), crop.WHOLE_FRAME)
+    edge = crop.box_from_mask(np.pad(np.ones((10, 4), bool), ((0, 30), (0, 36))), padding=0.0, outlier_share=0.0)
+    assert np.allclose(edge * 40, [0, 0, 10, 10])  # widened to a square inside the frame, not past its edge
+
+
+def test_crop_photo_cuts_the_box_at_any_resolution_and_names_a_bad_box():
+    photo = np.zeros((64, 64, 3), np.uint8)
+    photo[16:48, 16:48] = 200
+    assert (crop.crop_photo(photo, np.array([0.25, 0.25, 0.75, 0.75]), 8) == 200).all()
+    small = photo[::2, ::2]  # the same frame at half the resolution: the same fractional box
+    assert (crop.crop_photo(small, np.array([0.25, 0.25, 0.75, 0.75]), 8) == 200).all()
+    with pytest.raises(ValueError, match="0 <= top < bottom <= 1"):
+        crop.crop_photo(photo, np.array([0.5, 0.0, 0.5, 1.0]), 8)
+
+
+# --- photos without a station ----------------------------------------------------------------
+
+
+def sky_patches(frames: Frames, rows: np.ndarray, size: int) -> np.ndarray:
+    """SWIMCAT-like photos: the middle of fisheye frames, near the zenith, where nothing but sky
+    is (checked on the true masks), at the ingest's size."""
+    middle = np.array([0.35, 0.35, 0.65, 0.65])  # within ~30 degrees of the zenith
+    top, left, bottom, right = crop.box_pixels(middle, size, size)
+    kept = [i for i in rows if frames.true[i, top:bottom, left:right].all()]
+    return crop.crop_photos(frames.images[kept], np.repeat(middle[None], len(kept), axis=0), size)
+
+
+def test_a_photo_only_source_keeps_the_whole_frame(frames, settings, size, pseudo):
+    seen = frames.train & (frames.stations != HELD_OUT)
+    patches_train = sky_patches(frames, np.flatnonzero(frames.train), size)
+    patches_later = sky_patches(frames, np.flatnonzero(~frames.train), size)
+    assert len(patches_train) > 50 and len(patches_later) > 30
+    photo_labels = attention.station_pseudo_labels(patches_train, np.arange(len(patches_train)), np.full(len(patches_train), attention.PHOTO_ONLY), settings.min_station_frames)
+    images = np.concatenate([frames.images[seen], patches_train])
+    labels = np.concatenate([pseudo.of(frames.stations[seen]), photo_labels.of(np.full(len(patches_train), attention.PHOTO_ONLY))]).astype(np.float32)
+    net = fit(settings, images, labels)
+    sky = attention.predict_sky(net, patches_later, batch_size=256) > settings.threshold
+    boxes = attention.boxes_from_masks(sky, settings.padding, settings.outlier_share)
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    # Measured: 100 % sky, whole-frame boxes. The same net trained on station frames alone calls
+    # 24 % of these patches sky: without the all-sky pseudo-label, this fails.
+    assert sky.mean(axis=(1, 2)).mean() > 0.95, f"photos kept {sky.mean():.3f} of their pixels as sky"
+    assert area.mean() > 0.95
+    # ... and it still finds the sky in fisheye frames (measured 0.79: it did not learn "everything is sky").
+    fisheye = attention.predict_sky(net, frames.images[~frames.train], batch_size=256) > settings.threshold
+    assert attention.iou(fisheye, frames.true[~frames.train]).mean() > 0.7
+
+
+def test_true_mask_file_maps_an_ingested_photo_to_the_generators_mask(tmp_path):
+    (tmp_path / "raw" / "masks" / "syn-00").mkdir(parents=True)
+    (tmp_path / "raw" / "masks" / "syn-00" / "20240301T0000.png").write_bytes(b"")
+    image = tmp_path / "raw" / "images" / "syn-00" / "20240301T0000.png"
+    assert camera.true_mask_file(str(image)) == tmp_path / "raw" / "masks" / "syn-00" / "20240301T0000.png"
+    assert camera.true_mask_file(str(tmp_path / "swimcat" / "A-sky" / "1.png")) is None
+    assert camera.true_mask_file(str(tmp_path / "raw" / "images" / "syn-01" / "x.png")) is None  # no mask beside it
