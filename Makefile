@@ -110,3 +110,9 @@ bench-fleet: setup
 	$(BIN)/python -m flows.fleet_bench --package $(BENCH_DATA)/package --out reports/bench_fleet.json
 
 bench: bench-fleet
+
+# Full frame vs attention crop: the distill section's student trained on each (no teacher), same
+# input resolution -> reports/bench_attention.json. Needs data/ingest and data/attend (dvc repro attend).
+.PHONY: bench-attention
+bench-attention: setup
+	$(BIN)/python -m skyedge.evaluation.attention_bench --ingest data/ingest --attend data/attend --out reports/bench_attention.json

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from skyedge.core import inputs, paths
+from skyedge.core import crop, inputs, paths
 from skyedge.core.contract import HORIZONS
 
 
@@ -49,6 +49,15 @@ def load_ingested(directory: Path) -> Ingested:
         images=np.load(files.images),
         preprocessing=json.loads(files.normalisation.read_text()),
     )
+
+
+def attended(data: Ingested, boxes: np.ndarray, boxes_file: Path | str = "boxes") -> Ingested:
+    """The same samples with every photo cut to its attention box (the attend stage's boxes.npy,
+    one box per image of images.npy) and resized back to the ingest's size: what a student that
+    looks through selective attention sees, at its own resolution."""
+    if boxes.shape != (len(data.images), 4):
+        raise ValueError(f"{boxes_file}: shape {boxes.shape}, but images.npy holds {len(data.images)} images: one box [top, left, bottom, right] per image; re-run the attend stage on this ingest")
+    return replace(data, images=crop.crop_photos(data.images, boxes, data.images.shape[1]))
 
 
 def model_inputs(data: Ingested, rows: np.ndarray, drop_images: bool = False) -> dict[str, np.ndarray]:
