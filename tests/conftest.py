@@ -50,11 +50,12 @@ class PipelineRun:
 @pytest.fixture(scope="session")
 def pipeline(tiny: Params, tmp_path_factory: pytest.TempPathFactory) -> PipelineRun:
     """Every stage's `run()` in DVC order on the tiny profile, outputs under one temp dir."""
-    from stages import distill, embed, evaluate, ingest, package, prune, quantize
+    from stages import attend, distill, embed, evaluate, ingest, package, prune, quantize
 
     root = tmp_path_factory.mktemp("pipeline")
     d = PipelineRun(tiny, root)
     ingest.run(tiny.ingest, tiny.data, d.ingest)
+    attend.run(tiny.attend, tiny.data, tiny.common, d.ingest, d.attend)
     embed.run(tiny.embed, tiny.data, tiny.augment, tiny.common, d.ingest, d.embed)
     distill.run(tiny.distill, tiny.data, tiny.augment, tiny.common, d.ingest, d.embed, d.distill)
     prune.run(tiny.prune, tiny.distill, tiny.data, tiny.augment, tiny.common, d.ingest, d.embed, d.distill, d.prune)
