@@ -236,14 +236,21 @@ def test_true_mask_file_maps_an_ingested_photo_to_the_generators_mask(tmp_path):
 # --- the stage and the crop before the student -----------------------------------------------
 
 
-def test_attend_stage_writes_boxes_onnx_and_scores_against_the_true_masks(tiny, tmp_path):
+@pytest.fixture(scope="module")
+def stage_run(tiny, tmp_path_factory) -> tuple[Path, dict]:
+    """ingest then attend on the tiny profile, in a temp dir."""
     from stages import attend, ingest
 
+    root = tmp_path_factory.mktemp("attend-stage")
+    ingest.run(tiny.ingest, tiny.data, root / "ingest")
+    common = tiny.common.model_copy(update={"threads": 1})  # see one_thread
+    return root, attend.run(tiny.attend, tiny.data, common, root / "ingest", root / "attend")
+
+
+def test_attend_stage_writes_boxes_onnx_and_scores_against_the_true_masks(tiny, stage_run):
     from skyedge.core import paths
 
-    ingest.run(tiny.ingest, tiny.data, tmp_path / "ingest")
-    common = tiny.common.model_copy(update={"threads": 1})  # see one_thread
-    metrics = attend.run(tiny.attend, tiny.data, common, tmp_path / "ingest", tmp_path / "attend")
+    tmp_path, metrics = stage_run
     out = paths.Attend(tmp_path / "attend")
     images = np.load(paths.Ingest(tmp_path / "ingest").images)
     boxes = np.load(out.boxes)
@@ -262,6 +269,21 @@ def test_attend_stage_writes_boxes_onnx_and_scores_against_the_true_masks(tiny, 
         assert trained["box_sky_kept"]["mean"] > 0.97 and unseen["box_sky_kept"]["mean"] > 0.97
 
 
+def test_bench_trains_the_student_on_both_views_and_pairs_them_by_seed(tiny, stage_run):
+    from skyedge.evaluation import attention_bench
+
+    root, _ = stage_run
+    params = tiny.model_copy(update={"common": tiny.common.model_copy(update={"threads": 1})})
+    result = attention_bench.compare(params, root / "ingest", root / "attend", seeds=2)
+    assert {(row["view"], row["split"], row["seed"]) for row in result["rows"]} == {(v, s, seed) for v in attention_bench.VIEWS for s in ("val", "test") for seed in (0, 1)}
+    by = {(row["view"], row["split"], row["seed"]): row for row in result["rows"]}
+    test_change = next(row for row in result["attention_minus_full"] if row["split"] == "test")
+    expected = np.mean([by["attention_crop", "test", seed]["sky_accuracy"] - by["full_frame", "test", seed]["sky_accuracy"] for seed in (0, 1)])
+    assert test_change["sky_accuracy"] == pytest.approx(expected)
+    assert 0 < result["mean_box_area_share"] < 1
+    assert "attention crop - full frame, paired by seed" in attention_bench.format_result(result)
+
+
 def test_attended_ingest_cuts_every_photo_to_its_box_and_names_a_boxes_file_that_does_not_fit(frames, size):
     import pandas as pd
 
@@ -275,3 +297,9 @@ def test_attended_ingest_cuts_every_photo_to_its_box_and_names_a_boxes_file_that
     assert not np.array_equal(cut.images, data.images)
     with pytest.raises(ValueError, match="data/attend/boxes.npy: shape \\(4, 4\\), but images.npy holds 5 images"):
         attended(data, boxes[:4], "data/attend/boxes.npy")
+
+
+def test_a_station_whose_frames_never_change_is_left_out_with_its_reason():
+    frozen = np.full((30, 8, 8, 3), 90, np.uint8)  # a dead camera: the same frame every hour
+    labels = attention.station_pseudo_labels(frozen, np.arange(30), np.array(["syn-09"] * 30), min_frames=24)
+    assert not labels.masks and labels.left_out["syn-09"].startswith("no pseudo-label from its 30 training frames: otsu_threshold: needs at least two distinct values")

@@ -102,7 +102,10 @@ def station_pseudo_labels(images: np.ndarray, image_idx: np.ndarray, stations: n
         elif len(mine) < min_frames:
             left_out[station] = f"{len(mine)} training frames, fewer than attend.min_station_frames={min_frames}"
         else:
-            masks[station], used[station] = variance_pseudo_label(temporal_variance(images[mine])), len(mine)
+            try:
+                masks[station], used[station] = variance_pseudo_label(temporal_variance(images[mine])), len(mine)
+            except ValueError as error:  # every pixel alike over time (a dead camera): nothing to split
+                left_out[station] = f"no pseudo-label from its {len(mine)} training frames: {error}"
     return PseudoLabels(masks, used, left_out)
 
 
@@ -279,7 +282,7 @@ def summary(values: np.ndarray) -> dict:
     values = np.asarray(values, dtype=np.float64)
     if not len(values):
         return {"n": 0}
-    return {"n": int(len(values)), "mean": float(values.mean()), "median": float(np.median(values)), "min": float(values.min())}
+    return {"n": len(values), "mean": float(values.mean()), "median": float(np.median(values)), "min": float(values.min())}
 
 
 # --- a picture for people --------------------------------------------------------------------
@@ -293,8 +296,10 @@ def preview(frames: np.ndarray, true: np.ndarray, predicted: np.ndarray, boxes: 
     from skyedge.core.crop import box_pixels, crop_photo
 
     gap, caption_height = 4, 14
-    sheet = Image.new("RGB", (5 * (tile + gap), len(frames) * (tile + caption_height + gap)), "white")
+    sheet = Image.new("RGB", (5 * (tile + gap), max(len(frames), 1) * (tile + caption_height + gap)), "white")
     draw = ImageDraw.Draw(sheet)
+    if not len(frames):
+        draw.text((4, 4), "no val or test frames to show", fill="black")
 
     def big(pixels: np.ndarray) -> Image.Image:
         return Image.fromarray(pixels).convert("RGB").resize((tile, tile), Image.Resampling.NEAREST)
