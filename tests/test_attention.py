@@ -303,3 +303,46 @@ def test_a_station_whose_frames_never_change_is_left_out_with_its_reason():
     frozen = np.full((30, 8, 8, 3), 90, np.uint8)  # a dead camera: the same frame every hour
     labels = attention.station_pseudo_labels(frozen, np.arange(30), np.array(["syn-09"] * 30), min_frames=24)
     assert not labels.masks and labels.left_out["syn-09"].startswith("no pseudo-label from its 30 training frames: otsu_threshold: needs at least two distinct values")
+
+
+def test_the_stage_keeps_photos_without_a_station_whole(tiny, tmp_path):
+    """A SWIMCAT-like folder (index.csv + sky patches, no station) ingested beside the synthetic
+    stations: its photos get the all-sky pseudo-label in the stage, and the net keeps them whole."""
+    import csv
+
+    from stages import attend, ingest
+    from tests.conftest import folder_source, ingest_params
+
+    render = tmp_path / "render"
+    synthetic.generate(render, 1, DAYS, seed=1, image_size=RENDER_SIZE, unlabelled_share=0.0)  # seed 1: nothing near its zenith
+    with (render / "index.csv").open() as handle:
+        listed = list(csv.DictReader(handle))
+    middle = np.array([0.35, 0.35, 0.65, 0.65])  # near the zenith: sky only (checked on the true mask)
+    photos = tmp_path / "swimcat"
+    (photos / "images").mkdir(parents=True)
+    top, left, bottom, right = crop.box_pixels(middle, RENDER_SIZE, RENDER_SIZE)
+    rows = []
+    for row in listed:
+        source = render / row["path"]
+        true, _ = camera.read_true_masks([str(source.resolve())], RENDER_SIZE)
+        if true[0, top:bottom, left:right].all():
+            name = f"images/{source.stem}.png"
+            Image.fromarray(crop.crop_photo(read_photo(source, RENDER_SIZE), middle, 48)).save(photos / name)
+            rows.append({"path": name, "label": row["label"], "timestamp": row["timestamp"]})
+    with (photos / "index.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["path", "label", "timestamp"])
+        writer.writeheader()
+        writer.writerows(rows)
+    assert len(rows) > 100
+
+    sources = [tiny.ingest.sources[0].model_dump(), folder_source(photos)]
+    ingest.run(ingest_params(sources, tuple(tiny.ingest.split.holdout_stations)), tiny.data, tmp_path / "ingest")
+    metrics = attend.run(tiny.attend, tiny.data, tiny.common.model_copy(update={"threads": 1}), tmp_path / "ingest", tmp_path / "attend")
+    assert metrics["training"]["frames_per_source"]["photo_only"] > 50
+    assert metrics["pseudo_label_sky_share"]["photo_only"] == 1.0
+    # Measured: photos 99.99 % (val) and 100 % (test) sky, whole-frame boxes; the unseen station's IoU 0.86-0.87.
+    for split in ("val", "test"):
+        photo = metrics["photo_only"][split]
+        assert photo["sky_share"]["n"] > 10
+        assert photo["sky_share"]["mean"] > 0.95 and photo["box_area_share"]["mean"] > 0.95
+        assert metrics["scores"][f"{split}_unseen_stations"]["net_iou"]["mean"] > 0.7  # the fisheyes are still cropped
