@@ -33,13 +33,13 @@ TRAINED, UNSEEN, PHOTOS = "trained_stations", "unseen_stations", "photo_only"
 AGREEMENT_FRAMES = 32  # frames ONNX Runtime and PyTorch both score: the export is checked, not assumed
 
 
-def frame_table(samples: pd.DataFrame, n_images: int) -> pd.DataFrame:
+def frame_table(samples: pd.DataFrame, n_images: int, samples_file: Path) -> pd.DataFrame:
     """One row per image of images.npy (index = image_idx): its station, split and file, from the
     first sample that names it."""
     named = samples[samples["image_idx"] >= 0].drop_duplicates("image_idx").set_index("image_idx")
     missing = sorted(set(range(n_images)) - set(named.index))
     if missing:
-        raise ValueError(f"samples.csv names no sample for images {missing[:5]} of images.npy: every ingested image belongs to a sample")
+        raise ValueError(f"{samples_file}: no sample names images {missing[:5]} of images.npy ({len(missing)} in all): every ingested image belongs to a sample; re-run ingest")
     return named.loc[range(n_images), ["station_id", "split", "image_file"]]
 
 
@@ -103,7 +103,7 @@ def run(params: Attend, data_params: Data, common: Common, ingest_dir: Path, out
     data = load_ingested(ingest_dir)
     out = paths.Attend(out_dir)
     images = data.images
-    frames = frame_table(data.samples, len(images))
+    frames = frame_table(data.samples, len(images), paths.Ingest(ingest_dir).samples)
     stations = frames["station_id"].to_numpy()
 
     training = np.flatnonzero(frames["split"].to_numpy() == "train")

@@ -346,3 +346,15 @@ def test_the_stage_keeps_photos_without_a_station_whole(tiny, tmp_path):
         assert photo["sky_share"]["n"] > 10
         assert photo["sky_share"]["mean"] > 0.95 and photo["box_area_share"]["mean"] > 0.95
         assert metrics["scores"][f"{split}_unseen_stations"]["net_iou"]["mean"] > 0.7  # the fisheyes are still cropped
+
+
+def test_a_samples_table_that_misses_an_image_is_named_with_the_rule():
+    import pandas as pd
+
+    from stages.attend import frame_table
+
+    samples = pd.DataFrame({"image_idx": [0, 2, -1], "station_id": ["syn-00"] * 3, "split": ["train"] * 3, "image_file": ["a", "c", ""]})
+    with pytest.raises(ValueError, match=r"data/ingest/samples.csv: no sample names images \[1\] of images.npy \(1 in all\)"):
+        frame_table(samples, 3, Path("data/ingest/samples.csv"))
+    one = frame_table(samples.iloc[[0]], 1, Path("data/ingest/samples.csv"))
+    assert one.index.tolist() == [0] and one["image_file"].tolist() == ["a"]
