@@ -96,8 +96,9 @@ def compare(params: Params, ingest_dir: Path, attend_dir: Path, seeds: int) -> d
 
 
 def metric_columns(signed: bool) -> list[Column]:
+    """Each metric and its spread over seeds; a change (`signed`) shows its sign, a spread never has one."""
     sign = "+" if signed else ""
-    return [Column(key, format=sign + spec) for metric, spec in zip(METRICS, (".3f", ".4f", ".3f")) for key in (metric, f"{metric}_sd")]
+    return [column for metric, spec in zip(METRICS, (".3f", ".4f", ".3f")) for column in (Column(metric, format=sign + spec), Column(f"{metric}_sd", format=spec))]
 
 
 def format_result(result: dict) -> str:
