@@ -37,6 +37,9 @@ from skyedge.core.crop import box_from_mask
 INPUT_FRAME = "frame"
 OUTPUT_SKY_PROBABILITY = "sky_probability"
 PHOTO_ONLY = ""  # samples.csv's station_id of a photo without a station
+# Pixels outside the image circle are 0 in every frame: their variance is exactly 0, and the log
+# needs a floor, far below one 8-bit step squared (1.5e-5), so it never merges live pixels with them.
+VARIANCE_FLOOR = 1e-8
 
 
 # --- pseudo-labels from temporal variance ------------------------------------------------------
@@ -70,7 +73,7 @@ def temporal_variance(frames: np.ndarray) -> np.ndarray:
 def variance_pseudo_label(variance: np.ndarray) -> np.ndarray:
     """[H, W] temporal variance -> bool sky mask: live pixels (Otsu on log variance), then the
     most variable of those (Otsu on variance). See the module docstring for why two steps."""
-    log_variance = np.log(variance + 1e-8)
+    log_variance = np.log(variance + VARIANCE_FLOOR)
     live = log_variance > otsu_threshold(log_variance)
     if live.sum() < 2 or variance[live].min() == variance[live].max():
         return live  # nothing to split further: every live pixel changes alike
