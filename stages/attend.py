@@ -117,7 +117,7 @@ def run(params: Attend, data_params: Data, common: Common, ingest_dir: Path, out
 
     probability = attention.predict_sky(net, images, batch_size=256)
     predicted = probability > params.threshold
-    boxes = attention.boxes_from_masks(predicted, params.padding, params.outlier_share)
+    boxes = attention.boxes_from_masks(predicted, params.padding, params.outlier_share, params.min_sky_share)
     true, has_truth = read_true_masks(frames["image_file"].tolist(), data_params.image_size)
     groups = frame_groups(stations, {s for s in pseudo.masks if s != attention.PHOTO_ONLY})
 
@@ -144,6 +144,8 @@ def run(params: Attend, data_params: Data, common: Common, ingest_dir: Path, out
         },
         "pseudo_label_sky_share": {s or "photo_only": float(m.mean()) for s, m in pseudo.masks.items()},
         "true_masks": {"found": int(has_truth.sum()), "images": len(images)},
+        # Frames with less predicted sky than attend.min_sky_share: their box is the whole frame.
+        "whole_frame_fallbacks": int((predicted.mean(axis=(1, 2)) < params.min_sky_share).sum()),
         "scores": mask_scores(predicted, true, boxes, pseudo, frames, groups, has_truth),
         "photo_only": photo_scores(probability, boxes, frames, groups, params.threshold),
     }

@@ -152,7 +152,7 @@ def test_onnx_attention_net_matches_pytorch_at_the_training_size_and_another(fra
 
 
 def test_crop_boxes_lie_inside_the_frame_are_square_and_keep_the_true_sky(frames, predicted, settings, size):
-    boxes = attention.boxes_from_masks(predicted, settings.padding, settings.outlier_share)
+    boxes = attention.boxes_from_masks(predicted, settings.padding, settings.outlier_share, settings.min_sky_share)
     top, left, bottom, right = boxes.T
     assert ((0 <= top) & (top < bottom) & (bottom <= 1) & (0 <= left) & (left < right) & (right <= 1)).all()
     assert np.allclose(bottom - top, right - left, atol=1e-6)  # square: the student's input is
@@ -169,16 +169,21 @@ def test_crop_boxes_lie_inside_the_frame_are_square_and_keep_the_true_sky(frames
 def test_box_from_mask_on_hand_built_masks():
     rows, cols = np.mgrid[0:40, 0:40]
     disc = (rows - 20) ** 2 + (cols - 14) ** 2 < 8**2  # rows 13..27, columns 7..21
-    box = crop.box_from_mask(disc, padding=0.0, outlier_share=0.0)
+    box = crop.box_from_mask(disc, padding=0.0, outlier_share=0.0, min_sky_share=0.0)
     assert np.allclose(box * 40, [13, 7, 28, 22])
     stray = disc.copy()
     stray[0, 39] = True  # a stray pixel in a corner: the outer 1 % of sky pixels (2 of 198) are ignored
-    assert np.allclose(crop.box_from_mask(stray, padding=0.0, outlier_share=0.01), box)
-    assert not np.allclose(crop.box_from_mask(stray, padding=0.0, outlier_share=0.0), box)
-    padded = crop.box_from_mask(disc, padding=0.1, outlier_share=0.0)
+    assert np.allclose(crop.box_from_mask(stray, padding=0.0, outlier_share=0.01, min_sky_share=0.0), box)
+    assert not np.allclose(crop.box_from_mask(stray, padding=0.0, outlier_share=0.0, min_sky_share=0.0), box)
+    padded = crop.box_from_mask(disc, padding=0.1, outlier_share=0.0, min_sky_share=0.0)
     assert np.allclose(padded * 40, [9, 3, 32, 26])
-    assert np.array_equal(crop.box_from_mask(np.zeros((40, 40), bool), 0.1, 0.01), crop.WHOLE_FRAME)
-    edge = crop.box_from_mask(np.pad(np.ones((10, 4), bool), ((0, 30), (0, 36))), padding=0.0, outlier_share=0.0)
+    assert np.array_equal(crop.box_from_mask(np.zeros((40, 40), bool), 0.1, 0.01, 0.0), crop.WHOLE_FRAME)
+    # A handful of pixels (7 of 1600) is no sky to attend to: below min_sky_share, the whole frame.
+    few = np.zeros((40, 40), bool)
+    few[5, 5:12] = True
+    assert np.array_equal(crop.box_from_mask(few, 0.0, 0.0, min_sky_share=0.01), crop.WHOLE_FRAME)
+    assert not np.array_equal(crop.box_from_mask(few, 0.0, 0.0, min_sky_share=0.0), crop.WHOLE_FRAME)
+    edge = crop.box_from_mask(np.pad(np.ones((10, 4), bool), ((0, 30), (0, 36))), padding=0.0, outlier_share=0.0, min_sky_share=0.0)
     assert np.allclose(edge * 40, [0, 0, 10, 10])  # widened to a square inside the frame, not past its edge
 
 
@@ -214,7 +219,7 @@ def test_a_photo_only_source_keeps_the_whole_frame(frames, settings, size, pseud
     labels = np.concatenate([pseudo.of(frames.stations[seen]), photo_labels.of(np.full(len(patches_train), attention.PHOTO_ONLY))]).astype(np.float32)
     net = fit(settings, images, labels)
     sky = attention.predict_sky(net, patches_later, batch_size=256) > settings.threshold
-    boxes = attention.boxes_from_masks(sky, settings.padding, settings.outlier_share)
+    boxes = attention.boxes_from_masks(sky, settings.padding, settings.outlier_share, settings.min_sky_share)
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     # Measured: 100 % sky, whole-frame boxes. The same net trained on station frames alone calls
     # 24 % of these patches sky: without the all-sky pseudo-label, this fails.

@@ -162,6 +162,7 @@ class Attend(Section):
     threshold: Annotated[float, Field(gt=0, lt=1)]  # sky probability above which a pixel is sky
     padding: Annotated[float, Field(ge=0, lt=0.5)]  # the box grows by this share of the frame side on every side
     outlier_share: Annotated[float, Field(ge=0, lt=0.1)]  # sky pixels ignored at each end of the box's span (strays)
+    min_sky_share: Annotated[float, Field(ge=0, lt=1)]  # a predicted mask with less sky is not trusted: the whole frame
     preview_frames: Annotated[int, Field(ge=1, le=32)]  # val/test frames drawn in preview.png
 
 

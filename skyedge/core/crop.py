@@ -29,17 +29,20 @@ def _squared(low: float, high: float, side: float, length: float) -> tuple[float
     return max(0.0, low + shift), min(side, high + shift)
 
 
-def box_from_mask(sky: np.ndarray, padding: float, outlier_share: float) -> np.ndarray:
+def box_from_mask(sky: np.ndarray, padding: float, outlier_share: float, min_sky_share: float) -> np.ndarray:
     """The crop box of a sky mask [H, W] (bool, or 1 where sky): the bounding box of its sky
     pixels, grown by `padding` of the frame side on every side and made square (the student's
-    input is square: a square crop keeps the sky's shape), clipped to the frame. A mask with no
-    sky at all gives the whole frame: with nothing to attend to, the student sees everything."""
+    input is square: a square crop keeps the sky's shape), clipped to the frame.
+
+    A mask with less sky than `min_sky_share` of the frame gives the whole frame: a few stray
+    pixels are no sky to attend to (a net that has never seen such a frame finds a handful, and
+    their box would cut away almost everything), so the student sees everything."""
     sky = np.asarray(sky) > 0
     if sky.ndim != 2:
         raise ValueError(f"box_from_mask: a mask is [H, W], got shape {sky.shape}")
     height, width = sky.shape
     rows, cols = np.nonzero(sky)
-    if not len(rows):
+    if not len(rows) or len(rows) < min_sky_share * height * width:
         return WHOLE_FRAME.copy()
     top, bottom = _span(rows, height, outlier_share)
     left, right = _span(cols, width, outlier_share)

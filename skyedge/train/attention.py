@@ -252,9 +252,9 @@ def export_onnx(net: SkyMaskNet, path: Path, image_size: int) -> Path:
 # --- boxes and scores ------------------------------------------------------------------------
 
 
-def boxes_from_masks(masks: np.ndarray, padding: float, outlier_share: float) -> np.ndarray:
+def boxes_from_masks(masks: np.ndarray, padding: float, outlier_share: float, min_sky_share: float) -> np.ndarray:
     """[N, H, W] bool -> [N, 4] float32 crop boxes (skyedge.core.crop: fractions of the frame)."""
-    return np.stack([box_from_mask(mask, padding, outlier_share) for mask in masks]).astype(np.float32)
+    return np.stack([box_from_mask(mask, padding, outlier_share, min_sky_share) for mask in masks]).astype(np.float32)
 
 
 def iou(predicted: np.ndarray, true: np.ndarray) -> np.ndarray:
