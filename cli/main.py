@@ -944,6 +944,9 @@ def main(argv: list[str] | None = None) -> int:
     # A temporary Prefect server's telemetry call fails offline and logs an ERROR that operators
     # would chase; the user's own setting wins.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Without PREFECT_API_URL, Prefect starts a temporary server and gives it 20 s; on a busy
+    # 2-core machine (a training run beside it) that is too short and the whole run fails.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     try:
         return args.func(args)
     except ValueError as error:  # config and data errors carry a message meant for the user

@@ -3,7 +3,8 @@ and registry tests.
 
 The graph (onnx.helper) averages the sensor window and the image per channel, then maps them
 linearly to `sky_logits` [B, 5], `rain_prob` [B, 4] (sigmoid) and `temp_c` [B, 4]. `bias` shifts
-the outputs so releases differ; `pad_bytes` adds an unused initializer to make the file bigger
+the outputs so releases differ; `persistence` makes the rain and temperature outputs the window's
+last reading exactly (a model as good as persistence, what a fleet simulation needs); `pad_bytes` adds an unused initializer to make the file bigger
 (multi-chunk downloads). Needs `onnx` (the dev/train extra): never imported by the agent.
 """
 
@@ -15,16 +16,16 @@ from typing import Any
 import numpy as np
 
 from skyedge.core import contract, inputs
-from skyedge.core.features import N_FEATURES, RAW_FEATURES, RELATIVE_FEATURES
+from skyedge.core.features import N_FEATURES, RAIN_REFERENCE, RAW_FEATURES, RELATIVE_FEATURES, TEMPERATURE_REFERENCE
 from skyedge.release import manifest
 
 SENSOR_MEAN = [12.0, 1010.0, 60.0, 3.0, 0.0, 0.0, 0.1]
 SENSOR_STD = [8.0, 10.0, 20.0, 2.0, 0.7, 0.7, 0.3]
 
 
-def tiny_model(path: Path, image_size: int = 16, window: int = 6, bias: float = 0.0, pad_bytes: int = 0) -> None:
+def tiny_model(path: Path, image_size: int = 16, window: int = 6, bias: float = 0.0, pad_bytes: int = 0, persistence: bool = False) -> None:
     import onnx
-    from onnx import TensorProto, helper
+    from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
     n = N_FEATURES + 3 + 1
@@ -50,12 +51,27 @@ def tiny_model(path: Path, image_size: int = 16, window: int = 6, bias: float = 
         helper.make_node("Concat", ["s", "i2", "image_present"], ["x"], axis=1),
         helper.make_node("MatMul", ["x", "w_sky"], ["sky_raw"]),
         helper.make_node("Add", ["sky_raw", "b_sky"], [contract.OUTPUT_SKY_LOGITS]),
-        helper.make_node("MatMul", ["x", "w_rain"], ["rain_raw"]),
-        helper.make_node("Add", ["rain_raw", "b_rain"], ["rain_logit"]),
-        helper.make_node("Sigmoid", ["rain_logit"], [contract.OUTPUT_RAIN_PROB]),
-        helper.make_node("MatMul", ["x", "w_temp"], ["temp_raw"]),
-        helper.make_node("Add", ["temp_raw", "b_temp"], [contract.OUTPUT_TEMP_C]),
     ]
+    if persistence:  # the last hour's rain and temperature (reference channels) at every horizon
+        pick = np.zeros((N_FEATURES, 2 * 4), np.float32)
+        pick[RAIN_REFERENCE, :4] = pick[TEMPERATURE_REFERENCE, 4:] = 1.0
+        inits += [
+            helper.make_tensor("last_hour", TensorProto.INT64, [], [window - 1]), numpy_helper.from_array(pick, "w_persistence"),
+            helper.make_tensor("halves", TensorProto.INT64, [2], [4, 4]),
+        ]
+        nodes += [
+            helper.make_node("Gather", ["sensors", "last_hour"], ["last"], axis=1),
+            helper.make_node("MatMul", ["last", "w_persistence"], ["now"]),
+            helper.make_node("Split", ["now", "halves"], [contract.OUTPUT_RAIN_PROB, contract.OUTPUT_TEMP_C], axis=1),
+        ]
+    else:
+        nodes += [
+            helper.make_node("MatMul", ["x", "w_rain"], ["rain_raw"]),
+            helper.make_node("Add", ["rain_raw", "b_rain"], ["rain_logit"]),
+            helper.make_node("Sigmoid", ["rain_logit"], [contract.OUTPUT_RAIN_PROB]),
+            helper.make_node("MatMul", ["x", "w_temp"], ["temp_raw"]),
+            helper.make_node("Add", ["temp_raw", "b_temp"], [contract.OUTPUT_TEMP_C]),
+        ]
     f = TensorProto.FLOAT
     inputs = [
         helper.make_tensor_value_info(contract.INPUT_IMAGE, f, ["B", 3, image_size, image_size]),
@@ -85,6 +101,7 @@ def build_package(
     canary_offset: float = 0.0,
     min_agent_version: str = "0.1.0",
     container: bool = False,
+    persistence: bool = False,
 ) -> Path:
     """A signed package dir shaped like stages/package.py's; `canary_offset` != 0 makes the
     manifest's expected canary outputs wrong (a canary-mismatch release); `container` adds model.skc."""
@@ -94,7 +111,7 @@ def build_package(
     out_dir.mkdir(parents=True, exist_ok=True)
     bias = float(version) if bias is None else bias
     model_path = out_dir / manifest.MODEL_FILE
-    tiny_model(model_path, image_size, window, bias, pad_bytes)
+    tiny_model(model_path, image_size, window, bias, pad_bytes, persistence)
     rng = np.random.default_rng(version)
     canary = {
         contract.INPUT_IMAGE: rng.normal(size=(2, 3, image_size, image_size)).astype(np.float32),

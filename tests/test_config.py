@@ -83,7 +83,8 @@ def test_no_section_model_carries_a_default_of_its_own():
 
     from skyedge.core import config
 
-    optional = {("S3Source", "endpoint_url"), ("S3Source", "region"), ("S3Source", "profile"), ("Flow", "endpoint_url")}  # None = "use the AWS environment"
+    # None = "use the AWS environment"
+    optional = {(source, name) for source in ("S3Source", "FleetSource") for name in ("endpoint_url", "region", "profile")} | {("Flow", "endpoint_url")}
     for name, model in vars(config).items():
         if isinstance(model, type) and issubclass(model, BaseModel) and model.__module__ == config.__name__:
             for field_name, field in model.model_fields.items():

@@ -45,7 +45,7 @@ def feeds(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def baseline(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("baseline")
-    return sample_package.build_package(root / "package", 1, load_or_create_private_key(root / "key.pem"), container=True, bias=0.0)
+    return sample_package.build_package(root / "package", 1, load_or_create_private_key(root / "key.pem"), container=True, bias=0.0, persistence=True)
 
 
 def small_fleet_workspace(tmp_path: Path) -> Path:
@@ -85,7 +85,7 @@ def test_a_good_release_widens_ring_by_ring_to_the_whole_fleet(tmp_path, bucket,
     result = simulate(tmp_path, bucket, feeds, baseline, fleet_sim.GOOD, fleet_sim.Faults(seed=2), hours=30)
     actions = [d["action"] for d in result["rollout_history"]]
     assert result["rollout_state"] == rollout.COMPLETED, result["rollout_history"]
-    assert actions[-2:] == ["advance", "complete"] and "hold" in actions  # held while the evidence was thin
+    assert [a for a in actions if a != "hold"] == ["advance", "complete"] and "hold" in actions  # held while the evidence was thin
     assert result["final_versions"] == {2: 6}
     assert result["readings_taken"] == result["readings_in_store"]
     store = open_store(bucket)

@@ -100,3 +100,29 @@ def test_the_comparison_pairs_hours_and_pools_cohorts_as_computed_by_hand():
     assert result.hours == 2 and result.new_forecasts == 2 and result.old_forecasts == 2
     assert result.new == pytest.approx(1 - 1 / 5) and result.old == pytest.approx(1 - 9 / 5)
     assert result.difference == pytest.approx(0.8 - (-0.8))
+
+
+def test_cohorts_are_compared_by_their_gain_over_persistence_so_a_calm_cohort_does_not_swing_it():
+    """The new cohort's stations stayed calm (persistence nearly perfect) and its forecasts were off
+    by a hundredth of a degree squared more than persistence; the old cohort's beat persistence by as
+    little. Each against its own persistence the new release would look a whole unit of skill worse
+    (-1 vs 0.001); by gain over persistence in pooled units the difference is what it is: tiny."""
+    rows = [
+        # hour, version, h, rain_prob, temp_c, rain_now, temp_now, rain_obs, temp_obs
+        [10, NEW, 1, 0.0, 10.0 + 0.02**0.5, 0.0, 10.1, 0.0, 10.0],  # new: se 0.02, persistence 0.01
+        [10, OLD, 1, 0.0, 10.0 + 8.99**0.5, 0.0, 13.0, 0.0, 10.0],  # old: se 8.99, persistence 9
+        [11, NEW, 1, 0.0, 10.0 + 0.02**0.5, 0.0, 10.1, 0.0, 10.0],
+        [11, OLD, 1, 0.0, 10.0 + 8.99**0.5, 0.0, 13.0, 0.0, 10.0],
+    ]
+    result = rollout.compare(np.array(rows, float), NEW, OLD, "temp", margin=0.05, n_boot=50, seed=0)
+    assert result.new == pytest.approx(-1.0) and result.old == pytest.approx(1 - 8.99 / 9)  # each against its own
+    assert result.difference == pytest.approx(((0.01 - 0.02) - (9 - 8.99)) / ((0.01 + 9) / 2))
+    assert abs(result.difference) < 0.01 and result.verdict == "non-inferior"
+
+
+def test_no_verdict_before_the_new_release_has_enough_matured_forecasts():
+    rows = [[10, NEW, 1, 0.0, 20.0, 0.0, 10.0, 0.0, 10.0], [10, OLD, 1, 0.0, 10.5, 0.0, 11.0, 0.0, 10.0],
+            [11, NEW, 1, 0.0, 20.0, 0.0, 10.0, 0.0, 10.0], [11, OLD, 1, 0.0, 10.5, 0.0, 11.0, 0.0, 10.0]]
+    few = rollout.compare(np.array(rows, float), NEW, OLD, "temp", margin=0.05, n_boot=50, seed=0, min_forecasts=3)
+    assert few.difference < -1 and few.verdict == "undecided"  # far worse, but on two forecasts
+    assert rollout.compare(np.array(rows, float), NEW, OLD, "temp", margin=0.05, n_boot=50, seed=0, min_forecasts=2).verdict == "inferior"

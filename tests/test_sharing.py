@@ -28,7 +28,7 @@ SIZE, WINDOW = 16, 2
 
 
 def config(bits: int = 4, overrides: dict | None = None, epochs: int = 1, lr: float = 1e-3) -> WeightSharing:
-    return WeightSharing(bits=bits, overrides=overrides or {}, epochs=epochs, lr=lr)
+    return WeightSharing(method="shared", bits=bits, overrides=overrides or {}, epochs=epochs, lr=lr, batch_size=64)
 
 
 def student(width: int = 8, seed: int = 0) -> models.NowcastNet:
@@ -202,7 +202,7 @@ def test_an_override_that_matches_no_layer_is_refused_and_bits_stay_within_the_c
 
 
 def test_the_params_block_has_no_defaults_and_no_unknown_keys():
-    block = {"bits": 4, "overrides": {"sky_head": 6}, "epochs": 2, "lr": 3e-4}
+    block = {"method": "shared", "bits": 4, "overrides": {"sky_head": 6}, "epochs": 2, "lr": 3e-4, "batch_size": 64}
     assert WeightSharing.model_validate(block).overrides == {"sky_head": 6}
     with pytest.raises(ValueError, match="epochs"):
         WeightSharing.model_validate({k: v for k, v in block.items() if k != "epochs"})

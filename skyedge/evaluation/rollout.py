@@ -16,7 +16,16 @@ At each check (`decide`), for the current ring:
   `field.recent`). For each hour that both cohorts forecast, the new release's devices and the
   old release's devices are pooled separately; the statistic is skill(new) - skill(old) over the
   hours, with skill = 1 - error / error of persistence (rain: Brier; temperature: squared error),
-  and its 95% interval resamples whole days (`metrics.bootstrap_ci`), as the promotion gate does.
+  computed as each cohort's gain over its own persistence per forecast, new minus old, in units
+  of the persistence error of both cohorts together:
+      ((mean persistence error - mean error)(new) - (same)(old)) / mean persistence error(both)
+  It equals skill(new) - skill(old) when the cohorts' persistence errors are equal, and is 0 for
+  two releases that both forecast persistence. The cohorts are different stations: each against
+  its own persistence, a cohort that stayed dry and calm (persistence nearly perfect) divides by
+  almost nothing, and being off by a hundredth of a degree there would swing the difference by
+  whole units. Its 95% interval resamples whole days (`metrics.bootstrap_ci`), as the promotion
+  gate does. No verdict (undecided) before the new release has `min_matured_forecasts` in the
+  paired hours: neither an abort nor an advance on a handful of forecasts.
   Abort when the interval lies entirely below -margin (worse beyond the margin, with 95%
   confidence); advance only when its lower end is at or above -margin (non-inferior).
 - **evidence**: advance also needs the ring to have soaked `soak_hours` and the new release to
@@ -158,7 +167,7 @@ def _per_hour_errors(pairs: np.ndarray, version: int, kind: str, hours: np.ndarr
     return error, reference, np.bincount(index, minlength=len(hours))
 
 
-def compare(pairs: np.ndarray, new: int, old: int, kind: str, margin: float, n_boot: int, seed: int) -> Comparison:
+def compare(pairs: np.ndarray, new: int, old: int, kind: str, margin: float, n_boot: int, seed: int, min_forecasts: int = 1) -> Comparison:
     """The paired-by-hour comparison of one score (kind "rain": Brier skill; "temp": squared-error
     skill, both against persistence), pooled over horizons."""
     metric = "rain_bss_persistence" if kind == "rain" else "temp_skill_persistence"
@@ -174,8 +183,14 @@ def compare(pairs: np.ndarray, new: int, old: int, kind: str, margin: float, n_b
         return 1.0 - float(err.sum()) / float(ref.sum()) if ref.sum() > 0 else None
 
     def difference(idx: np.ndarray) -> float | None:
-        a, b = skill(new_err[idx], new_ref[idx]), skill(old_err[idx], old_ref[idx])
-        return None if a is None or b is None else a - b
+        """Gain over persistence per forecast, new minus old, in pooled persistence error (module doc)."""
+        n_new, n_old = new_n[idx].sum(), old_n[idx].sum()
+        reference = (new_ref[idx].sum() + old_ref[idx].sum()) / (n_new + n_old)
+        if reference <= 0:
+            return None
+        gain_new = (new_ref[idx].sum() - new_err[idx].sum()) / n_new
+        gain_old = (old_ref[idx].sum() - old_err[idx].sum()) / n_old
+        return float((gain_new - gain_old) / reference)
 
     everything = np.arange(len(hours))
     value = difference(everything) if len(hours) else None
@@ -186,7 +201,7 @@ def compare(pairs: np.ndarray, new: int, old: int, kind: str, margin: float, n_b
             interval = list(metrics.bootstrap_ci(difference, days, n_boot, seed))
         except ValueError:
             interval = None
-    if interval is None:
+    if interval is None or new_n.sum() < min_forecasts:
         verdict = "undecided"
     elif interval[1] < -margin:
         verdict = "inferior"
@@ -246,8 +261,8 @@ def decide(state: dict[str, Any], config: Rollout, pointer: dict[str, Any], stat
     pairs = pairs[pairs[:, _COL["hour"]] >= since_hour] if len(pairs) else pairs
     margins = config.noninferiority_margin
     comparisons = [
-        compare(pairs, state["version"], state["previous_version"], "rain", margins.rain_bss, config.n_boot, config.seed),
-        compare(pairs, state["version"], state["previous_version"], "temp", margins.temp_skill, config.n_boot, config.seed),
+        compare(pairs, state["version"], state["previous_version"], "rain", margins.rain_bss, config.n_boot, config.seed, config.min_matured_forecasts),
+        compare(pairs, state["version"], state["previous_version"], "temp", margins.temp_skill, config.n_boot, config.seed, config.min_matured_forecasts),
     ]
     common = {"ring": ring, "next_ring": next_ring, "soaked_hours": round(soaked, 2), "failed": failed, "reported": reported, "comparisons": comparisons, "decided_at": now.isoformat(timespec="seconds")}
     rate = failed / reported if reported else 0.0
