@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from skyedge.core import files, inference, paths
+from skyedge.core import crop, files, inference, paths
 from skyedge.core.config import Attend, Common, Data, load_params
 from skyedge.data.camera import read_true_masks
 from skyedge.data.dataset import load_ingested
@@ -31,6 +31,11 @@ SCORED_SPLITS = ("val", "test")
 # with too few frames for a pseudo-label), photos without a station.
 TRAINED, UNSEEN, PHOTOS = "trained_stations", "unseen_stations", "photo_only"
 AGREEMENT_FRAMES = 32  # frames ONNX Runtime and PyTorch both score: the export is checked, not assumed
+
+
+def box_settings(params: Attend) -> dict:
+    """The box rules of params `attend` that a manifest records for the station (crop.BOX_SETTINGS)."""
+    return {name: getattr(params, name) for name in crop.BOX_SETTINGS}
 
 
 def frame_table(samples: pd.DataFrame, n_images: int, samples_file: Path) -> pd.DataFrame:
@@ -115,15 +120,17 @@ def run(params: Attend, data_params: Data, common: Common, ingest_dir: Path, out
     history = attention.train_mask_net(net, images[training], pseudo.of(stations[training]).astype(np.float32), attention.MaskFit(params.epochs, params.batch_size, params.lr, common.seed, device))
     net = net.cpu().eval()
 
-    probability = attention.predict_sky(net, images, batch_size=256)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    attention.export_onnx(net, out.onnx, data_params.image_size)
+    # Masks and boxes through the exported graph, the one a station runs (skyedge.core.crop), so
+    # the crops training sees are the crops a station cuts.
+    probability = crop.sky_probability(inference.session(out.onnx, common.threads), images)
     predicted = probability > params.threshold
-    boxes = attention.boxes_from_masks(predicted, params.padding, params.outlier_share, params.min_sky_share)
+    boxes = crop.boxes_of(probability, box_settings(params))
     true, has_truth = read_true_masks(frames["image_file"].tolist(), data_params.image_size)
     groups = frame_groups(stations, {s for s in pseudo.masks if s != attention.PHOTO_ONLY})
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     np.save(out.boxes, boxes)
-    attention.export_onnx(net, out.onnx, data_params.image_size)
     files.write_rows(out.history, history)
     shown = preview_rows(frames, has_truth, params.preview_frames, common.seed)
     captions = [f"{stations[i] or 'photo'} {frames['split'].iat[i]}  IoU {attention.iou(predicted[i : i + 1], true[i : i + 1])[0]:.2f}" if has_truth[i] else f"{stations[i] or 'photo'} {frames['split'].iat[i]}  no true mask" for i in shown]

@@ -81,3 +81,36 @@ def crop_photos(photos: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
     for i, (photo, box) in enumerate(zip(photos, boxes)):
         out[i] = crop_photo(photo, box, size)
     return out
+
+
+# --- the attention path a station runs: attention.onnx on the frame, its box, the crop ---------
+
+# The attention ONNX graph's names (skyedge.train.attention exports it under these).
+ATTENTION_INPUT, ATTENTION_OUTPUT = "frame", "sky_probability"
+ATTENTION_BATCH = 256  # frames per ONNX Runtime call when boxes are computed for a whole ingest
+# The box rules a manifest's `attention` section records (params `attend`), so a station cuts
+# exactly the box training cut.
+BOX_SETTINGS = ("threshold", "padding", "outlier_share", "min_sky_share")
+
+
+def sky_probability(session, frames: np.ndarray) -> np.ndarray:
+    """Sky probability [N, H, W] float32 of frames [N, H, W, 3] uint8 through the attention ONNX
+    graph (`session`: an onnxruntime InferenceSession; RGB / 255 is its only preprocessing)."""
+    out = np.empty(frames.shape[:3], dtype=np.float32)
+    for start in range(0, len(frames), ATTENTION_BATCH):
+        chunk = np.ascontiguousarray(frames[start : start + ATTENTION_BATCH].transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
+        out[start : start + ATTENTION_BATCH] = session.run([ATTENTION_OUTPUT], {ATTENTION_INPUT: chunk})[0][:, 0]
+    return out
+
+
+def attention_boxes(session, frames: np.ndarray, settings: dict) -> np.ndarray:
+    """[N, 4] crop boxes of frames [N, H, W, 3] uint8: the attention graph's sky mask (probability
+    above settings["threshold"]) through box_from_mask with the recorded padding, outlier share
+    and minimum sky share. The attend stage, evaluation and the station all call this."""
+    return boxes_of(sky_probability(session, frames), settings)
+
+
+def boxes_of(probability: np.ndarray, settings: dict) -> np.ndarray:
+    """[N, 4] crop boxes of sky probabilities [N, H, W] under the recorded box rules."""
+    masks = probability > settings["threshold"]
+    return np.stack([box_from_mask(m, settings["padding"], settings["outlier_share"], settings["min_sky_share"]) for m in masks]).reshape(-1, 4).astype(np.float32)
