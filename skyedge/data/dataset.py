@@ -19,6 +19,9 @@ class Ingested:
     windows: np.ndarray  # [N, W, F] float32 sensor windows
     images: np.ndarray  # [M, S, S, 3] uint8 photos; samples point at them with image_idx
     preprocessing: dict  # normalisation.json: sensors, image, climatology
+    # The whole frames [M, S, S, 3] the teacher scores when `images` are attention crops
+    # (attended()); None: the teacher sees `images`.
+    teacher_images: np.ndarray | None = None
 
     @property
     def rain(self) -> np.ndarray:
@@ -57,7 +60,23 @@ def attended(data: Ingested, boxes: np.ndarray, boxes_file: Path | str = "boxes"
     looks through selective attention sees, at its own resolution."""
     if boxes.shape != (len(data.images), 4):
         raise ValueError(f"{boxes_file}: shape {boxes.shape}, but images.npy holds {len(data.images)} images: one box [top, left, bottom, right] per image; re-run the attend stage on this ingest")
-    return replace(data, images=crop.crop_photos(data.images, boxes, data.images.shape[1]))
+    return replace(data, images=crop.crop_photos(data.images, boxes, data.images.shape[1]), teacher_images=data.images)
+
+
+def student_view(data: Ingested, student_input: str, boxes_file: Path) -> Ingested:
+    """The ingest as the student sees it (params attend.student_input): `crop` cuts every photo
+    to its box in the attend stage's boxes.npy and keeps the whole frames for the teacher; `full`
+    returns it unchanged."""
+    if student_input == "full":
+        return data
+    if student_input != "crop":
+        raise ValueError(f"attend.student_input: {student_input!r} is neither 'crop' nor 'full'")
+    return attended(data, np.load(boxes_file), boxes_file)
+
+
+def teacher_view(data: Ingested) -> Ingested:
+    """The ingest as the teacher sees it: the whole frames, also when the student's are crops."""
+    return data if data.teacher_images is None else replace(data, images=data.teacher_images, teacher_images=None)
 
 
 def model_inputs(data: Ingested, rows: np.ndarray, drop_images: bool = False) -> dict[str, np.ndarray]:
