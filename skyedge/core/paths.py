@@ -111,6 +111,7 @@ class Package(StageDir):
     model = File("model.onnx")
     container = File("model.skc")  # model.onnx entropy coded (skyedge.release.container): what stations download
     canary = File("canary.npz")
+    attention = File("attention.onnx")  # with attend.student_input = crop: the station runs it before model.onnx
     manifest = File("manifest.json")
     signature = File("manifest.sig.json")
 
