@@ -112,7 +112,12 @@ bench-fleet: setup
 bench: bench-fleet
 
 # Full frame vs attention crop: the distill section's student trained on each (no teacher), same
-# input resolution -> reports/bench_attention.json. Needs data/ingest and data/attend (dvc repro attend).
+# input resolution; then (--costs) both distilled from the whole-frame teacher as shipped, at equal
+# input resolution and at smaller crop sizes (equal MACs / equal accuracy), with MACs, latency,
+# bytes, the attention net's own cost and the targets met or not -> reports/bench_attention.json.
+# Needs data/ingest, data/attend and data/embed (dvc repro embed attend).
 .PHONY: bench-attention
 bench-attention: setup
-	$(BIN)/python -m skyedge.evaluation.attention_bench --ingest data/ingest --attend data/attend --out reports/bench_attention.json
+	$(BIN)/python -m skyedge.evaluation.attention_bench --ingest data/ingest --attend data/attend --embed data/embed --costs --out reports/bench_attention.json
+
+bench: bench-attention

@@ -364,3 +364,24 @@ def test_a_samples_table_that_misses_an_image_is_named_with_the_rule():
         frame_table(samples, 3, Path("data/ingest/samples.csv"))
     one = frame_table(samples.iloc[[0]], 1, Path("data/ingest/samples.csv"))
     assert one.index.tolist() == [0] and one["image_file"].tolist() == ["a"]
+
+
+def test_attention_bench_targets_read_the_crop_at_equal_macs_and_at_equal_accuracy():
+    from skyedge.evaluation import attention_bench
+
+    def row(view: str, size: int, macs: int, accuracy: float, teacher: bool = True) -> dict:
+        return {"view": view, "teacher": teacher, "input_size": size, "macs": macs, "sky_accuracy": accuracy}
+
+    rows = [
+        row("full_frame", 32, 100, 0.60),
+        row("full_frame", 32, 100, 0.90, teacher=False),  # not what ships: never compared
+        row("attention_crop", 32, 120, 0.70),  # more MACs than the full frame with attention's added
+        row("attention_crop", 24, 60, 0.64),
+        row("attention_crop", 16, 30, 0.55),
+    ]
+    result = attention_bench.targets(rows)
+    assert result["equal_macs"]["crop_input_size"] == 24 and result["equal_macs"]["sky_accuracy_gain"] == pytest.approx(0.04)
+    assert result["equal_macs"]["met"]
+    assert result["equal_accuracy"]["crop_input_size"] == 24 and result["equal_accuracy"]["macs_cut"] == pytest.approx(100 / 60)
+    assert not result["equal_accuracy"]["met"]
+    assert attention_bench.targets(rows[:2] + rows[2:3])["equal_macs"] == {**result["equal_macs"], "crop_input_size": None, "crop_macs": None, "sky_accuracy_gain": None, "met": False}
