@@ -178,3 +178,29 @@ def test_the_canary_runs_the_attention_path(attended_pipeline):
     wider = {**document, "attention": {**document["attention"], "padding": 0.3}}  # another box: another crop
     with pytest.raises(agent.Refused, match="canary output"):
         agent.run_canary(package, wider)
+
+
+def test_the_gate_scores_a_package_behind_attention_through_its_attention(attended_pipeline, pipeline):
+    """The promotion gate re-scores packages on the candidate's ingest: a crop-trained package
+    must see its crops there too, and a whole-frame package its whole frames."""
+    from skyedge.evaluation import gate
+
+    data = load_ingested(attended_pipeline.ingest)
+    rows = data.split("test")
+    for run, view in ((attended_pipeline, crop_view(attended_pipeline)), (pipeline, data)):
+        got, _ = gate.package_outputs(run.package, data, rows, 1)
+        want = inference.predict(inference.session(run.package / mf.MODEL_FILE), model_inputs(view, rows))
+        np.testing.assert_allclose(got[contract.OUTPUT_SKY_LOGITS], want[contract.OUTPUT_SKY_LOGITS], atol=1e-4)
+
+
+def test_skyedge_evaluate_runs_a_package_behind_attention_through_its_attention(attended_pipeline):
+    """`skyedge evaluate PACKAGE` builds its feed batch by batch; behind attention it must cut the
+    same crops evaluate scored."""
+    from skyedge.evaluation import packaged
+
+    data = load_ingested(attended_pipeline.ingest)
+    rows = data.split("test")
+    dataset = packaged.Dataset(samples=data.samples.iloc[rows].reset_index(drop=True), windows=data.windows[rows], images=data.images, received=len(rows), quarantine=[], unlabelled=0)
+    got = packaged.predict(packaged.load_model(attended_pipeline.package), dataset)
+    want = inference.predict(inference.session(attended_pipeline.package / mf.MODEL_FILE), model_inputs(crop_view(attended_pipeline), rows))
+    np.testing.assert_allclose(got[contract.OUTPUT_SKY_LOGITS], want[contract.OUTPUT_SKY_LOGITS], atol=1e-4)

@@ -85,6 +85,20 @@ def attended_image_input(attention, frames: np.ndarray, present: np.ndarray, set
     return image_input(crops, image_idx, spec)[0]
 
 
+def attended_model_inputs(attention_session, attention: dict, photos: np.ndarray, image_idx: np.ndarray, windows: np.ndarray, spec: dict) -> dict[str, np.ndarray]:
+    """model_inputs for a package behind attention (its manifest's `attention` section): every
+    photo samples point at, resized to attention's frame_size, is cut to its attention box at
+    the model's size first; each photo goes through attention once however many samples share it."""
+    image_idx = np.asarray(image_idx)
+    size, frame_size = int(spec["size"]), int(attention["frame_size"])
+    used = np.unique(image_idx[image_idx >= 0])
+    crops = np.zeros((len(photos), size, size, 3), np.uint8)
+    if len(used):
+        frames = np.stack([resize_photo(photos[i], frame_size) for i in used])
+        crops[used] = attended_photos(attention_session, frames, np.ones(len(used)), attention, size)
+    return model_inputs(crops, image_idx, windows, spec)
+
+
 def model_inputs(photos: np.ndarray, image_idx: np.ndarray, windows: np.ndarray, spec: dict) -> dict[str, np.ndarray]:
     """The ONNX model's feed for a batch of samples."""
     image, present = image_input(photos, np.asarray(image_idx), spec)

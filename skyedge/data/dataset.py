@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from skyedge.core import crop, inputs, paths
+from skyedge.core import crop, inference, inputs, paths
 from skyedge.core.contract import HORIZONS
 
 
@@ -92,6 +92,17 @@ def inputs_for_model(data: Ingested, rows: np.ndarray, preprocessing: dict) -> d
     windows re-normalised with its statistics, photos resized to its input size."""
     windows = inputs.renormalise_windows(data.windows[rows], data.preprocessing["sensors"], preprocessing["sensors"])
     return inputs.model_inputs(data.images, data.samples["image_idx"].to_numpy()[rows], windows, preprocessing["image"])
+
+
+def inputs_for_package(data: Ingested, rows: np.ndarray, document: dict, package_dir: Path) -> dict[str, np.ndarray]:
+    """inputs_for_model for a package, through its attention.onnx when its manifest has an
+    `attention` section (the model was trained on crops); whole frames otherwise."""
+    attention = document.get("attention")
+    if attention is None:
+        return inputs_for_model(data, rows, document["preprocessing"])
+    windows = inputs.renormalise_windows(data.windows[rows], data.preprocessing["sensors"], document["preprocessing"]["sensors"])
+    session = inference.session(Path(package_dir) / attention["file"])
+    return inputs.attended_model_inputs(session, attention, data.images, data.samples["image_idx"].to_numpy()[rows], windows, document["preprocessing"]["image"])
 
 
 def training_coverage(data: Ingested) -> dict:
