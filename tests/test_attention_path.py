@@ -98,6 +98,7 @@ def test_crop_mode_stages_record_it_and_evaluate_scores_the_teacher_on_whole_fra
     assert evaluated["student_input"] == "crop"
     assert evaluated["attention"]["size_bytes"] == paths.Attend(attended_pipeline.attend).onnx.stat().st_size
     assert evaluated["attention"]["latency_ms_p50"] > 0
+    assert evaluated["variants"]["shipped"]["latency_ms_p50"] > evaluated["attention"]["latency_ms_p50"]  # shipped waits for attention too
     data = crop_view(attended_pipeline)
     test = data.split("test")
     teacher = inference.predict(inference.session(paths.Embed(attended_pipeline.embed).teacher_onnx), model_inputs(teacher_view(data), test))
