@@ -119,3 +119,21 @@ bench-fleet: setup
 	$(BIN)/python -m flows.fleet_bench --package $(BENCH_DATA)/package --out reports/bench_fleet.json
 
 bench: bench-fleet
+
+# The pipeline through a whole-sky camera (profile `fisheye`: horizon, obstructions, sun, night,
+# dome): the student behind selective attention, the package with attention.onnx.
+.PHONY: run-fisheye bench-attention
+run-fisheye: setup
+	$(BIN)/skyedge repro --profile fisheye
+	$(BIN)/skyedge verify data/package
+	$(BIN)/skyedge report
+
+# Full frame vs attention crop: the distill section's student trained on each (no teacher), same
+# input resolution; then (--costs) both distilled from the whole-frame teacher as shipped, at equal
+# input resolution and at smaller crop sizes (equal MACs / equal accuracy), with MACs, latency,
+# bytes, the attention net's own cost and the targets met or not -> reports/bench_attention.json.
+# Needs data/ingest, data/attend and data/embed of fisheye frames (make run-fisheye).
+bench-attention: setup
+	$(BIN)/python -m skyedge.evaluation.attention_bench --ingest data/ingest --attend data/attend --embed data/embed --costs --out reports/bench_attention.json
+
+bench: bench-attention

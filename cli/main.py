@@ -15,12 +15,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     # What is not given comes from params.yaml's synthetic source: defaults have one home.
     source = next((s for s in load_params(args.params).ingest.sources if s.type == "synthetic"), None)
-    settings = {key: getattr(args, key) if getattr(args, key) is not None else getattr(source, key, None) for key in ("stations", "days", "seed", "image_size", "unlabelled_share")}
+    settings = {key: getattr(args, key) if getattr(args, key) is not None else getattr(source, key, None) for key in ("stations", "days", "seed", "image_size", "unlabelled_share", "camera")}
     missing = [f"--{key.replace('_', '-')}" for key, value in settings.items() if value is None]
     if missing:
         print(f"generate: {args.params} has no synthetic source: pass {', '.join(missing)}", file=sys.stderr)
         return 2
-    summary = synthetic.generate(args.out, settings["stations"], settings["days"], settings["seed"], settings["image_size"], settings["unlabelled_share"], progress=True)
+    summary = synthetic.generate(args.out, settings["stations"], settings["days"], settings["seed"], settings["image_size"], settings["unlabelled_share"], settings["camera"], progress=True)
     print(f"wrote {summary['records']} records and {summary['images']} images for {summary['stations']} stations to {args.out}")
     print(f"rain in {summary['rain_fraction']:.1%} of hours; sky classes: {summary['class_counts']}")
     return 0
@@ -728,6 +728,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--seed", type=int, help="default: params.yaml's synthetic source")
     generate.add_argument("--image-size", type=int, help="default: params.yaml's synthetic source")
     generate.add_argument("--unlabelled-share", type=float, help="share of photos left without a label in index.csv (default: params.yaml's)")
+    generate.add_argument("--camera", choices=("clean", "fisheye"), help="clean: the sky alone; fisheye: a whole-sky camera with its horizon, obstructions, sun and night (default: params.yaml's)")
     generate.add_argument("--params", type=Path, default=Path("params.yaml"))
     generate.set_defaults(func=cmd_generate)
 
@@ -739,7 +740,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     repro = commands.add_parser("repro", help="run the DVC pipeline (dvc repro), optionally on another profile")
     repro.add_argument("stages", nargs="*")
-    repro.add_argument("--profile", help="default | tiny | real (profiles/): make it the active one in params.yaml first")
+    repro.add_argument("--profile", help="default | tiny | real | fisheye (profiles/): make it the active one in params.yaml first")
     repro.set_defaults(func=cmd_repro)
 
     report = commands.add_parser("report", help="print the variant table of the last evaluate stage")
@@ -924,7 +925,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add_flow_options(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--workspace", type=Path, default=Path("."), help="the project checkout the flow runs DVC in")
-        sub.add_argument("--profile", help="default | tiny | real: selects common.profile in the workspace's params.yaml (as dvc exp run -S does)")
+        sub.add_argument("--profile", help="default | tiny | real | fisheye: selects common.profile in the workspace's params.yaml (as dvc exp run -S does)")
 
     retrain = commands.add_parser("retrain", help="run the retrain flow: stages, gate, approval, publish, dvc push")
     add_flow_options(retrain)

@@ -20,23 +20,23 @@ from pathlib import Path
 import torch
 
 from skyedge.core import files, paths
-from skyedge.core.config import Augment, Common, Data, Distill, load_params
+from skyedge.core.config import Attend, Augment, Common, Data, Distill, load_params
 from skyedge.core.features import N_FEATURES
-from skyedge.data.dataset import load_ingested
+from skyedge.data.dataset import load_ingested, student_view
 from skyedge.train import checkpoints, models
 from skyedge.train.training import Augmentation, FitConfig, Teacher, fit, resolve_device
 
 
-def run(params: Distill, data_params: Data, augment: Augment, common: Common, ingest_dir: Path, embed_dir: Path, out_dir: Path) -> dict:
+def run(params: Distill, data_params: Data, augment: Augment, common: Common, ingest_dir: Path, embed_dir: Path, out_dir: Path, attend: Attend, attend_dir: Path) -> dict:
     torch.set_num_threads(common.threads)
-    data = load_ingested(ingest_dir)
+    data = student_view(load_ingested(ingest_dir), attend.student_input, paths.Attend(attend_dir).boxes)  # crops or whole frames; the teacher's stay whole
     out = paths.Distill(out_dir)
     config = FitConfig(
         params.epochs, params.batch_size, params.lr, common.seed, params.image_dropout, data_params.photo_share,
         Augmentation(**augment.model_dump()), resolve_device(common.device),
     )
     out_dir.mkdir(parents=True, exist_ok=True)
-    metrics, curves = {"student": params.student}, []
+    metrics, curves = {"student": params.student, "student_input": attend.student_input}, []
     for name, teacher in zip(paths.Distill.MODELS, (Teacher.load(paths.Embed(embed_dir).teacher_module, params), None)):
         torch.manual_seed(common.seed)  # both start from the same weights
         student = models.build_student(params.student, params.width, data_params.window_hours, data.preprocessing["sensors"]["std"][0])
@@ -67,12 +67,12 @@ def choose_student(kept_epochs: dict[str, dict]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for name in ("ingest", "embed", "out"):
+    for name in ("ingest", "attend", "embed", "out"):
         parser.add_argument(f"--{name}", type=Path, required=True)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args(argv)
     params = load_params(args.params)
-    print(run(params.distill, params.data, params.augment, params.common, args.ingest, args.embed, args.out))
+    print(run(params.distill, params.data, params.augment, params.common, args.ingest, args.embed, args.out, params.attend, args.attend))
 
 
 if __name__ == "__main__":

@@ -21,11 +21,11 @@ import argparse
 import json
 from pathlib import Path
 
-from skyedge.core import files, inference, paths
-from skyedge.core.config import Common, Evaluate, load_params
+from skyedge.core import crop, files, inference, paths
+from skyedge.core.config import Attend, Common, Evaluate, load_params
 from skyedge.core.contract import HORIZONS
 from skyedge.core.tables import Column, text_table
-from skyedge.data.dataset import load_ingested, model_inputs
+from skyedge.data.dataset import Ingested, load_ingested, model_inputs, student_view, teacher_view
 from skyedge.evaluation import plots, scores
 
 
@@ -44,19 +44,36 @@ def variant_paths(embed_dir: Path, distill_dir: Path, prune_dir: Path, quantize_
     return {name: path for name, path in variants.items() if name != "shared" or path.exists()}
 
 
-def run(params: Evaluate, common: Common, ingest_dir: Path, variants: dict[str, Path], out_dir: Path) -> dict:
-    data = load_ingested(ingest_dir)
+def attention_cost(attention_onnx: Path, data: Ingested, rows, params: Evaluate) -> dict:
+    """What the attention graph a station runs before the model costs: bytes and batch-1 latency
+    on one test frame (the whole frame, as the station feeds it)."""
+    frame = data.teacher_images[data.samples["image_idx"].to_numpy()[rows]][:1]
+    feed = {crop.ATTENTION_INPUT: frame.transpose(0, 3, 1, 2).astype("float32") / 255.0}
+    return {"size_bytes": attention_onnx.stat().st_size, **inference.latency_ms(attention_onnx, feed, params.latency_runs, params.warmup_runs)}
+
+
+def run(params: Evaluate, common: Common, ingest_dir: Path, variants: dict[str, Path], out_dir: Path, attend: Attend, attend_dir: Path) -> dict:
+    # Every variant but the teacher sees what the student saw (attention crops with
+    # attend.student_input = crop: the boxes the station's attention graph cuts); the teacher
+    # sees whole frames.
+    data = student_view(load_ingested(ingest_dir), attend.student_input, paths.Attend(attend_dir).boxes)
     test = data.split("test")
     samples = data.samples.iloc[test].reset_index(drop=True)
-    inputs = model_inputs(data, test)
-    one = model_inputs(data, test[:1])
+    views = {"student": data, "teacher": teacher_view(data)}
+    photos = test[data.samples["image_idx"].to_numpy()[test] >= 0]
+    attention = attention_cost(paths.Attend(attend_dir).onnx, data, photos, params) if attend.student_input == "crop" else None
     climatology = data.preprocessing["climatology"]
     fleet_sources = fleet_source_names(ingest_dir)
     rows, full = [], {}
     for name, path in variants.items():
-        outputs = inference.predict(inference.session(path, common.threads), inputs)
+        view = views["teacher" if name == "teacher" else "student"]
+        outputs = inference.predict(inference.session(path, common.threads), model_inputs(view, test))
+        one = model_inputs(view, test[:1])
         full[name] = scores.grouped_score(outputs, samples, climatology, params.bootstrap, common.seed, fleet_sources=fleet_sources)
         speed = inference.latency_ms(path, one, params.latency_runs, params.warmup_runs)
+        # What a station waits for: attention, then the model (percentiles summed: p95/p99 an upper bound).
+        if name == "shipped" and attention is not None:
+            speed = {key: speed[key] + attention[key] for key in inference.LATENCY_KEYS}
         rows.append({"variant": name, "size_bytes": path.stat().st_size, **speed, **scores.summary_row(name, full[name])})
         if name == "shipped":
             shipped_outputs = outputs
@@ -71,7 +88,9 @@ def run(params: Evaluate, common: Common, ingest_dir: Path, variants: dict[str, 
     plots.reliability(shipped_outputs["rain_prob"][stations], data.rain[test][stations], out.reliability)
     plots.skill_bars(shipped["horizons"], shipped["ci"], out.skill)
     files.write_rows(out.variants, rows)
-    metrics = {**shipped, "variants": {row["variant"]: {k: v for k, v in row.items() if k != "variant"} for row in rows}}
+    metrics = {**shipped, "student_input": attend.student_input, "variants": {row["variant"]: {k: v for k, v in row.items() if k != "variant"} for row in rows}}
+    if attention is not None:  # the station runs attention.onnx before every model; shipped's latency includes it
+        metrics["attention"] = attention
     files.write_json(out.metrics, metrics)
     files.write_json(out.summary, headline(next(row for row in rows if row["variant"] == "shipped")))
     out.report.write_text(markdown_report(rows, shipped))
@@ -157,13 +176,13 @@ def markdown_report(rows: list[dict], shipped: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for name in ("ingest", "embed", "distill", "prune", "quantize", "out"):
+    for name in ("ingest", "attend", "embed", "distill", "prune", "quantize", "out"):
         parser.add_argument(f"--{name}", type=Path, required=True)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args(argv)
     params = load_params(args.params)
     variants = variant_paths(args.embed, args.distill, args.prune, args.quantize)
-    run(params.evaluate, params.common, args.ingest, variants, args.out)
+    run(params.evaluate, params.common, args.ingest, variants, args.out, params.attend, args.attend)
     print(variant_table(files.read_rows(paths.Evaluate(args.out).variants)))
 
 

@@ -2,6 +2,8 @@
 
 Writes under data/package/: model.onnx, model.skc (the same model entropy coded: what a station
 downloads; it rebuilds model.onnx bit for bit), canary.npz (inputs a device runs as its smoke test),
+with attend.student_input = crop also attention.onnx (the station runs it on the whole frame and
+feeds model.onnx the crop; the canary then covers that path: canary.npz carries the whole frames),
 manifest.json and manifest.sig.json (ed25519 over the exact manifest bytes). The signing key
 comes from $SKYEDGE_SIGNING_KEY or .skyedge/signing_key.pem, generated on first use and never
 committed.
@@ -21,8 +23,9 @@ import onnx
 import yaml
 
 from skyedge import __version__
-from skyedge.core import drift, inference, paths
-from skyedge.core.config import Package, Params, load_params
+from skyedge.core import crop, drift, inference, paths
+from skyedge.core import inputs as model_input
+from skyedge.core.config import Attend, Package, Params, load_params
 from skyedge.core.contract import INPUT_IMAGE, INPUT_IMAGE_PRESENT
 from skyedge.data.dataset import Ingested, load_ingested, model_inputs, training_coverage
 from skyedge.release import container, manifest, signing
@@ -45,15 +48,30 @@ def io_signature(model_path: Path) -> tuple[list[dict], list[dict]]:
     return describe(graph.input), describe(graph.output)
 
 
-def canary_inputs(data, count: int) -> dict[str, np.ndarray]:
-    """Test samples with photos, the last one with its photo removed (the camera-down path)."""
+def canary_inputs(data, count: int, attention=None, box_settings: dict | None = None) -> dict[str, np.ndarray]:
+    """Test samples with photos, the last one with its photo removed (the camera-down path).
+
+    With `attention` (an ORT session of the packaged attention.onnx) the image input is what the
+    station computes: each whole frame through attention, its box and the crop
+    (skyedge.core.inputs.attended_image_input); the whole frames ride along under
+    manifest.CANARY_FRAMES so the station's canary runs that path too."""
     test = data.split("test")
     with_photo = test[data.samples["image_idx"].to_numpy()[test] >= 0][:count]
     rows = with_photo if len(with_photo) else test[:count]
     inputs = model_inputs(data, rows)
     inputs[INPUT_IMAGE_PRESENT][-1] = 0.0
     inputs[INPUT_IMAGE][-1] = 0.0
+    if attention is not None:
+        frames = data.images[np.clip(data.samples["image_idx"].to_numpy()[rows], 0, None)]
+        inputs[manifest.CANARY_FRAMES] = frames
+        inputs[INPUT_IMAGE] = model_input.attended_image_input(attention, frames, inputs[INPUT_IMAGE_PRESENT], box_settings, data.preprocessing["image"])
     return inputs
+
+
+def attention_section(attend: Attend, frame_size: int) -> dict:
+    """The manifest's `attention` rules: the frame side the station reads the photo at (the
+    ingest's, which attention.onnx and the boxes were made at) and the box rules."""
+    return {"frame_size": frame_size, **{name: getattr(attend, name) for name in crop.BOX_SETTINGS}}
 
 
 def container_entry(out: paths.Package) -> dict:
@@ -84,7 +102,7 @@ def training_statistics(data: Ingested) -> dict:
     return drift.reference(data.preprocessing["drift_sensors"], photo_values)
 
 
-def run(params: Params, ingest_dir: Path, quantize_dir: Path, evaluate_dir: Path, out_dir: Path, key_path: Path) -> dict:
+def run(params: Params, ingest_dir: Path, quantize_dir: Path, evaluate_dir: Path, out_dir: Path, key_path: Path, attend_dir: Path) -> dict:
     config: Package = params.package
     data = load_ingested(ingest_dir)
     if out_dir.exists():
@@ -95,8 +113,14 @@ def run(params: Params, ingest_dir: Path, quantize_dir: Path, evaluate_dir: Path
     shutil.copyfile(quantized.shipped, out.model)
     out.container.write_bytes(container.encode(out.model.read_bytes()))
 
-    inputs = canary_inputs(data, config.canaries)
+    attention = None
+    if params.attend.student_input == "crop":  # the model was trained on attention crops: ship the attention too
+        shutil.copyfile(paths.Attend(attend_dir).onnx, out.attention)
+        attention = attention_section(params.attend, int(data.images.shape[1]))
+    session = None if attention is None else inference.session(out.attention)
+    inputs = canary_inputs(data, config.canaries, session, attention)
     np.savez(out.canary, **inputs)
+    inputs.pop(manifest.CANARY_FRAMES, None)
     expected = inference.predict(inference.session(out.model), inputs)
     signature_in, signature_out = io_signature(out.model)
     quantize_report = json.loads(quantized.report.read_text())
@@ -124,6 +148,7 @@ def run(params: Params, ingest_dir: Path, quantize_dir: Path, evaluate_dir: Path
         training_coverage=training_coverage(data),
         training_statistics=training_statistics(data),
         container=container_entry(out),
+        attention=attention,
     )
     manifest.write_manifest(out_dir, document)
     manifest.sign_package(out_dir, signing.load_or_create_private_key(key_path))
@@ -133,12 +158,12 @@ def run(params: Params, ingest_dir: Path, quantize_dir: Path, evaluate_dir: Path
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for name in ("ingest", "quantize", "evaluate", "out"):
+    for name in ("ingest", "attend", "quantize", "evaluate", "out"):
         parser.add_argument(f"--{name}", type=Path, required=True)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args(argv)
     params = load_params(args.params)
-    print(run(params, args.ingest, args.quantize, args.evaluate, args.out, signing.key_path_from_env()))
+    print(run(params, args.ingest, args.quantize, args.evaluate, args.out, signing.key_path_from_env(), args.attend))
 
 
 if __name__ == "__main__":

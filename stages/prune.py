@@ -27,9 +27,9 @@ import torch
 
 from skyedge.compress.pruning import Pruned, count_macs_params, gzip_bytes, prune, weight_sparsity
 from skyedge.core import files, inference, paths
-from skyedge.core.config import Augment, Common, Data, Distill, Prune, load_params
+from skyedge.core.config import Attend, Augment, Common, Data, Distill, Prune, load_params
 from skyedge.core.features import N_FEATURES
-from skyedge.data.dataset import Ingested, load_ingested, model_inputs
+from skyedge.data.dataset import Ingested, load_ingested, model_inputs, student_view
 from skyedge.train import checkpoints, models
 from skyedge.train.training import Augmentation, Batches, FitConfig, Teacher, fit, quick_scores, resolve_device
 
@@ -51,9 +51,9 @@ def describe(model: torch.nn.Module, onnx_path: Path, data: Ingested, inputs: tu
     }
 
 
-def run(params: Prune, distill: Distill, data_params: Data, augment: Augment, common: Common, ingest_dir: Path, embed_dir: Path, distill_dir: Path, out_dir: Path) -> dict:
+def run(params: Prune, distill: Distill, data_params: Data, augment: Augment, common: Common, ingest_dir: Path, embed_dir: Path, distill_dir: Path, out_dir: Path, attend: Attend, attend_dir: Path) -> dict:
     torch.set_num_threads(common.threads)
-    data = load_ingested(ingest_dir)
+    data = student_view(load_ingested(ingest_dir), attend.student_input, paths.Attend(attend_dir).boxes)
     out = paths.Prune(out_dir)
     student_files = paths.Distill(distill_dir)
     chosen = json.loads(student_files.metrics.read_text())["chosen"]  # with or without KD: the grouped estimate chose
@@ -114,12 +114,12 @@ def run(params: Prune, distill: Distill, data_params: Data, augment: Augment, co
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for name in ("ingest", "embed", "distill", "out"):
+    for name in ("ingest", "attend", "embed", "distill", "out"):
         parser.add_argument(f"--{name}", type=Path, required=True)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args(argv)
     params = load_params(args.params)
-    print(run(params.prune, params.distill, params.data, params.augment, params.common, args.ingest, args.embed, args.distill, args.out))
+    print(run(params.prune, params.distill, params.data, params.augment, params.common, args.ingest, args.embed, args.distill, args.out, params.attend, args.attend))
 
 
 if __name__ == "__main__":

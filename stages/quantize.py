@@ -23,9 +23,9 @@ import torch
 from skyedge.compress import selection
 from skyedge.compress.quantization import Calibration, FloatModel, quantize, stratified_rows
 from skyedge.core import files, inference, paths
-from skyedge.core.config import Augment, Common, Data, Distill, Quantize, load_params
+from skyedge.core.config import Attend, Augment, Common, Data, Distill, Quantize, load_params
 from skyedge.core.tables import Column, text_table
-from skyedge.data.dataset import load_ingested, model_inputs
+from skyedge.data.dataset import load_ingested, model_inputs, student_view
 from skyedge.release import container
 from skyedge.train.training import Augmentation, Teacher, resolve_device
 
@@ -43,9 +43,9 @@ CANDIDATE_COLUMNS = [
 ]
 
 
-def run(params: Quantize, data_params: Data, augment: Augment, common: Common, distill: Distill, ingest_dir: Path, embed_dir: Path, prune_dir: Path, out_dir: Path) -> dict:
+def run(params: Quantize, data_params: Data, augment: Augment, common: Common, distill: Distill, ingest_dir: Path, embed_dir: Path, prune_dir: Path, out_dir: Path, attend: Attend, attend_dir: Path) -> dict:
     torch.set_num_threads(common.threads)
-    data = load_ingested(ingest_dir)
+    data = student_view(load_ingested(ingest_dir), attend.student_input, paths.Attend(attend_dir).boxes)
     out = paths.Quantize(out_dir)
     pruned = paths.Prune(prune_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -117,13 +117,14 @@ def _outcome(candidate: dict, shipped: dict, int8: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ingest", type=Path, required=True)
+    parser.add_argument("--attend", type=Path, required=True)
     parser.add_argument("--embed", type=Path, required=True)
     parser.add_argument("--prune", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args(argv)
     params = load_params(args.params)
-    run(params.quantize, params.data, params.augment, params.common, params.distill, args.ingest, args.embed, args.prune, args.out)
+    run(params.quantize, params.data, params.augment, params.common, params.distill, args.ingest, args.embed, args.prune, args.out, params.attend, args.attend)
 
 
 if __name__ == "__main__":

@@ -50,17 +50,45 @@ class PipelineRun:
 @pytest.fixture(scope="session")
 def pipeline(tiny: Params, tmp_path_factory: pytest.TempPathFactory) -> PipelineRun:
     """Every stage's `run()` in DVC order on the tiny profile, outputs under one temp dir."""
-    from stages import distill, embed, evaluate, ingest, package, prune, quantize
+    from stages import attend, embed, ingest
 
     root = tmp_path_factory.mktemp("pipeline")
     d = PipelineRun(tiny, root)
     ingest.run(tiny.ingest, tiny.data, d.ingest)
+    attend.run(tiny.attend, tiny.data, tiny.common, d.ingest, d.attend)
     embed.run(tiny.embed, tiny.data, tiny.augment, tiny.common, d.ingest, d.embed)
-    distill.run(tiny.distill, tiny.data, tiny.augment, tiny.common, d.ingest, d.embed, d.distill)
-    prune.run(tiny.prune, tiny.distill, tiny.data, tiny.augment, tiny.common, d.ingest, d.embed, d.distill, d.prune)
-    quantize.run(tiny.quantize, tiny.data, tiny.augment, tiny.common, tiny.distill, d.ingest, d.embed, d.prune, d.quantize)
-    evaluate.run(tiny.evaluate, tiny.common, d.ingest, evaluate.variant_paths(d.embed, d.distill, d.prune, d.quantize), d.evaluate)
-    package.run(tiny, d.ingest, d.quantize, d.evaluate, d.package, root / "keys" / "signing_key.pem")
+    run_student_stages(tiny, d)
+    return d
+
+
+def run_student_stages(params: Params, d: PipelineRun) -> None:
+    """distill, prune, quantize, evaluate and package, from d's ingest, attend and embed outputs."""
+    from stages import distill, evaluate, package, prune, quantize
+
+    distill.run(params.distill, params.data, params.augment, params.common, d.ingest, d.embed, d.distill, params.attend, d.attend)
+    prune.run(params.prune, params.distill, params.data, params.augment, params.common, d.ingest, d.embed, d.distill, d.prune, params.attend, d.attend)
+    quantize.run(params.quantize, params.data, params.augment, params.common, params.distill, d.ingest, d.embed, d.prune, d.quantize, params.attend, d.attend)
+    evaluate.run(params.evaluate, params.common, d.ingest, evaluate.variant_paths(d.embed, d.distill, d.prune, d.quantize), d.evaluate, params.attend, d.attend)
+    package.run(params, d.ingest, d.quantize, d.evaluate, d.package, d.root / "keys" / "signing_key.pem", d.attend)
+
+
+@pytest.fixture(scope="session")
+def attended_pipeline(pipeline: PipelineRun, tmp_path_factory: pytest.TempPathFactory) -> PipelineRun:
+    """The student stages again with attend.student_input = crop (fp32 and static int8 candidates
+    only: the attention path, not the quantizer, is under test), on the session pipeline's ingest,
+    attend and embed outputs."""
+    params = pipeline.params
+    crop = params.model_copy(
+        update={
+            "attend": params.attend.model_copy(update={"student_input": "crop"}),
+            "quantize": params.quantize.model_copy(update={"candidates": {k: v for k, v in params.quantize.candidates.items() if k in ("fp32", "static")}}),
+        }
+    )
+    d = PipelineRun(crop, tmp_path_factory.mktemp("attended"))
+    for stage in ("ingest", "attend", "embed"):
+        getattr(d, stage).symlink_to(getattr(pipeline, stage))
+    (d.root / "keys").symlink_to(pipeline.root / "keys")
+    run_student_stages(crop, d)
     return d
 
 

@@ -66,7 +66,7 @@ def test_the_profile_can_be_chosen_in_params_as_dvc_exp_run_sets_it():
 
 
 def test_an_unknown_profile_lists_the_known_ones():
-    with pytest.raises(ConfigError, match=r"common\.profile: unknown profile 'huge'; allowed: default, real, tiny"):
+    with pytest.raises(ConfigError, match=r"common\.profile: unknown profile 'huge'; allowed: default, fisheye, real, tiny"):
         load_params(REPO / "params.yaml", profile="huge")
 
 

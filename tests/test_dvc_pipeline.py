@@ -16,7 +16,7 @@ import yaml
 from tests.conftest import copy_project
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ["fleet", "ingest", "embed", "distill", "prune", "quantize", "evaluate", "package"]
+STAGES = ["fleet", "ingest", "attend", "embed", "distill", "prune", "quantize", "evaluate", "package"]
 ALWAYS = ["fleet"]  # always_changed: it looks at the fleet store each time
 
 

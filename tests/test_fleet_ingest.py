@@ -175,7 +175,7 @@ def test_the_fleet_stage_snapshot_changes_when_and_only_when_a_station_sent_some
 
     fleet.register("dev-a", "st-a")
     fleet.batch("dev-a", "st-a", 1, 24, photo_every=6)
-    params = ingest_params([{"type": "fleet", "store": fleet.store}, {"type": "synthetic", "stations": 1, "days": 2, "seed": 0, "image_size": 64, "unlabelled_share": 0.0}])
+    params = ingest_params([{"type": "fleet", "store": fleet.store}, {"type": "synthetic", "stations": 1, "days": 2, "seed": 0, "image_size": 64, "unlabelled_share": 0.0, "camera": "clean"}])
     snapshot = tmp_path / "fleet" / "snapshot.json"
     first = fleet_stage.run(params, tmp_path / "fleet")
     assert [(s["store"], s["batches"], s["devices"]) for s in first["fleet_sources"]] == [(fleet.store, 1, 1)]
@@ -187,7 +187,7 @@ def test_the_fleet_stage_snapshot_changes_when_and_only_when_a_station_sent_some
     assert snapshot.read_bytes() != unchanged and after["fleet_sources"][0]["batches"] == 2
     assert after["fleet_sources"][0]["by_device"]["dev-a"] == {"batches": 2, "latest_batch": f"{PREFIX}/{batches.batch_key('dev-a', 25, 48)}"}
     # Without a fleet source the snapshot is a constant.
-    assert fleet_stage.run(ingest_params([{"type": "synthetic", "stations": 1, "days": 2, "seed": 0, "image_size": 64, "unlabelled_share": 0.0}]), tmp_path / "none") == {"fleet_sources": []}
+    assert fleet_stage.run(ingest_params([{"type": "synthetic", "stations": 1, "days": 2, "seed": 0, "image_size": 64, "unlabelled_share": 0.0, "camera": "clean"}]), tmp_path / "none") == {"fleet_sources": []}
 
 
 def test_contract_rules_apply_to_batch_rows_and_duplicates_across_batches(fleet, tmp_path):

@@ -309,7 +309,7 @@ def test_a_candidate_worse_than_production_is_refused(workspace, tmp_path):
     shutil.copyfile(root / "data" / "embed" / "teacher.onnx", quantize_dir / "shipped.onnx")
     (quantize_dir / "report.json").write_text(json.dumps({"shipped": "teacher", "reason": "test: production is the teacher", "fallback": {"rain": [False] * 4, "temp": [False] * 4}}))
     params = load_params(root / "params.yaml")
-    package.run(params, root / "data" / "ingest", quantize_dir, root / "data" / "evaluate", tmp_path / "teacher_package", signing.key_path_from_env())
+    package.run(params, root / "data" / "ingest", quantize_dir, root / "data" / "evaluate", tmp_path / "teacher_package", signing.key_path_from_env(), root / "data" / "attend")
     key = signing.load_private_key(signing.key_path_from_env()).public_key()
     registry.publish(open_store(workspace["store"]), tmp_path / "teacher_package", public_key=key, force=True)
 

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 PARAMS_FILE = Path("params.yaml")
 PROFILES_DIR = "profiles"  # beside params.yaml
 # The sections some DVC stage tracks (dvc.yaml); each profile file must name them all.
-TRACKED_SECTIONS = ("data", "augment", "ingest", "embed", "distill", "prune", "quantize", "evaluate", "package")
+TRACKED_SECTIONS = ("data", "augment", "ingest", "attend", "embed", "distill", "prune", "quantize", "evaluate", "package")
 
 
 class ConfigError(ValueError):
@@ -76,8 +76,9 @@ class SyntheticSource(Section):
     stations: Annotated[int, Field(ge=1)]
     days: Annotated[int, Field(ge=2)]
     seed: int
-    image_size: Annotated[int, Field(ge=64, le=128)]  # rendered side; ingest resizes to data.image_size
+    image_size: Annotated[int, Field(ge=64, le=256)]  # rendered side; ingest resizes to data.image_size
     unlabelled_share: Annotated[float, Field(ge=0, lt=1)]  # photos whose index.csv label is left empty
+    camera: Literal["clean", "fisheye"]  # the sky alone filling the frame | a whole-sky camera on a mast (skyedge.data.synthetic)
 
 
 class FolderSource(Section):
@@ -147,6 +148,26 @@ class Ingest(Section):
     # with exponential backoff from backoff_seconds.
     s3_attempts: Annotated[int, Field(ge=1, le=10)]
     s3_backoff_seconds: Annotated[float, Field(ge=0)]
+
+
+class Attend(Section):
+    """Selective attention (skyedge.train.attention): a tiny net trained on temporal-variance
+    pseudo-labels to find the sky in each frame, and the crop box around it."""
+
+    width: Annotated[int, Field(ge=2, le=64)]  # channels of the first layers (the last two have twice as many)
+    epochs: Annotated[int, Field(ge=1)]
+    batch_size: Annotated[int, Field(ge=1)]
+    lr: Annotated[float, Field(gt=0)]
+    # A station's temporal variance needs this many training frames; fewer: left out of training.
+    min_station_frames: Annotated[int, Field(ge=2)]
+    threshold: Annotated[float, Field(gt=0, lt=1)]  # sky probability above which a pixel is sky
+    padding: Annotated[float, Field(ge=0, lt=0.5)]  # the box grows by this share of the frame side on every side
+    outlier_share: Annotated[float, Field(ge=0, lt=0.1)]  # sky pixels ignored at each end of the box's span (strays)
+    min_sky_share: Annotated[float, Field(ge=0, lt=1)]  # a predicted mask with less sky is not trusted: the whole frame
+    preview_frames: Annotated[int, Field(ge=1, le=32)]  # val/test frames drawn in preview.png
+    # What the student (and every model made from it) sees: `crop` its attention box, `full` the
+    # whole frame. The teacher always sees the whole frame.
+    student_input: Literal["crop", "full"]
 
 
 class Embed(Section):
@@ -394,6 +415,7 @@ class Params(Section):
     data: Data
     augment: Augment
     ingest: Ingest
+    attend: Attend
     embed: Embed
     distill: Distill
     prune: Prune

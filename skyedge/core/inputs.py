@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from skyedge.core import crop
 from skyedge.core.contract import INPUT_IMAGE, INPUT_IMAGE_PRESENT, INPUT_SENSORS
 
 # ImageNet statistics: the pretrained teacher expects them; the manifest records them.
@@ -63,6 +64,39 @@ def image_input(photos: np.ndarray, image_idx: np.ndarray, spec: dict) -> tuple[
     image = normalise_image(pixels, spec)
     image[~present] = 0.0  # what training feeds when the camera gave nothing
     return image, present.astype(np.float32)[:, None]
+
+
+def attended_photos(attention, frames: np.ndarray, present: np.ndarray, settings: dict, size: int) -> np.ndarray:
+    """Whole frames [B, s, s, 3] uint8 cut to the boxes the attention graph (`attention`, an ORT
+    session) finds, at size x size. Rows without a photo (present 0: the camera is down) skip
+    attention and stay zeros, which image_input never reads."""
+    crops = np.zeros((len(frames), size, size, 3), np.uint8)
+    rows = np.flatnonzero(np.asarray(present).reshape(-1) > 0)
+    if len(rows):
+        crops[rows] = crop.crop_photos(frames[rows], crop.attention_boxes(attention, frames[rows], settings), size)
+    return crops
+
+
+def attended_image_input(attention, frames: np.ndarray, present: np.ndarray, settings: dict, spec: dict) -> np.ndarray:
+    """The model's `image` input behind attention: each present frame cut to its attention box,
+    then preprocessed as image_input does; zeros where there is no photo."""
+    crops = attended_photos(attention, frames, present, settings, int(spec["size"]))
+    image_idx = np.where(np.asarray(present).reshape(-1) > 0, np.arange(len(frames)), -1)
+    return image_input(crops, image_idx, spec)[0]
+
+
+def attended_model_inputs(attention_session, attention: dict, photos: np.ndarray, image_idx: np.ndarray, windows: np.ndarray, spec: dict) -> dict[str, np.ndarray]:
+    """model_inputs for a package behind attention (its manifest's `attention` section): every
+    photo samples point at, resized to attention's frame_size, is cut to its attention box at
+    the model's size first; each photo goes through attention once however many samples share it."""
+    image_idx = np.asarray(image_idx)
+    size, frame_size = int(spec["size"]), int(attention["frame_size"])
+    used = np.unique(image_idx[image_idx >= 0])
+    crops = np.zeros((len(photos), size, size, 3), np.uint8)
+    if len(used):
+        frames = np.stack([resize_photo(photos[i], frame_size) for i in used])
+        crops[used] = attended_photos(attention_session, frames, np.ones(len(used)), attention, size)
+    return model_inputs(crops, image_idx, windows, spec)
 
 
 def model_inputs(photos: np.ndarray, image_idx: np.ndarray, windows: np.ndarray, spec: dict) -> dict[str, np.ndarray]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-STAGES: tuple[str, ...] = ("fleet", "ingest", "embed", "distill", "prune", "quantize", "evaluate", "package")
+STAGES: tuple[str, ...] = ("fleet", "ingest", "attend", "embed", "distill", "prune", "quantize", "evaluate", "package")
 
 
 class File:
@@ -42,6 +42,14 @@ class Ingest(StageDir):
     quarantine = File("quarantine.csv")
     report = File("report.json")
     data_docs = File("data-docs")
+
+
+class Attend(StageDir):
+    onnx = File("attention.onnx")  # the sky mask net: frame RGB / 255 in, sky probability out
+    boxes = File("boxes.npy")  # [M, 4] float32 crop box per ingest image (skyedge.core.crop: fractions)
+    history = File("history.csv")
+    metrics = File("metrics.json")
+    preview = File("preview.png")  # a few val/test frames: true mask, predicted mask, crop box
 
 
 class Embed(StageDir):
@@ -103,6 +111,7 @@ class Package(StageDir):
     model = File("model.onnx")
     container = File("model.skc")  # model.onnx entropy coded (skyedge.release.container): what stations download
     canary = File("canary.npz")
+    attention = File("attention.onnx")  # with attend.student_input = crop: the station runs it before model.onnx
     manifest = File("manifest.json")
     signature = File("manifest.sig.json")
 
@@ -116,6 +125,7 @@ class Workspace:
         self.params = self.root / "params.yaml"
         self.fleet = Fleet(self.data / "fleet")
         self.ingest = Ingest(self.data / "ingest")
+        self.attend = Attend(self.data / "attend")
         self.embed = Embed(self.data / "embed")
         self.distill = Distill(self.data / "distill")
         self.prune = Prune(self.data / "prune")

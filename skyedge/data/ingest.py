@@ -84,7 +84,7 @@ def read_sources(params: Ingest, data: Data, out_dir: Path, now: pd.Timestamp, i
         intake.add_source(outcome.source)
         if source.type == "synthetic":
             folder = out_dir / "raw" / f"synthetic-{number}"
-            synthetic.generate(folder, source.stations, source.days, source.seed, source.image_size, source.unlabelled_share, progress=True)
+            synthetic.generate(folder, source.stations, source.days, source.seed, source.image_size, source.unlabelled_share, source.camera, progress=True)
             outcomes.append(read.read_folder(folder, outcome, intake, now, runner))
         elif source.type == "s3":
             outcomes.append(read_s3(source, number, params, out_dir, now, intake, outcome, runner))

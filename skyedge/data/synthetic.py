@@ -5,9 +5,29 @@ a hidden per-station "storm potential" s_t (a mean-reverting process with fair-w
 and storm-building episodes) sets the sky regime through thresholds with hysteresis, so the sky
 class persists for hours. Rain falls only under thick_dark_clouds, more likely the higher s_t.
 The sensors see s_t only through noise and confounders (pressure also follows a slow synoptic
-walk, humidity a diurnal cycle), while the sky photo is a clean view of the regime. Pressure
-therefore falls and humidity rises before rain, yet the image still adds information about
-rain a few hours ahead that the sensors alone do not carry.
+walk, humidity a diurnal cycle), while the sky photo views the regime. Pressure therefore falls
+and humidity rises before rain, yet the image still adds information about rain a few hours
+ahead that the sensors alone do not carry.
+
+Two cameras (`camera_model`). "clean" (the default profile's) renders the sky alone, filling the
+frame and dimmed at night. "fisheye" is what a whole-sky camera records (skyedge.data.camera,
+the attention profile's): a fisheye circle with a horizon ring and black corners, the station's own buildings, trees and mast in every frame, the
+sun where the ephemeris puts it for the station and the hour (glare, saturation), dark noisy
+nights, exposure errors, drops on the dome after rain, dust and debris. The view is imperfect on
+purpose, so the sky class is not free to read off and compression has something to lose.
+
+Layout under out_dir:
+
+    stations/syn-NN.csv        hourly records; `image` points at ../images/...
+    stations/stations.csv      coordinates and elevation
+    images/syn-NN/<stamp>.png  the photos (RGB, image_size x image_size)
+    index.csv                  path (images/...), label (empty when unlabelled), timestamp
+    masks/syn-NN/<stamp>.png   fisheye only: the true sky mask of each photo, for evaluation only: 1-bit PNG,
+                               1 = sky visible, 0 = outside the circle, horizon ring, obstruction
+                               or debris on the dome (camera.mask_path maps a photo to its mask)
+
+Ingest finds photos only through the `image` column and index.csv, neither of which names a
+mask, and masks/ holds no CSV, so masks are never read as training photos.
 """
 
 from __future__ import annotations
@@ -21,6 +41,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from skyedge.core import contract, solar
+from skyedge.data import camera
 
 # Sky regimes from calm to stormy; the index of a regime is its rank in storminess.
 REGIMES: tuple[str, ...] = (
@@ -39,7 +60,8 @@ _FAIR_TARGETS = (0.05, 0.6)
 _STORM_TARGETS = (0.9, 1.2)
 # Diurnal temperature amplitude multiplier per regime: clouds damp the daily swing.
 _CLOUD_DAMPING = np.array([1.0, 0.85, 0.7, 0.45, 0.3])
-_IMAGE_SIZES = range(64, 129)
+_IMAGE_SIZES = range(64, 257)
+CAMERAS = ("clean", "fisheye")  # the sky alone, filling the frame | a whole-sky camera on a mast
 _TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 
@@ -158,6 +180,14 @@ def _sensors(
     }
 
 
+def _severity(s: np.ndarray, regime: np.ndarray) -> np.ndarray:
+    """Where s_t stands inside its regime's band, 0..1: the renderer lets a sky about to change
+    regime look a little like the next one (real class boundaries are fuzzy, labels are not)."""
+    edges = np.concatenate([[_REGIME_THRESHOLDS[0] - 0.3], _REGIME_THRESHOLDS, [_REGIME_THRESHOLDS[-1] + 0.35]])
+    low, high = edges[regime], edges[regime + 1]
+    return np.clip((s - low) / (high - low), 0.0, 1.0)
+
+
 def _value_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
     """Smooth noise in [0, 1]: a random grid of about cells^2, upsampled with smoothstep interpolation."""
     grid = rng.random((cells + 2, cells + 2))
@@ -235,18 +265,25 @@ def generate(
     seed: int,
     image_size: int,
     unlabelled_share: float,
+    camera_model: str = "clean",
     start: str = "2024-03-01T00:00:00Z",
     progress: bool = False,
 ) -> dict:
-    """Write station CSVs, stations.csv (coordinates), sky PNGs and index.csv under out_dir; return a summary.
+    """Write station CSVs, stations.csv (coordinates), sky PNGs, index.csv and, for the fisheye
+    camera, the photos' sky masks under out_dir (layout in the module docstring); return a summary.
 
+    `camera_model` is one of CAMERAS: "clean" renders the sky alone, filling the frame; "fisheye"
+    what a whole-sky camera records (skyedge.data.camera). Photos are rendered at image_size
+    (64..256 px; ingest resizes them to data.image_size).
     index.csv lists every photo; `unlabelled_share` of them have an empty label, as at a real
     station where nobody labels every frame (distillation learns from them). Same arguments give
     byte-identical files: every random draw comes from `seed`, one child stream per station for
-    its site, one for the weather and one for its images.
+    its site, one for the weather, one for its images and one for its camera and dome.
     """
     if image_size not in _IMAGE_SIZES:
-        raise ValueError(f"image_size must be in 64..128, got {image_size}")
+        raise ValueError(f"image_size must be in 64..256, got {image_size}")
+    if camera_model not in CAMERAS:
+        raise ValueError(f"camera_model must be one of {CAMERAS}, got {camera_model!r}")
     if stations < 1 or days < 1:
         raise ValueError(f"stations and days must be >= 1, got stations={stations}, days={days}")
     out_dir = Path(out_dir)
@@ -263,26 +300,42 @@ def generate(
     bar = tqdm(total=stations * hours, desc="synthetic images", disable=not progress)
     site_rows = []
     for station, station_seed in enumerate(np.random.SeedSequence(seed).spawn(stations)):
-        site_rng, weather_rng, image_rng = (np.random.default_rng(s) for s in station_seed.spawn(3))
+        # Four streams: adding the camera's (the fourth child) left the first three, so the weather, unchanged.
+        site_rng, weather_rng, image_rng, camera_rng = (np.random.default_rng(s) for s in station_seed.spawn(4))
         station_id = f"syn-{station:02d}"
         site = _site(site_rng)
         site_rows.append([station_id, f"{site.latitude:.3f}", f"{site.longitude:.3f}", f"{site.elevation_m:.0f}"])
         sun = solar.sun_position(epoch_hours, site.latitude, site.longitude)
-        daylight = _daylight(sun)
         s = _storm_potential(weather_rng, hours)
         regime = _regimes(s)
         precip = _precipitation(weather_rng, s, regime)
         sensors = _sensors(weather_rng, site, sun, s, regime, precip)
         unlabelled = image_rng.random(hours) < unlabelled_share
-        rainy_hours += int((sensors["precip_mm"] > contract.RAIN_THRESHOLD_MM).sum())
+        raining = sensors["precip_mm"] > contract.RAIN_THRESHOLD_MM
+        rainy_hours += int(raining.sum())
+        fisheye = camera_model == "fisheye"
+        if fisheye:
+            lens = camera.make_camera(camera_rng, image_size)
+            domes = camera.dome_timeline(camera_rng, raining, image_size)
+            severity = _severity(s, regime)
+            moon = camera.moon_position(epoch_hours, site.latitude, site.longitude)
+        else:
+            daylight = _daylight(sun)
 
-        image_dir = out_dir / "images" / station_id
-        image_dir.mkdir(parents=True, exist_ok=True)
+        for tree in ("images", "masks") if fisheye else ("images",):
+            (out_dir / tree / station_id).mkdir(parents=True, exist_ok=True)
         rows = []
         for t in range(hours):
             label = REGIMES[regime[t]]
-            pixels = _render_sky(image_rng, label, float(daylight[t]), image_size)
             image_path = f"images/{station_id}/{file_stems[t]}.png"
+            if fisheye:
+                pixels, mask = camera.render(
+                    lens, image_rng, int(regime[t]), float(severity[t]), float(sun.elevation_deg[t]), float(sun.azimuth_deg[t]), domes[t],
+                    moon=(float(moon[0][t]), float(moon[1][t]), float(moon[2][t])),
+                )
+                Image.fromarray(mask.astype(bool)).save(out_dir / camera.mask_path(image_path), format="PNG")
+            else:
+                pixels = _render_sky(image_rng, label, float(daylight[t]), image_size)
             Image.fromarray(pixels, "RGB").save(out_dir / image_path, format="PNG", compress_level=6)
             readings = [_format_reading(column, sensors[column][t]) for column in contract.SENSOR_COLUMNS]
             rows.append([station_id, stamps[t], *readings, f"../{image_path}"])
@@ -299,6 +352,7 @@ def generate(
         "stations": stations,
         "records": records,
         "images": records,
+        "masks": records if camera_model == "fisheye" else 0,  # masks/<station>/<stamp>.png beside images/: evaluation only
         "rain_fraction": rainy_hours / records,
         "class_counts": class_counts,
         "unlabelled": sum(1 for row in index_rows if not row[1]),

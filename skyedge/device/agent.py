@@ -38,7 +38,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from skyedge.core import inference
+from skyedge.core import contract, inference, inputs
 from skyedge.core.files import atomic_write, fsync_dir
 from skyedge.device import AGENT_VERSION
 from skyedge.device.fetch import DownloadFailed, EndlessData, Fetcher, Missing, Unreachable, join
@@ -124,6 +124,21 @@ def http_refusal(exc: Exception, base_url: str) -> Exception:
     return Unreachable(f"store answered HTTP {status}: {text}")
 
 
+def attended_canary_feed(package_dir: Path, document: dict[str, Any], feed: dict[str, np.ndarray], frames: np.ndarray | None) -> dict[str, np.ndarray]:
+    """The canary's image input rebuilt the way predict builds it behind attention: the whole
+    frames through attention.onnx, their boxes, the crops. A mismatch in any of those steps on
+    this station then fails the canary, not a forecast."""
+    attention = document["attention"]
+    if frames is None:
+        raise Refused("canary-mismatch", f"{document['canary'].get('file', 'canary.npz')}: no {mf.CANARY_FRAMES!r} array, but the manifest has an attention section", permanent=True)
+    try:
+        session = inference.session(package_dir / attention["file"])
+        image = inputs.attended_image_input(session, frames, feed[contract.INPUT_IMAGE_PRESENT], attention, document["preprocessing"]["image"])
+    except (inference.ModelFileError, KeyError, ValueError) as exc:
+        raise Refused("canary-mismatch", f"attention path does not run: {exc}", permanent=True) from None
+    return {**feed, contract.INPUT_IMAGE: image}
+
+
 def run_canary(package_dir: Path, document: dict[str, Any]) -> Any:
     """Load the model and check the manifest's canary outputs; returns the ORT session."""
     try:
@@ -138,6 +153,9 @@ def run_canary(package_dir: Path, document: dict[str, Any]) -> Any:
     with np.load(package_dir / canary.get("file", "canary.npz")) as data:
         wanted = {i.name for i in model.get_inputs()}
         feed = {name: data[name] for name in data.files if name in wanted}
+        frames = data[mf.CANARY_FRAMES] if mf.CANARY_FRAMES in data.files else None
+    if document.get("attention") is not None:
+        feed = attended_canary_feed(package_dir, document, feed, frames)
     names = list(expected)
     try:
         outputs = model.run(names, feed)

@@ -116,6 +116,13 @@ def load_image(path: Path, size: int) -> np.ndarray:
         raise PredictError(f"{path}: not a readable image ({exc})") from exc
 
 
+def attended_photo(slot: Path, attention: dict, image: Path, size: int) -> np.ndarray:
+    """[1, size, size, 3] uint8: the photo read at the frame size attention was trained at, cut
+    to the box attention.onnx finds in it (the crop the model was trained on)."""
+    frame = load_image(image, int(attention["frame_size"]))[None]
+    return inputs.attended_photos(inference.session(slot / attention["file"]), frame, np.ones(1), attention, size)
+
+
 def forecast(
     state_dir: Path, sensors_csv: Path, image: Path | None = None, station: str | None = None, session: Any = None, latitude: float | None = None, longitude: float | None = None,
     slot: Path | None = None,
@@ -130,9 +137,12 @@ def forecast(
     lat, lon, coordinates = station_coordinates(Path(sensors_csv), station_id, latitude, longitude)
     windows, missing_hours = features.build_windows(hours, features.raw_features(columns), prep["sensors"], window, lat, lon)
     spec = prep["image"]
-    if image is not None:
+    attention = document.get("attention")  # absent in packages trained on whole frames (and older releases)
+    if image is not None and attention is not None:
+        photos, image_idx = attended_photo(slot, attention, Path(image), int(spec["size"])), np.array([0])
+    elif image is not None:
         photos, image_idx = load_image(Path(image), int(spec["size"]))[None], np.array([0])
-    else:
+    else:  # camera down: no photo, no attention; the model's no-image path
         photos, image_idx = np.zeros((0, 1, 1, 3), np.uint8), np.array([-1])
     feed = inputs.model_inputs(photos, image_idx, windows[-1:], spec)
     model = session or inference.session(slot / mf.MODEL_FILE)
@@ -149,6 +159,7 @@ def forecast(
         "station_id": station_id,
         "time": at.isoformat(),
         "image_used": image is not None,
+        "attention_used": image is not None and attention is not None,
         "window_hours": window,
         "window_missing_hours": int(missing_hours[-1]),
         "window_rule": readings.window_gaps(window - int(missing_hours[-1]), window)[1],

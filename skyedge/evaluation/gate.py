@@ -31,7 +31,7 @@ from skyedge.core import inference, paths
 from skyedge.core.config import Gate
 from skyedge.core.contract import HORIZONS
 from skyedge.core.tables import Column, markdown_table
-from skyedge.data.dataset import Ingested, inputs_for_model, load_ingested
+from skyedge.data.dataset import Ingested, inputs_for_package, load_ingested
 from skyedge.evaluation import metrics, scores
 
 HIGHER, LOWER = "higher is better", "lower is better"
@@ -172,10 +172,11 @@ def noninferiority(paired: Paired, margins: dict[str, float], n_boot: int, seed:
 
 def package_outputs(package_dir: Path, data: Ingested, rows: np.ndarray, threads: int) -> tuple[dict[str, np.ndarray], dict]:
     """A package's outputs on some rows of ingested data, with its own recorded preprocessing
-    (windows re-normalised, photos resized to its input size), and its manifest."""
+    (windows re-normalised, photos resized to its input size, through its attention when it
+    has one), and its manifest."""
     package = paths.Package(package_dir)
     document = json.loads(package.manifest.read_text())
-    return inference.predict(inference.session(package.model, threads), inputs_for_model(data, rows, document["preprocessing"])), document
+    return inference.predict(inference.session(package.model, threads), inputs_for_package(data, rows, document, package_dir)), document
 
 
 @dataclass(frozen=True)

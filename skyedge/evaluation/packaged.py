@@ -293,11 +293,16 @@ def _rules(outcome: read.Outcome) -> str:
 def predict(model: Model, data: Dataset) -> dict[str, np.ndarray]:
     """Model outputs for every sample, inputs built batch by batch as the manifest says."""
     spec = model.manifest["preprocessing"]["image"]
+    attention = model.manifest.get("attention")  # the model was trained on crops: run the package's attention first
+    attention_session = None if attention is None else inference.session(model.onnx_path.parent / attention["file"])
     image_idx = data.samples["image_idx"].to_numpy()
     chunks = []
     for start in range(0, len(image_idx), PREDICT_BATCH):
         batch = slice(start, start + PREDICT_BATCH)
-        feed = inputs.model_inputs(data.images, image_idx[batch], data.windows[batch], spec)
+        if attention is None:
+            feed = inputs.model_inputs(data.images, image_idx[batch], data.windows[batch], spec)
+        else:
+            feed = inputs.attended_model_inputs(attention_session, attention, data.images, image_idx[batch], data.windows[batch], spec)
         chunks.append(inference.predict(model.session, feed, batch_size=PREDICT_BATCH))
     return {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
 

@@ -25,6 +25,8 @@ MODEL_FILE = paths.Package.model
 MANIFEST_FILE = paths.Package.manifest
 SIGNATURE_FILE = paths.Package.signature
 CANARY_FILE = paths.Package.canary
+ATTENTION_FILE = paths.Package.attention
+CANARY_FRAMES = "frames"  # canary.npz's whole frames [B, S, S, 3] uint8, for the attention path
 INPUT_NAMES = [INPUT_IMAGE, INPUT_IMAGE_PRESENT, INPUT_SENSORS]
 REQUIRED_KEYS: tuple[str, ...] = (
     "name",
@@ -85,6 +87,7 @@ def build_manifest(
     latency_budget_ms: float,
     min_agent_version: str,
     container: dict[str, Any] | None = None,
+    attention: dict[str, Any] | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
     """The manifest document of the package in package_dir (model.onnx and canary.npz written).
@@ -92,12 +95,16 @@ def build_manifest(
     The one place the document's shape is written: the package stage and the device tests' sample
     packages both build it here. `container` is model.skc's file entry (+ format_version): listed
     in files like model.onnx, so it is signed, published and verified the same way. `extra` adds
-    sections (e.g. the quantization choice).
+    sections (e.g. the quantization choice). `attention` (attention.onnx written): the box rules
+    and frame size the station runs attention.onnx with before model.onnx (skyedge.core.crop);
+    the file is listed and signed like model.onnx. Without it the model sees the whole frame.
     """
     package_dir = Path(package_dir)
     files = [file_entry(package_dir / MODEL_FILE, package_dir), file_entry(package_dir / CANARY_FILE, package_dir)]
     if container is not None:
         files.append({key: container[key] for key in ("path", "sha256", "size_bytes")})
+    if attention is not None:
+        files.append(file_entry(package_dir / ATTENTION_FILE, package_dir))
     document = {
         "schema_version": MANIFEST_SCHEMA_VERSION,
         "name": name,
@@ -121,6 +128,8 @@ def build_manifest(
         document["container"] = container
     if climatology is not None:
         document["climatology"] = climatology
+    if attention is not None:
+        document["attention"] = {"file": ATTENTION_FILE, **attention}
     return document
 
 

@@ -161,6 +161,11 @@ def augment_photos(pixels: torch.Tensor, augmentation: Augmentation, generator: 
     return pixels.clamp(0.0, 1.0)
 
 
+def unit_pixels(images: np.ndarray, image_idx: torch.Tensor) -> torch.Tensor:
+    """The photos samples point at (-1: none, any photo stands in) as [B, 3, S, S] floats in 0..1."""
+    return torch.from_numpy(images[image_idx.clamp(min=0).numpy()]).permute(0, 3, 1, 2).float() / 255.0
+
+
 class Batches:
     """Minibatches of one split as tensors; photos are augmented and normalised on the fly from uint8."""
 
@@ -183,22 +188,33 @@ class Batches:
         present = image_idx >= 0
         if drop is not None:
             present = present & ~drop
-        pixels = torch.from_numpy(self.data.images[image_idx.clamp(min=0).numpy()]).permute(0, 3, 1, 2).float() / 255.0
+        pixels = unit_pixels(self.data.images, image_idx)
+        # A student behind attention sees crops; its teacher scores the whole frame (Ingested.teacher_images).
+        teacher_pixels = None if self.data.teacher_images is None else unit_pixels(self.data.teacher_images, image_idx)
         sky = torch.where(present, self.sky[index], torch.full_like(image_idx, -1))
         target = F.one_hot(sky.clamp(min=0), len(SKY_CLASSES)).float()
         weight = (sky >= 0).float()
         photos = torch.nonzero(present).squeeze(1)
         if len(photos) and augmentation != NO_AUGMENTATION:
-            generator = torch.Generator().manual_seed(int(rng.integers(2**31)))
+            seed = int(rng.integers(2**31))
+            generator = torch.Generator().manual_seed(seed)
             pixels[photos] = augment_photos(pixels[photos], augmentation, generator)
+            if teacher_pixels is not None:
+                # The same draws from the same seed: the teacher's frame gets the student's
+                # exposure, white balance, blur, noise and crop (relative to its own frame).
+                teacher_pixels[photos] = augment_photos(teacher_pixels[photos], augmentation, torch.Generator().manual_seed(seed))
             if augmentation.mixup and len(photos) > 1:
                 lam = float(rng.beta(augmentation.mixup, augmentation.mixup))
                 partner = photos[torch.randperm(len(photos), generator=generator)]
                 pixels[photos] = lam * pixels[photos] + (1 - lam) * pixels[partner]
+                if teacher_pixels is not None:
+                    teacher_pixels[photos] = lam * teacher_pixels[photos] + (1 - lam) * teacher_pixels[partner]
                 target[photos] = lam * target[photos] + (1 - lam) * target[partner]
                 weight[photos] = weight[photos] * weight[partner]  # both labelled, or distillation only
-        image = torch.from_numpy(inputs.normalise_image(pixels.permute(0, 2, 3, 1).numpy(), self.spec)) * present.view(-1, 1, 1, 1)
+        image = self.normalised(pixels, present)
+        views = {} if teacher_pixels is None else {"teacher_image": self.normalised(teacher_pixels, present)}
         return {
+            **views,
             "image": image,
             "image_present": present.float().unsqueeze(1),
             "sensors": self.windows[index],
@@ -209,6 +225,10 @@ class Batches:
             "rain": self.rain[index],
             "temp": self.temp[index],
         }
+
+    def normalised(self, pixels: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """[B, 3, S, S] pixels in 0..1 normalised as the manifest records, zeros where no photo is."""
+        return torch.from_numpy(inputs.normalise_image(pixels.permute(0, 2, 3, 1).numpy(), self.spec)) * present.view(-1, 1, 1, 1)
 
     def epoch_rows(self, config: FitConfig, rng: np.random.Generator) -> np.ndarray:
         return epoch_order(self.rows, self.image_idx.numpy() >= 0, config.photo_share, rng)
@@ -238,12 +258,13 @@ def supervised_loss(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
 
 
 def distillation_loss(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], teacher: Teacher, projector: nn.Module) -> torch.Tensor:
-    """The teacher's view of the same augmented photos: soft sky targets and embeddings."""
+    """The teacher's view of the same augmented photos: soft sky targets and embeddings. Behind
+    attention the teacher scores the whole frame (`teacher_image`) of the student's crop."""
     present = batch["image_present"].squeeze(1) > 0
     if not present.any():
         return out["sky_logits"].sum() * 0.0
     with torch.no_grad():
-        teacher_embedding = teacher.model.backbone(batch["image"][present])
+        teacher_embedding = teacher.model.backbone(batch.get("teacher_image", batch["image"])[present])
         teacher_logits = teacher.model.sky_head(teacher_embedding)
     t = teacher.temperature
     student = F.log_softmax(out["sky_logits"][present] / t, dim=1)

@@ -1,0 +1,273 @@
+"""Full frame vs attention crop (`make bench-attention`): does the student gain from looking only at the sky?
+
+The same student (params `distill`: architecture, width, epochs, batch, learning rate,
+augmentation), trained on the same ingest without the teacher from the same seeds (--seeds,
+paired: each seed starts both views from the same weights), so the only difference is
+what its camera input shows: the whole ingested frame, or each frame cut to its attention box
+(the attend stage's boxes.npy) and resized back to the same input resolution. Both are scored on
+val and test (sky accuracy on labelled photos, rain Brier, temperature RMSE), as means and
+standard deviations over seeds, and attention's change paired by seed. A table goes to
+stdout and the rows to reports/bench_attention.json.
+
+The crop here is cut from the ingested frame, so the student gains no pixels, only the share of
+its input that is sky; a station would cut its camera's full-resolution frame, which also gains
+resolution. So this measures the crop alone, without the extra detail a station's crop would add.
+
+`--costs` adds what ships: the student distilled from the whole-frame teacher (the distill stage's
+loss; the crop student's teacher sees the whole frame) on the full frame and behind attention at
+the ingest's input size and at smaller crop sizes, each exported to ONNX and scored on the test
+split as evaluate scores (sky accuracy, rain Brier skill and temperature skill over persistence,
+mean over horizons), with its MACs, batch-1 latency and bytes, the attention net's own MACs,
+latency and bytes added to the crop rows, the KD gain of both views at the ingest's size, and the
+targets: at equal MACs attention raises sky accuracy >= 3 points; at equal accuracy it cuts MACs
+>= 2x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from skyedge.compress.pruning import count_macs_params
+from skyedge.core import crop, inference, paths
+from skyedge.core.config import Params, load_params
+from skyedge.core.features import N_FEATURES
+from skyedge.core.tables import Column, text_table
+from skyedge.data.dataset import Ingested, attended, load_ingested, model_inputs
+from skyedge.evaluation import scores as scoring
+from skyedge.train import attention, models
+from skyedge.train.training import Augmentation, Batches, FitConfig, Teacher, fit, quick_scores, resolve_device
+
+VIEWS = ("full_frame", "attention_crop")
+SCORED_SPLITS = ("val", "test")
+METRICS = ("sky_accuracy", "rain_brier", "temp_rmse")  # quick_scores' val_<metric>, on whichever split it is given
+
+
+def views(data: Ingested, boxes: np.ndarray, boxes_file: Path) -> dict[str, Ingested]:
+    return {"full_frame": data, "attention_crop": attended(data, boxes, boxes_file)}
+
+
+def train_and_score(data: Ingested, params: Params, view: str, seed: int) -> list[dict]:
+    """The distill section's student, trained without the teacher on this view from this seed;
+    one row per scored split."""
+    distill = params.distill
+    config = FitConfig(
+        distill.epochs, distill.batch_size, distill.lr, seed, distill.image_dropout, params.data.photo_share,
+        Augmentation(**params.augment.model_dump()), resolve_device(params.common.device),
+    )
+    torch.manual_seed(seed)  # both views start from the same weights
+    student = models.build_student(distill.student, distill.width, params.data.window_hours, data.preprocessing["sensors"]["std"][0])
+    fit(student, data, config, f"student on {view}, seed {seed}")
+    rows = []
+    for split in SCORED_SPLITS:
+        split_rows = data.split(split)
+        scores = quick_scores(student, Batches(data, split_rows), split_rows)  # keys say val_ whatever the split
+        rows.append({"view": view, "split": split, "seed": seed, **{metric: scores[f"val_{metric}"] for metric in METRICS}})
+    return rows
+
+
+def mean_and_spread(rows: list[dict]) -> dict:
+    """Mean and sample standard deviation over seeds of each metric (spread 0 with one seed)."""
+    out = {}
+    for metric in METRICS:
+        values = np.array([row[metric] for row in rows], dtype=np.float64)
+        out[metric] = float(values.mean())
+        out[f"{metric}_sd"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    return out
+
+
+def compare(params: Params, ingest_dir: Path, attend_dir: Path, seeds: int) -> dict:
+    """Both views' rows for `seeds` seeds (from common.seed on), their mean per view and split,
+    and attention's change (crop - full, paired by seed) per split."""
+    torch.set_num_threads(params.common.threads)
+    data = load_ingested(ingest_dir)
+    boxes_file = paths.Attend(attend_dir).boxes
+    boxes = np.load(boxes_file)
+    seed_list = list(range(params.common.seed, params.common.seed + seeds))
+    rows = [row for view, view_data in views(data, boxes, boxes_file).items() for seed in seed_list for row in train_and_score(view_data, params, view, seed)]
+    by = {(row["view"], row["split"], row["seed"]): row for row in rows}
+    summary = [{"view": view, "split": split, **mean_and_spread([by[view, split, seed] for seed in seed_list])} for view in VIEWS for split in SCORED_SPLITS]
+    change = [
+        {"split": split, **mean_and_spread([{m: by["attention_crop", split, seed][m] - by["full_frame", split, seed][m] for m in METRICS} for seed in seed_list])}
+        for split in SCORED_SPLITS
+    ]
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return {
+        "student": params.distill.student,
+        "epochs": params.distill.epochs,
+        "seeds": seed_list,
+        "mean_box_area_share": float(area.mean()),
+        "rows": rows,
+        "summary": summary,
+        "attention_minus_full": change,
+    }
+
+
+def metric_columns(signed: bool) -> list[Column]:
+    """Each metric and its spread over seeds; a change (`signed`) shows its sign, a spread never has one."""
+    sign = "+" if signed else ""
+    return [column for metric, spec in zip(METRICS, (".3f", ".4f", ".3f")) for column in (Column(metric, format=sign + spec), Column(f"{metric}_sd", format=spec))]
+
+
+def format_result(result: dict) -> str:
+    return "\n".join([
+        f"student {result['student']}, {result['epochs']} epochs, no teacher, seeds {result['seeds']}; attention boxes keep {result['mean_box_area_share']:.0%} of the frame on average",
+        text_table(result["summary"], [Column("view", align="left"), Column("split", align="left"), *metric_columns(signed=False)], rule=True),
+        "",
+        "attention crop - full frame, paired by seed:",
+        text_table(result["attention_minus_full"], [Column("split", align="left"), *metric_columns(signed=True)], rule=True),
+    ])
+
+
+# --- what ships: distilled students, their costs, and the attention net's ------------------------
+
+ACCURACY_TARGET = 0.03  # at equal MACs, attention raises sky accuracy by at least 3 points ...
+MACS_TARGET = 2.0  # ... and at equal accuracy it needs at most half the MACs
+
+
+def cropped_at(data: Ingested, boxes: np.ndarray, size: int) -> Ingested:
+    """Every photo cut to its box at size x size for the student; the whole frames for the teacher."""
+    image = {**data.preprocessing["image"], "size": size}
+    return replace(data, images=crop.crop_photos(data.images, boxes, size), teacher_images=data.images, preprocessing={**data.preprocessing, "image": image})
+
+
+def test_skill(onnx_path: Path, data: Ingested, params: Params) -> dict:
+    """Sky accuracy and mean rain / temperature skill over persistence on the test split, as evaluate scores them."""
+    test = data.split("test")
+    outputs = inference.predict(inference.session(onnx_path, params.common.threads), model_inputs(data, test))
+    row = scoring.summary_row("", scoring.grouped_score(outputs, data.samples.iloc[test].reset_index(drop=True), data.preprocessing["climatology"], params.evaluate.bootstrap, params.common.seed))
+    return {"sky_accuracy": row["sky_accuracy"], "rain_skill": horizon_mean(row, "rain_bss_persistence_h"), "temp_skill": horizon_mean(row, "temp_skill_persistence_h")}
+
+
+def horizon_mean(row: dict, prefix: str) -> float:
+    """The mean over horizons of a summary row's per-horizon skill (NaN when none was scored)."""
+    values = [v for k, v in row.items() if k.startswith(prefix) and v is not None]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def shipped_student(data: Ingested, params: Params, teacher: Teacher | None, seed: int, onnx_path: Path) -> dict:
+    """The distill stage's student trained on `data` (with the teacher when given), exported;
+    its test skill, MACs, bytes and batch-1 latency."""
+    distill, size = params.distill, int(data.preprocessing["image"]["size"])
+    config = FitConfig(
+        distill.epochs, distill.batch_size, distill.lr, seed, distill.image_dropout, params.data.photo_share,
+        Augmentation(**params.augment.model_dump()), resolve_device(params.common.device),
+    )
+    torch.manual_seed(seed)
+    student = models.build_student(distill.student, distill.width, params.data.window_hours, data.preprocessing["sensors"]["std"][0])
+    fit(student, data, config, f"student {size} px{' with teacher' if teacher else ''}, seed {seed}", teacher=teacher)
+    models.export_onnx(student, onnx_path, size, params.data.window_hours, N_FEATURES)
+    macs, _ = count_macs_params(student, models.example_inputs(size, params.data.window_hours, N_FEATURES))
+    latency = inference.latency_ms(onnx_path, model_inputs(data, data.split("test")[:1]), params.evaluate.latency_runs, params.evaluate.warmup_runs)
+    return {"input_size": size, **test_skill(onnx_path, data, params), "student_macs": macs, "student_bytes": onnx_path.stat().st_size, "student_latency_ms_p50": latency["latency_ms_p50"]}
+
+
+def attention_cost(attention_onnx: Path, params: Params, frame_size: int) -> dict:
+    """The attention net's MACs (counted on its architecture at the frame size), bytes and batch-1 latency."""
+    macs, _ = count_macs_params(attention.SkyMaskNet(params.attend.width), (torch.zeros(1, 3, frame_size, frame_size),))
+    feed = {crop.ATTENTION_INPUT: np.random.default_rng(params.common.seed).random((1, 3, frame_size, frame_size), dtype=np.float32)}
+    latency = inference.latency_ms(attention_onnx, feed, params.evaluate.latency_runs, params.evaluate.warmup_runs)
+    return {"macs": macs, "bytes": attention_onnx.stat().st_size, "latency_ms_p50": latency["latency_ms_p50"]}
+
+
+def with_attention(row: dict, cost: dict | None) -> dict:
+    """A student row with what the station runs in all: the student, plus attention behind a crop."""
+    extra = cost or {"macs": 0, "bytes": 0, "latency_ms_p50": 0.0}
+    return {**row, "attention_macs": extra["macs"], "macs": row["student_macs"] + extra["macs"], "bytes": row["student_bytes"] + extra["bytes"], "latency_ms_p50": row["student_latency_ms_p50"] + extra["latency_ms_p50"]}
+
+
+def targets(rows: list[dict]) -> dict:
+    """The issue's two targets, each with the rows it compares (None: no crop row qualifies)."""
+    full = next(r for r in rows if r["view"] == "full_frame" and r["teacher"])
+    crops = [r for r in rows if r["view"] == "attention_crop" and r["teacher"]]
+    within = [r for r in crops if r["macs"] <= full["macs"]]
+    equal_macs = max(within, key=lambda r: r["macs"]) if within else None
+    as_good = [r for r in crops if r["sky_accuracy"] >= full["sky_accuracy"]]
+    equal_accuracy = min(as_good, key=lambda r: r["macs"]) if as_good else None
+    gain = None if equal_macs is None else equal_macs["sky_accuracy"] - full["sky_accuracy"]
+    cut = None if equal_accuracy is None else full["macs"] / equal_accuracy["macs"]
+    return {
+        "equal_macs": {"full_macs": full["macs"], "crop_input_size": equal_macs and equal_macs["input_size"], "crop_macs": equal_macs and equal_macs["macs"], "sky_accuracy_gain": gain, "target": ACCURACY_TARGET, "met": gain is not None and gain >= ACCURACY_TARGET},
+        "equal_accuracy": {"full_sky_accuracy": full["sky_accuracy"], "crop_input_size": equal_accuracy and equal_accuracy["input_size"], "macs_cut": cut, "target": MACS_TARGET, "met": cut is not None and cut >= MACS_TARGET},
+    }
+
+
+def costs(params: Params, ingest_dir: Path, attend_dir: Path, embed_dir: Path, crop_sizes: list[int], seed: int) -> dict:
+    """Full frame vs attention crop as shipped (distilled), at the ingest's size and at `crop_sizes`."""
+    torch.set_num_threads(params.common.threads)
+    data = load_ingested(ingest_dir)
+    boxes = np.load(paths.Attend(attend_dir).boxes)
+    size = int(data.images.shape[1])
+    teacher = Teacher.load(paths.Embed(embed_dir).teacher_module, params.distill)
+    cost = attention_cost(paths.Attend(attend_dir).onnx, params, size)
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        runs = [("full_frame", data, teacher), ("full_frame", data, None)]
+        runs += [("attention_crop", cropped_at(data, boxes, size), teacher), ("attention_crop", cropped_at(data, boxes, size), None)]
+        runs += [("attention_crop", cropped_at(data, boxes, s), teacher) for s in crop_sizes if s != size]
+        for i, (view, view_data, view_teacher) in enumerate(runs):
+            row = shipped_student(view_data, params, view_teacher, seed, Path(scratch) / f"{i}.onnx")
+            rows.append(with_attention({"view": view, "teacher": view_teacher is not None, **row}, cost if view == "attention_crop" else None))
+    at = {(r["view"], r["teacher"], r["input_size"]): r for r in rows}
+    kd_gain = {view: at[view, True, size]["sky_accuracy"] - at[view, False, size]["sky_accuracy"] for view in VIEWS}
+    return {"seed": seed, "frame_size": size, "attention": cost, "rows": rows, "kd_gain_sky_accuracy": kd_gain, "targets": targets(rows)}
+
+
+COST_COLUMNS = [
+    Column("view", align="left"),
+    Column("teacher", format="d"),
+    Column("input_size", "px", "d"),
+    Column("sky_accuracy", "sky_acc", ".3f"),
+    Column("rain_skill", format="+.3f"),
+    Column("temp_skill", format="+.3f"),
+    Column("student_macs", "student_MMACs", ".2f", scale=1e-6),
+    Column("attention_macs", "attention_MMACs", ".2f", scale=1e-6),
+    Column("macs", "total_MMACs", ".2f", scale=1e-6),
+    Column("latency_ms_p50", "p50_ms", ".3f"),
+    Column("bytes", "kB", ".1f", scale=1e-3),
+]
+
+
+def format_costs(result: dict) -> str:
+    a, t = result["attention"], result["targets"]
+    m, e = t["equal_macs"], t["equal_accuracy"]
+    cut = "no crop size is as accurate" if e["macs_cut"] is None else f"crop at {e['crop_input_size']} px cuts MACs {e['macs_cut']:.3g}x"
+    where = "no crop size fits within the full-frame student's MACs" if m["crop_input_size"] is None else f"crop at {m['crop_input_size']} px"
+    return "\n".join([
+        f"as shipped (distilled from the whole-frame teacher), seed {result['seed']}; attention net: {a['macs'] / 1e6:.2f} MMACs, {a['latency_ms_p50']:.3f} ms, {a['bytes'] / 1e3:.1f} kB at {result['frame_size']} px",
+        text_table(result["rows"], COST_COLUMNS, rule=True),
+        "KD gain (sky accuracy, teacher - none): " + ", ".join(f"{v} {g:+.3f}" for v, g in result["kd_gain_sky_accuracy"].items()),
+        f"equal MACs: {where}: sky accuracy gain {m['sky_accuracy_gain']}, target >= {m['target']}: {'met' if m['met'] else 'NOT met'}",
+        f"equal accuracy: {cut}, target >= {e['target']}x: {'met' if e['met'] else 'NOT met'}",
+    ])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ingest", type=Path, default=Path("data/ingest"))
+    parser.add_argument("--attend", type=Path, default=Path("data/attend"))
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--seeds", type=int, default=3, help="students per view, from common.seed on: one seed's difference is mostly noise")
+    parser.add_argument("--out", type=Path, default=Path("reports/bench_attention.json"))
+    parser.add_argument("--costs", action="store_true", help="also the distilled students as shipped, their MACs, latency and bytes, and the targets (needs --embed)")
+    parser.add_argument("--embed", type=Path, default=Path("data/embed"))
+    parser.add_argument("--crop-sizes", type=int, nargs="+", default=[48, 32], help="smaller crop inputs, for the equal-MACs and equal-accuracy comparisons")
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    result = compare(params, args.ingest, args.attend, args.seeds)
+    print(format_result(result))
+    if args.costs:
+        result["costs"] = costs(params, args.ingest, args.attend, args.embed, args.crop_sizes, params.common.seed)
+        print(format_costs(result["costs"]))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
