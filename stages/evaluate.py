@@ -48,8 +48,7 @@ def attention_cost(attention_onnx: Path, data: Ingested, rows, params: Evaluate)
     """What the attention graph a station runs before the model costs: bytes and batch-1 latency
     on one test frame (the whole frame, as the station feeds it)."""
     frame = data.teacher_images[data.samples["image_idx"].to_numpy()[rows]][:1]
-    feed = {crop.ATTENTION_INPUT: frame.transpose(0, 3, 1, 2).astype("float32") / 255.0}
-    return {"size_bytes": attention_onnx.stat().st_size, **inference.latency_ms(attention_onnx, feed, params.latency_runs, params.warmup_runs)}
+    return {"size_bytes": attention_onnx.stat().st_size, **inference.latency_ms(attention_onnx, crop.attention_feed(frame), params.latency_runs, params.warmup_runs)}
 
 
 def run(params: Evaluate, common: Common, ingest_dir: Path, variants: dict[str, Path], out_dir: Path, attend: Attend, attend_dir: Path) -> dict:

@@ -108,6 +108,19 @@ def test_crop_mode_stages_record_it_and_evaluate_scores_the_teacher_on_whole_fra
     assert evaluated["variants"]["teacher"]["sky_accuracy"] == pytest.approx(whole["sky_accuracy"])
 
 
+def test_the_bench_scores_students_on_their_crops_and_the_teacher_on_whole_frames_as_evaluate_does(attended_pipeline, tmp_path):
+    from skyedge.evaluation import bench
+
+    evaluated = json.loads(paths.Evaluate(attended_pipeline.evaluate).metrics.read_text())
+    measured = bench.measure(attended_pipeline.root, runs=5, warmup=1)
+    rows = {row["variant"]: row for row in measured.rows}
+    for name, evaluate_name in (("teacher_fp32", "teacher"), ("student_fp32", "student"), ("student_alone_fp32", "student_alone"), ("pruned_fp32", "pruned"), ("shipped", "shipped")):
+        assert rows[name]["sky_accuracy"] == pytest.approx(evaluated["variants"][evaluate_name]["sky_accuracy"]), name
+    # What a station waits for: attention, then the model. The attention net costs several times the
+    # student (README), so a shipped row without it would sit far below attention's own latency.
+    assert rows["shipped"]["latency_ms_p50"] > 0.5 * evaluated["attention"]["latency_ms_p50"]
+
+
 def test_the_package_ships_attention_and_the_device_feeds_the_model_what_evaluate_fed_it(attended_pipeline, tmp_path):
     package = attended_pipeline.package
     document = json.loads((package / mf.MANIFEST_FILE).read_text())

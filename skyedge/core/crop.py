@@ -93,13 +93,17 @@ ATTENTION_BATCH = 256  # frames per ONNX Runtime call when boxes are computed fo
 BOX_SETTINGS = ("threshold", "padding", "outlier_share", "min_sky_share")
 
 
+def attention_feed(frames: np.ndarray) -> dict[str, np.ndarray]:
+    """The attention graph's input for frames [N, H, W, 3] uint8: RGB / 255 is its only preprocessing."""
+    return {ATTENTION_INPUT: np.ascontiguousarray(frames.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0}
+
+
 def sky_probability(session, frames: np.ndarray) -> np.ndarray:
     """Sky probability [N, H, W] float32 of frames [N, H, W, 3] uint8 through the attention ONNX
-    graph (`session`: an onnxruntime InferenceSession; RGB / 255 is its only preprocessing)."""
+    graph (`session`: an onnxruntime InferenceSession)."""
     out = np.empty(frames.shape[:3], dtype=np.float32)
     for start in range(0, len(frames), ATTENTION_BATCH):
-        chunk = np.ascontiguousarray(frames[start : start + ATTENTION_BATCH].transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
-        out[start : start + ATTENTION_BATCH] = session.run([ATTENTION_OUTPUT], {ATTENTION_INPUT: chunk})[0][:, 0]
+        out[start : start + ATTENTION_BATCH] = session.run([ATTENTION_OUTPUT], attention_feed(frames[start : start + ATTENTION_BATCH]))[0][:, 0]
     return out
 
 

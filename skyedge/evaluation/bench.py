@@ -7,6 +7,9 @@ of 10 runs, so machine drift spreads over all of them and their ratios are fair.
 scored here on the same test split, as the field will see it (skyedge.evaluation.scores.
 grouped_score): the headline rows come from days and stations training never saw, and the groups
 (seen photo days, the later season of training stations, each held-out station) sit beside them.
+With attend.student_input = crop (as the evaluate stage recorded it) every variant but the
+teacher is scored on its attention crops, the teacher on whole frames, and the shipped row's
+latency includes attention.onnx's, as in the evaluate stage: what a station runs.
 Differences between variants (KD gain, shipped vs teacher) come with paired bootstrap intervals
 that resample whole capture days. Writes the table, the groups and each target's status (met /
 not met, with its number and interval) to reports/bench.json.
@@ -21,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from skyedge.core import inference, paths
+from skyedge.core import crop, inference, paths
 from skyedge.core.contract import HORIZONS
 from skyedge.core.tables import Column, text_table
-from skyedge.data.dataset import load_ingested, model_inputs
+from skyedge.data.dataset import Ingested, load_ingested, model_inputs, student_view, teacher_view
 from skyedge.evaluation import metrics, scores
 
 BOOTSTRAP = 500  # replicates of every interval the targets show
@@ -76,21 +79,38 @@ class Measured:
     chosen: str = "student"  # the student the distill stage chose, pruned and shipped (with KD or alone)
 
 
+def student_input_of(data_dir: Path) -> str:
+    """What the last evaluate stage fed the students: `crop` (attention) or `full` frames."""
+    evaluated = paths.Evaluate(data_dir / "evaluate").metrics
+    return json.loads(evaluated.read_text()).get("student_input", "full") if evaluated.exists() else "full"
+
+
+def attention_latency_ms(data_dir: Path, data: Ingested, rows: np.ndarray, runs: int, warmup: int) -> dict[str, float]:
+    """Batch-1 latency of the attention graph on one whole test frame, as the station feeds it."""
+    frame = data.teacher_images[data.samples["image_idx"].to_numpy()[rows]][:1]
+    return inference.latency_ms(paths.Attend(data_dir / "attend").onnx, crop.attention_feed(frame), runs, warmup)
+
+
 def measure(data_dir: Path, runs: int, warmup: int) -> Measured:
-    data = load_ingested(paths.Ingest(data_dir / "ingest").dir)
+    student_input = student_input_of(data_dir)
+    data = student_view(load_ingested(paths.Ingest(data_dir / "ingest").dir), student_input, paths.Attend(data_dir / "attend").boxes)
     test = data.split("test")
     samples = data.samples.iloc[test].reset_index(drop=True)
-    inputs = model_inputs(data, test)
+    inputs = {"student": model_inputs(data, test), "teacher": model_inputs(teacher_view(data), test)}
     size, window = data.preprocessing["image"]["size"], data.windows.shape[1]
     unseen_photos = (samples["sky_label"].to_numpy() >= 0) & (samples["day_in_train"].to_numpy() == 0)
     found = variants(data_dir)
     print(f"bench: timing {len(found)} variants in turns, {runs} runs each", flush=True)
     speeds = inference.interleaved_latency_ms({name: entry["onnx"] for name, entry in found.items()}, model_inputs(data, test[:1]), runs, warmup)
+    if student_input == "crop":
+        photos = test[data.samples["image_idx"].to_numpy()[test] >= 0]
+        attention = attention_latency_ms(data_dir, data, photos, runs, warmup)
+        speeds["shipped"] = {key: speeds["shipped"][key] + attention[key] for key in inference.LATENCY_KEYS}
     pruned = paths.Prune(data_dir / "prune").metrics  # names the student it pruned (a run before the choice: the KD one)
     chosen = json.loads(pruned.read_text()).get("student", "student") if pruned.exists() else "student"
     measured = Measured([], {}, {}, samples["day"].to_numpy()[unseen_photos], chosen)
     for name, entry in found.items():
-        outputs = inference.predict(inference.session(entry["onnx"]), inputs)
+        outputs = inference.predict(inference.session(entry["onnx"]), inputs["teacher" if name == "teacher_fp32" else "student"])
         scored = scores.grouped_score(outputs, samples, data.preprocessing["climatology"], n_boot=BOOTSTRAP)
         row = {"variant": name, "size_bytes": entry["onnx"].stat().st_size, "macs": macs_of(entry["module"], size, window)}
         row.update(latency_ms_p50=speeds[name]["latency_ms_p50"], latency_ms_p95=speeds[name]["latency_ms_p95"])
