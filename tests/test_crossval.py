@@ -53,7 +53,13 @@ def test_the_estimate_pools_the_held_out_days_and_the_kd_gain_is_the_paired_diff
     gain = pooled["kd_gain_points"]
     assert gain["value"] == pytest.approx(100 * (pooled["student"] - pooled["student_alone"]))
     assert gain["interval"][0] <= gain["value"] <= gain["interval"][1]
-    assert json.loads(out.read_text())["pooled"] == json.loads(json.dumps(pooled))
+    document = json.loads(out.read_text())
+    assert document["pooled"] == json.loads(json.dumps(pooled))
+    # What it estimated: these photos, this recipe; a short schedule on 2 folds is a quick look.
+    assert document["samples_sha256"] == crossval.samples_digest(pipeline.ingest)
+    assert document["recipe"] == json.loads(json.dumps(crossval.recipe(pipeline.params)))
+    assert document["pipeline_schedule"] is False
+    assert document["every_day"] is (pooled["days_possible"] == 2)
     assert "pooled" in crossval.table(result) and "KD gain (student - student_alone)" in crossval.table(result)
 
 
@@ -78,6 +84,30 @@ def test_by_default_a_fold_gets_the_pipelines_photo_views_per_epoch_and_photos_p
     # The synthetic default has a photo every hour: photos are not repeated, batches are the distill stage's.
     assert crossval.pipeline_schedule(load_ingested(pipeline.ingest), pipeline.params) == (None, pipeline.params.distill.batch_size)
     assert crossval.repeats_for(None, 20) == 1
+
+
+def test_the_bench_counts_the_estimate_only_for_its_runs_photos_and_recipe_at_the_pipelines_schedule(pipeline):
+    from skyedge.evaluation import bench
+
+    digest, recipe = crossval.samples_digest(pipeline.ingest), crossval.recipe(pipeline.params)
+    pooled = {"photos": 368, "days": 6, "kd_gain_points": {"value": 3.5, "interval": [0.4, 7.1]}, "teacher_headroom_points": {"value": 2.2, "interval": [-1.0, 5.0]}}
+    estimate = {"samples_sha256": digest, "recipe": recipe, "pipeline_schedule": True, "every_day": True, "pooled": pooled}
+    row = bench.leave_one_day_out_target(estimate, digest, recipe)
+    assert (row["met"], row["value"], row["interval"]) == (True, 3.5, [0.4, 7.1])
+    assert "368 photos of 6 held-out days" in row["detail"]
+    small_gain = {**estimate, "pooled": {**pooled, "kd_gain_points": {"value": 1.9, "interval": [-3.0, 6.0]}}}
+    assert bench.leave_one_day_out_target(small_gain, digest, recipe)["met"] is False
+
+    other_alpha = pipeline.params.model_copy(update={"distill": pipeline.params.distill.model_copy(update={"kd_alpha": 0.123})})
+    for unusable, sha, current, why in (
+        (None, digest, recipe, "run make bench-crossval"),
+        (estimate, "0" * 64, recipe, "other photos"),
+        (estimate, digest, crossval.recipe(other_alpha), "the recipe"),
+        ({**estimate, "pipeline_schedule": False}, digest, recipe, "quick look"),
+        ({**estimate, "every_day": False}, digest, recipe, "quick look"),
+    ):
+        row = bench.leave_one_day_out_target(unusable, sha, current)
+        assert row["met"] is None and row["value"] is None and why in row["detail"]
 
 
 def test_without_a_pipeline_run_it_says_what_to_run(tiny, tmp_path):

@@ -24,6 +24,7 @@ reports/crossval.json.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,7 +130,8 @@ def estimate(params: Params, data: Ingested, views_per_epoch: float | None, batc
     epoch, else as often as gives `views_per_epoch`."""
     rows = labelled_photos(data)
     days, labels = data.samples["day"].to_numpy()[rows], data.samples["sky_label"].to_numpy()[rows]
-    chosen_days = held_out_days(days, labels)[:max_folds]
+    possible_days = held_out_days(days, labels)
+    chosen_days = possible_days[:max_folds]
     fold_rows, hits, photo_days = [], {name: [] for name in MODELS}, []
     for number, day in enumerate(chosen_days, 1):
         print(f"crossval: fold {number}/{len(chosen_days)}, day {day} held out", flush=True)
@@ -151,6 +153,7 @@ def estimate(params: Params, data: Ingested, views_per_epoch: float | None, batc
 
     pooled = {
         "days": len(chosen_days),
+        "days_possible": len(possible_days),
         "photos": len(groups),
         **{name: float(pooled_hits[name].mean()) if len(groups) else None for name in MODELS},
         "kd_gain_points": points("student", "student_alone"),
@@ -171,6 +174,23 @@ def table(result: Estimate) -> str:
     return "\n".join(lines)
 
 
+def recipe(params: Params) -> dict:
+    """What the estimate depends on besides the photos: the embed, distill and augmentation
+    sections, the photo share of an epoch and the seed (bench reads an estimate only for these)."""
+    return {
+        "embed": params.embed.model_dump(),
+        "distill": params.distill.model_dump(),
+        "augment": params.augment.model_dump(),
+        "photo_share": params.data.photo_share,
+        "seed": params.common.seed,
+    }
+
+
+def samples_digest(ingest_dir: Path) -> str:
+    """sha256 of the ingest's samples.csv: which photos, days, labels and splits the estimate saw."""
+    return hashlib.sha256(paths.Ingest(ingest_dir).samples.read_bytes()).hexdigest()
+
+
 def run(data_dir: Path, params: Params, out: Path, repeats: int | None = None, batch_size: int | None = None, max_folds: int | None = None) -> Estimate:
     """The estimate on the ingest of `data_dir`; repeats and batch_size default to the pipeline's schedule."""
     ingested = paths.Ingest(data_dir / "ingest")
@@ -179,12 +199,13 @@ def run(data_dir: Path, params: Params, out: Path, repeats: int | None = None, b
     torch.set_num_threads(params.common.threads)
     data = load_ingested(ingested.dir)
     views_per_epoch, default_batch = pipeline_schedule(data, params)
+    as_pipeline = repeats is None and batch_size in (None, default_batch)  # else a quick look, not the estimate
     batch_size = batch_size or default_batch
     schedule = f"each training photo {repeats}x per epoch" if repeats else f"{views_per_epoch or 'each photo once'} photo views per epoch"
     print(f"crossval: {schedule}, {batch_size} photos per batch", flush=True)
     result = estimate(params, data, views_per_epoch, batch_size, max_folds, repeats)
     out.parent.mkdir(parents=True, exist_ok=True)
-    document = {"data": str(data_dir.resolve()), "repeats": repeats, "views_per_epoch": views_per_epoch, "batch_size": batch_size, "folds": result.folds, "pooled": result.pooled}
+    document = {"data": str(data_dir.resolve()), "samples_sha256": samples_digest(ingested.dir), "recipe": recipe(params), "pipeline_schedule": as_pipeline, "every_day": result.pooled["days"] == result.pooled["days_possible"], "repeats": repeats, "views_per_epoch": views_per_epoch, "batch_size": batch_size, "folds": result.folds, "pooled": result.pooled}
     out.write_text(json.dumps(document, indent=2) + "\n")
     print(table(result))
     return result
