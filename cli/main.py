@@ -27,32 +27,24 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    """Ingest folders, index.csv files (their folder) and s3:// prefixes into --out."""
-    from skyedge.core.config import ConfigError, load_params, resolve
+    """Ingest folders, index.csv files (their folder), s3:// prefixes and fleet:s3:// stores into --out."""
+    from skyedge.core.config import ConfigError, load_params
     from skyedge.data import sources as s3
+    from skyedge.data.ingest import format_report
     from stages import ingest
 
-    base = load_params(args.params) if args.params.exists() else resolve({})
-    sources = []
-    for source in map(str, args.sources):
-        if source.startswith("s3:/"):  # argparse's type=Path folds "s3://" to "s3:/": undo it
-            source = "s3://" + source[len("s3:/"):].lstrip("/")
-        if source.startswith("s3://"):
-            sources.append({"type": "s3", "url": source})
-        elif Path(source).is_file() and Path(source).name == "index.csv":
-            sources.append({"type": "folder", "path": str(Path(source).parent)})
-        else:
-            sources.append({"type": "folder", "path": source})
+    base = load_params(args.params)  # ingest and data settings; a missing file is a ConfigError that says so
     try:
+        sources = [s3.parse_source(source) for source in args.sources]
         config = base.ingest.model_validate({**base.ingest.model_dump(), "sources": sources})
-    except Exception as error:  # pydantic's message names the bad source
+    except Exception as error:  # parse_source's or pydantic's message names the bad source
         raise ConfigError(f"skyedge ingest: invalid source: {error}") from None
     try:
         report = ingest.run(config, base.data, args.out)
     except (FileNotFoundError, s3.S3SourceError, ValueError) as error:
         print(f"skyedge ingest: {error}", file=sys.stderr)
         return 1
-    print(ingest.format_report(report))
+    print(format_report(report))
     return 0
 
 

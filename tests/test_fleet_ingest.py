@@ -6,7 +6,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import shutil
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,7 +20,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from PIL import Image
 
 from skyedge.core import batches, s3
-from skyedge.core.config import ConfigError
 from skyedge.data import read, sources
 from stages import ingest
 from tests.conftest import data_params, ingest_params
@@ -220,7 +224,24 @@ def test_a_fleet_source_is_typed_config_and_a_cli_argument():
     assert sources.parse_source("s3:/b/p") == {"type": "s3", "url": "s3://b/p"}
     with pytest.raises(ValueError, match="fleet:s3://BUCKET"):
         sources.parse_source("fleet:/some/folder")
-    assert ConfigError  # the CLI reports invalid sources through it
+
+
+def test_skyedge_ingest_reads_a_fleet_store_named_on_the_command_line(fleet, aws_env, tmp_path):
+    fleet.register("dev-a", "st-a")
+    fleet.batch("dev-a", "st-a", 1, 24, photo_every=6)
+    repo = Path(__file__).resolve().parents[1]
+    params = tmp_path / "params.yaml"  # the repo's, without its synthetic held-out station
+    params.write_text((repo / "params.yaml").read_text().replace("holdout_stations: [syn-02]", "holdout_stations: []"))
+    shutil.copytree(repo / "profiles", tmp_path / "profiles")
+    result = subprocess.run([sys.executable, "-m", "cli.main", "ingest", f"fleet:{fleet.store}", "--out", str(tmp_path / "cli"), "--params", str(params)],
+                            capture_output=True, text=True, cwd=repo, env={**os.environ, **aws_env})
+    assert result.returncode == 0, result.stderr
+    total = json.loads((tmp_path / "cli" / "report.json").read_text())["total"]
+    assert total["received"] == 24 + 4 == total["accepted"] + total["quarantined"]
+    assert f"fleet:{fleet.store}" not in result.stderr
+    bad = subprocess.run([sys.executable, "-m", "cli.main", "ingest", "fleet:/some/folder", "--out", str(tmp_path / "bad")],
+                         capture_output=True, text=True, cwd=repo, env={**os.environ, **aws_env})
+    assert bad.returncode != 0 and "fleet:s3://BUCKET" in bad.stderr
 
 
 def test_a_missing_fleet_bucket_is_a_clear_error(aws_env, tmp_path):
