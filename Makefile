@@ -31,12 +31,12 @@ plots: setup
 	$(BIN)/dvc plots show
 	@echo "open dvc_plots/index.html (works offline: Vega from $(VEGA))"
 
-# The DVC stages on params.yaml (synthetic data, default profile) run by the retrain flow
+# The DVC stages on params.yaml (synthetic data, the default profile even after make run-real) run by the retrain flow
 # with AUTO approval: gate, publish to the embedded local registry (.skyedge/registry), dvc push to
 # .skyedge/registry/dvc. Prefect needs no server here (it starts a temporary local API itself).
 run: setup
 	@echo "make run: retrain flow with approval AUTO (no operator is asked), local registry .skyedge/registry"
-	$(BIN)/skyedge retrain --approval auto
+	$(BIN)/skyedge retrain --approval auto --profile default
 	$(BIN)/skyedge verify data/package
 	$(BIN)/skyedge report
 
