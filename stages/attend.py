@@ -33,11 +33,6 @@ TRAINED, UNSEEN, PHOTOS = "trained_stations", "unseen_stations", "photo_only"
 AGREEMENT_FRAMES = 32  # frames ONNX Runtime and PyTorch both score: the export is checked, not assumed
 
 
-def box_settings(params: Attend) -> dict:
-    """The box rules of params `attend` that a manifest records for the station (crop.BOX_SETTINGS)."""
-    return {name: getattr(params, name) for name in crop.BOX_SETTINGS}
-
-
 def frame_table(samples: pd.DataFrame, n_images: int, samples_file: Path) -> pd.DataFrame:
     """One row per image of images.npy (index = image_idx): its station, split and file, from the
     first sample that names it."""
@@ -126,7 +121,7 @@ def run(params: Attend, data_params: Data, common: Common, ingest_dir: Path, out
     # the crops training sees are the crops a station cuts.
     probability = crop.sky_probability(inference.session(out.onnx, common.threads), images)
     predicted = probability > params.threshold
-    boxes = crop.boxes_of(probability, box_settings(params))
+    boxes = crop.boxes_of(probability, crop.box_settings(params))
     true, has_truth = read_true_masks(frames["image_file"].tolist(), data_params.image_size)
     groups = frame_groups(stations, {s for s in pseudo.masks if s != attention.PHOTO_ONLY})
 

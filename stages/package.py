@@ -71,7 +71,7 @@ def canary_inputs(data, count: int, attention=None, box_settings: dict | None = 
 def attention_section(attend: Attend, frame_size: int) -> dict:
     """The manifest's `attention` rules: the frame side the station reads the photo at (the
     ingest's, which attention.onnx and the boxes were made at) and the box rules."""
-    return {"frame_size": frame_size, **{name: getattr(attend, name) for name in crop.BOX_SETTINGS}}
+    return {"frame_size": frame_size, **crop.box_settings(attend)}
 
 
 def container_entry(out: paths.Package) -> dict:

@@ -93,6 +93,11 @@ ATTENTION_BATCH = 256  # frames per ONNX Runtime call when boxes are computed fo
 BOX_SETTINGS = ("threshold", "padding", "outlier_share", "min_sky_share")
 
 
+def box_settings(attend) -> dict:
+    """The box rules of params `attend` (or any object with them as attributes) by BOX_SETTINGS' names."""
+    return {name: getattr(attend, name) for name in BOX_SETTINGS}
+
+
 def attention_feed(frames: np.ndarray) -> dict[str, np.ndarray]:
     """The attention graph's input for frames [N, H, W, 3] uint8: RGB / 255 is its only preprocessing."""
     return {ATTENTION_INPUT: np.ascontiguousarray(frames.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0}

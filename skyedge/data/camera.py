@@ -601,6 +601,28 @@ def contact_sheet(folder: Path, out: Path, frames: int = 16, seed: int = 0) -> P
     return out
 
 
+def composite(frame: np.ndarray, mask: np.ndarray, photo: np.ndarray) -> np.ndarray:
+    """A rendered station frame [S, S, 3] uint8 whose sky shows a real sky photo: the photo is
+    stretched over the bounding box of the frame's sky pixels (`mask` [S, S], 1 where sky) and
+    drawn only where the mask is sky, so the horizon ring, the station's obstructions, debris on
+    the dome and the black outside the image circle stay as rendered. The sky keeps its place
+    in the frame: what selective attention must find is where it always was."""
+    from PIL import Image
+
+    sky = np.asarray(mask) > 0
+    if sky.shape != frame.shape[:2]:
+        raise ValueError(f"composite: mask {sky.shape} does not match frame {frame.shape[:2]}")
+    if not sky.any():
+        raise ValueError("composite: the frame has no sky pixel to show the photo in")
+    rows, cols = np.nonzero(sky)
+    top, bottom, left, right = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+    patch = np.asarray(Image.fromarray(np.ascontiguousarray(photo)).convert("RGB").resize((int(right - left), int(bottom - top)), Image.Resampling.BILINEAR))
+    out = frame.copy()
+    inside = sky[top:bottom, left:right]
+    out[top:bottom, left:right][inside] = patch[inside]
+    return out
+
+
 def mask_path(image_path: str) -> str:
     """Where the generator writes the true sky mask of a photo: images/<station>/<stem>.png ->
     masks/<station>/<stem>.png (a tree beside images/, never named in a station CSV or index.csv)."""

@@ -37,10 +37,13 @@ import torch
 from skyedge.compress.pruning import count_macs_params
 from skyedge.core import crop, inference, paths
 from skyedge.core.config import Params, load_params
+from skyedge.core.contract import OUTPUT_SKY_LOGITS
 from skyedge.core.features import N_FEATURES
 from skyedge.core.tables import Column, text_table
 from skyedge.data.dataset import Ingested, attended, load_ingested, model_inputs
+from skyedge.evaluation import composites
 from skyedge.evaluation import scores as scoring
+from skyedge.evaluation.crossval import photo_hits
 from skyedge.train import attention, models
 from skyedge.train.training import Augmentation, Batches, FitConfig, Teacher, fit, quick_scores, resolve_device
 
@@ -198,25 +201,54 @@ def targets(rows: list[dict]) -> dict:
     }
 
 
-def costs(params: Params, ingest_dir: Path, attend_dir: Path, embed_dir: Path, crop_sizes: list[int], seed: int) -> dict:
-    """Full frame vs attention crop as shipped (distilled), at the ingest's size and at `crop_sizes`."""
+def composite_views(composite_set: composites.Composites, attention_onnx: Path, params: Params) -> tuple[np.ndarray, dict]:
+    """The attention boxes of the composite frames (through attention.onnx, as a station cuts
+    them, each frame on its own) and how well its sky mask finds the true sky there (IoU)."""
+    session = inference.session(attention_onnx, params.common.threads)
+    probability = crop.sky_probability(session, composite_set.data.images)
+    iou = attention.iou(probability > params.attend.threshold, composite_set.masks)
+    boxes = crop.boxes_of(probability, crop.box_settings(params.attend))
+    return boxes, {"frames": len(boxes), "photos_skipped": composite_set.skipped, "mask_iou": attention.summary(iou), "sky_kept_by_box": attention.summary(attention.sky_kept(boxes, composite_set.masks))}
+
+
+def composite_accuracy(onnx_path: Path, composite_data: Ingested, params: Params) -> float:
+    """Sky accuracy of an exported model on composite frames (every composite is a labelled photo)."""
+    rows = np.arange(len(composite_data.samples))
+    outputs = inference.predict(inference.session(onnx_path, params.common.threads), model_inputs(composite_data, rows))
+    return float((outputs[OUTPUT_SKY_LOGITS].argmax(1) == composite_data.samples["sky_label"].to_numpy()).mean())
+
+
+def costs(params: Params, ingest_dir: Path, attend_dir: Path, embed_dir: Path, crop_sizes: list[int], seed: int, photo_dir: Path | None = None) -> dict:
+    """Full frame vs attention crop as shipped (distilled), at the ingest's size and at
+    `crop_sizes`; with `photo_dir` (labelled real sky photos) each student is also scored on
+    composite frames, the photos as the sky of the test split's station frames."""
     torch.set_num_threads(params.common.threads)
     data = load_ingested(ingest_dir)
-    boxes = np.load(paths.Attend(attend_dir).boxes)
+    attend_files = paths.Attend(attend_dir)
+    boxes = np.load(attend_files.boxes)
     size = int(data.images.shape[1])
     teacher = Teacher.load(paths.Embed(embed_dir).teacher_module, params.distill)
-    cost = attention_cost(paths.Attend(attend_dir).onnx, params, size)
+    cost = attention_cost(attend_files.onnx, params, size)
+    composite_set = composites.build(data, photo_dir, "test", seed) if photo_dir else None
+    composite_report = None
+    if composite_set:
+        composite_boxes, composite_report = composite_views(composite_set, attend_files.onnx, params)
+        composite_report["teacher_sky_accuracy"] = float(photo_hits(teacher.model, composite_set.data, np.arange(len(composite_set.data.samples))).mean())
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         runs = [("full_frame", data, teacher), ("full_frame", data, None)]
         runs += [("attention_crop", cropped_at(data, boxes, size), teacher), ("attention_crop", cropped_at(data, boxes, size), None)]
         runs += [("attention_crop", cropped_at(data, boxes, s), teacher) for s in crop_sizes if s != size]
         for i, (view, view_data, view_teacher) in enumerate(runs):
-            row = shipped_student(view_data, params, view_teacher, seed, Path(scratch) / f"{i}.onnx")
+            onnx_path = Path(scratch) / f"{i}.onnx"
+            row = shipped_student(view_data, params, view_teacher, seed, onnx_path)
+            if composite_set:
+                seen = composite_set.data if view == "full_frame" else cropped_at(composite_set.data, composite_boxes, row["input_size"])
+                row["composite_sky_accuracy"] = composite_accuracy(onnx_path, seen, params)
             rows.append(with_attention({"view": view, "teacher": view_teacher is not None, **row}, cost if view == "attention_crop" else None))
     at = {(r["view"], r["teacher"], r["input_size"]): r for r in rows}
     kd_gain = {view: at[view, True, size]["sky_accuracy"] - at[view, False, size]["sky_accuracy"] for view in VIEWS}
-    return {"seed": seed, "frame_size": size, "attention": cost, "rows": rows, "kd_gain_sky_accuracy": kd_gain, "targets": targets(rows)}
+    return {"seed": seed, "frame_size": size, "attention": cost, "rows": rows, "kd_gain_sky_accuracy": kd_gain, "targets": targets(rows), "composites": composite_report}
 
 
 COST_COLUMNS = [
@@ -224,6 +256,7 @@ COST_COLUMNS = [
     Column("teacher", format="d"),
     Column("input_size", "px", "d"),
     Column("sky_accuracy", "sky_acc", ".3f"),
+    Column("composite_sky_accuracy", "composite_acc", ".3f"),
     Column("rain_skill", format="+.3f"),
     Column("temp_skill", format="+.3f"),
     Column("student_macs", "student_MMACs", ".2f", scale=1e-6),
@@ -245,7 +278,18 @@ def format_costs(result: dict) -> str:
         "KD gain (sky accuracy, teacher - none): " + ", ".join(f"{v} {g:+.3f}" for v, g in result["kd_gain_sky_accuracy"].items()),
         f"equal MACs: {where}: sky accuracy gain {m['sky_accuracy_gain']}, target >= {m['target']}: {'met' if m['met'] else 'NOT met'}",
         f"equal accuracy: {cut}, target >= {e['target']}x: {'met' if e['met'] else 'NOT met'}",
+        *format_composites(result["composites"]),
     ])
+
+
+def format_composites(report: dict | None) -> list[str]:
+    if report is None:
+        return ["composite frames: not measured (--photos DIR: labelled real sky photos, e.g. ../shared/datasets/swimcat)"]
+    iou, kept = report["mask_iou"], report["sky_kept_by_box"]
+    return [
+        f"composite frames (real photos as the sky of test-split station frames; composite_acc above): {report['frames']} frames, photos skipped {report['photos_skipped'] or 'none'}",
+        f"  teacher (whole frame) sky accuracy {report['teacher_sky_accuracy']:.3f}; attention mask IoU mean {iou['mean']:.3f} (min {iou['min']:.3f}); boxes keep {kept['mean']:.1%} of the true sky on average",
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -258,12 +302,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--costs", action="store_true", help="also the distilled students as shipped, their MACs, latency and bytes, and the targets (needs --embed)")
     parser.add_argument("--embed", type=Path, default=Path("data/embed"))
     parser.add_argument("--crop-sizes", type=int, nargs="+", default=[48, 32], help="smaller crop inputs, for the equal-MACs and equal-accuracy comparisons")
+    parser.add_argument("--photos", type=Path, default=Path("../shared/datasets/swimcat"), help="labelled real sky photos for composite frames (skipped when the folder is absent)")
     args = parser.parse_args(argv)
     params = load_params(args.params)
     result = compare(params, args.ingest, args.attend, args.seeds)
     print(format_result(result))
     if args.costs:
-        result["costs"] = costs(params, args.ingest, args.attend, args.embed, args.crop_sizes, params.common.seed)
+        photos = args.photos if args.photos and args.photos.is_dir() else None
+        result["costs"] = costs(params, args.ingest, args.attend, args.embed, args.crop_sizes, params.common.seed, photos)
         print(format_costs(result["costs"]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
