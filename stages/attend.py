@@ -34,13 +34,13 @@ AGREEMENT_FRAMES = 32  # frames ONNX Runtime and PyTorch both score: the export 
 
 
 def frame_table(samples: pd.DataFrame, n_images: int, samples_file: Path) -> pd.DataFrame:
-    """One row per image of images.npy (index = image_idx): its station, split and file, from the
-    first sample that names it."""
+    """One row per image of images.npy (index = image_idx): its station, hour, split and file,
+    from the first sample that names it."""
     named = samples[samples["image_idx"] >= 0].drop_duplicates("image_idx").set_index("image_idx")
     missing = sorted(set(range(n_images)) - set(named.index))
     if missing:
         raise ValueError(f"{samples_file}: no sample names images {missing[:5]} of images.npy ({len(missing)} in all): every ingested image belongs to a sample; re-run ingest")
-    return named.loc[range(n_images), ["station_id", "split", "image_file"]]
+    return named.loc[range(n_images), ["station_id", "hour", "split", "image_file"]]
 
 
 def frame_groups(stations: np.ndarray, trained: set[str]) -> np.ndarray:
@@ -121,7 +121,9 @@ def run(params: Attend, data_params: Data, common: Common, ingest_dir: Path, out
     # the crops training sees are the crops a station cuts.
     probability = crop.sky_probability(inference.session(out.onnx, common.threads), images)
     predicted = probability > params.threshold
-    boxes = crop.boxes_of(probability, crop.box_settings(params))
+    # A station runs attention once per attend.refresh_hours and reuses the box in between: the
+    # boxes training cuts are the ones the station will cut.
+    boxes, attention_ran = crop.reused_boxes(crop.boxes_of(probability, crop.box_settings(params)), stations, frames["hour"].to_numpy(), params.refresh_hours)
     true, has_truth = read_true_masks(frames["image_file"].tolist(), data_params.image_size)
     groups = frame_groups(stations, {s for s in pseudo.masks if s != attention.PHOTO_ONLY})
 
@@ -148,6 +150,8 @@ def run(params: Attend, data_params: Data, common: Common, ingest_dir: Path, out
         "true_masks": {"found": int(has_truth.sum()), "images": len(images)},
         # Frames with less predicted sky than attend.min_sky_share: their box is the whole frame.
         "whole_frame_fallbacks": int((predicted.mean(axis=(1, 2)) < params.min_sky_share).sum()),
+        # Frames on which attention ran (attend.refresh_hours): the station's attention cost per frame is its cost times this share.
+        "attention_runs": {"refresh_hours": params.refresh_hours, "frames": len(images), "ran": int(attention_ran.sum()), "share": float(attention_ran.mean())},
         "scores": mask_scores(predicted, true, boxes, pseudo, frames, groups, has_truth),
         "photo_only": photo_scores(probability, boxes, frames, groups, params.threshold),
     }

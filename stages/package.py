@@ -70,8 +70,9 @@ def canary_inputs(data, count: int, attention=None, box_settings: dict | None = 
 
 def attention_section(attend: Attend, frame_size: int) -> dict:
     """The manifest's `attention` rules: the frame side the station reads the photo at (the
-    ingest's, which attention.onnx and the boxes were made at) and the box rules."""
-    return {"frame_size": frame_size, **crop.box_settings(attend)}
+    ingest's, which attention.onnx and the boxes were made at), the box rules and how long a
+    station reuses a box it found (refresh_hours)."""
+    return {"frame_size": frame_size, **crop.box_settings(attend), "refresh_hours": attend.refresh_hours}
 
 
 def container_entry(out: paths.Package) -> dict:

@@ -272,7 +272,10 @@ def test_attend_stage_writes_boxes_onnx_and_scores_against_the_true_masks(tiny, 
         # Measured on the tiny profile: 0.82 and 0.80-0.82 (net), 0.89 (pseudo-labels), 99.6 % of the sky kept.
         assert trained["net_iou"]["mean"] > 0.72 and unseen["net_iou"]["mean"] > 0.72
         assert trained["pseudo_label_iou"]["mean"] > 0.8
-        assert trained["box_sky_kept"]["mean"] > 0.97 and unseen["box_sky_kept"]["mean"] > 0.97
+        assert trained["box_sky_kept"]["mean"] > 0.97 and unseen["box_sky_kept"]["mean"] > 0.97  # with boxes reused for a day
+    runs = metrics["attention_runs"]
+    assert runs["refresh_hours"] == tiny.attend.refresh_hours and runs["frames"] == len(images)
+    assert 0 < runs["ran"] <= len(images) / 4 and runs["share"] == pytest.approx(runs["ran"] / len(images))
 
 
 def test_bench_trains_the_student_on_both_views_and_pairs_them_by_seed(tiny, stage_run):
@@ -359,7 +362,7 @@ def test_a_samples_table_that_misses_an_image_is_named_with_the_rule():
 
     from stages.attend import frame_table
 
-    samples = pd.DataFrame({"image_idx": [0, 2, -1], "station_id": ["syn-00"] * 3, "split": ["train"] * 3, "image_file": ["a", "c", ""]})
+    samples = pd.DataFrame({"image_idx": [0, 2, -1], "station_id": ["syn-00"] * 3, "hour": [0, 1, 2], "split": ["train"] * 3, "image_file": ["a", "c", ""]})
     with pytest.raises(ValueError, match=r"data/ingest/samples.csv: no sample names images \[1\] of images.npy \(1 in all\)"):
         frame_table(samples, 3, Path("data/ingest/samples.csv"))
     one = frame_table(samples.iloc[[0]], 1, Path("data/ingest/samples.csv"))
@@ -385,3 +388,25 @@ def test_attention_bench_targets_read_the_crop_at_equal_macs_and_at_equal_accura
     assert result["equal_accuracy"]["crop_input_size"] == 24 and result["equal_accuracy"]["macs_cut"] == pytest.approx(100 / 60)
     assert not result["equal_accuracy"]["met"]
     assert attention_bench.targets(rows[:2] + rows[2:3])["equal_macs"] == {**result["equal_macs"], "crop_input_size": None, "crop_macs": None, "sky_accuracy_gain": None, "met": False}
+
+
+def test_a_fixed_camera_reuses_its_box_for_refresh_hours_but_never_a_whole_frame_fallback():
+    from skyedge.core import crop
+
+    found = np.array([0.1, 0.1, 0.9, 0.9], np.float32)
+    later = np.array([0.2, 0.2, 0.8, 0.8], np.float32)
+    hours = np.array([0, 1, 2, 24, 25, 26, 0, 1])
+    stations = np.array(["a", "a", "a", "a", "a", "a", "", ""])
+    boxes = np.stack([crop.WHOLE_FRAME, found, later, later, later, found, found, later])
+    cut, ran = crop.reused_boxes(boxes, stations, hours, refresh_hours=24)
+    # Hour 0 fell back to the whole frame: not kept, so hour 1 runs attention and its box lasts 24 h.
+    assert ran.tolist() == [True, True, False, False, True, False, True, True]
+    np.testing.assert_array_equal(cut[:6], np.stack([crop.WHOLE_FRAME, found, found, found, later, later]))
+    np.testing.assert_array_equal(cut[6:], boxes[6:])  # photos without a station: every frame on its own
+    shuffled = np.array([5, 3, 0, 4, 1, 2, 6, 7])  # time order, not row order, decides
+    again, ran_again = crop.reused_boxes(boxes[shuffled], stations[shuffled], hours[shuffled], 24)
+    np.testing.assert_array_equal(again, cut[shuffled])
+    assert ran_again.tolist() == ran[shuffled].tolist()
+    every, ran_every = crop.reused_boxes(boxes, stations, hours, refresh_hours=0)
+    np.testing.assert_array_equal(every, boxes)
+    assert ran_every.all()

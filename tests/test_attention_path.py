@@ -122,18 +122,27 @@ def test_the_bench_scores_students_on_their_crops_and_the_teacher_on_whole_frame
 
 
 def test_the_package_ships_attention_and_the_device_feeds_the_model_what_evaluate_fed_it(attended_pipeline, tmp_path):
+    """A station's frames, hour by hour through the device (which keeps the box it found for the
+    manifest's refresh_hours), are cut exactly as evaluate cut them, and give its outputs."""
     package = attended_pipeline.package
     document = json.loads((package / mf.MANIFEST_FILE).read_text())
     attention = document["attention"]
     assert attention["file"] == mf.ATTENTION_FILE and mf.ATTENTION_FILE in {entry["path"] for entry in document["files"]}
+    assert attention["refresh_hours"] == attended_pipeline.params.attend.refresh_hours > 1
     assert (package / mf.ATTENTION_FILE).read_bytes() == paths.Attend(attended_pipeline.attend).onnx.read_bytes()
     data = crop_view(attended_pipeline)
     whole = teacher_view(data)
-    rows = photo_rows(data)
-    idx = data.samples["image_idx"].to_numpy()[rows]
+    samples = data.samples
+    station = samples[(samples["station_id"] == "syn-00") & (samples["image_idx"] >= 0)].sort_values("hour")
+    rows, idx, hours = station.index.to_numpy(), station["image_idx"].to_numpy(), station["hour"].to_numpy()
     size = int(document["preprocessing"]["image"]["size"])
-    device_crops = np.concatenate([predict.attended_photo(package, attention, photo_file(whole.images[i], tmp_path / f"{i}.png"), size) for i in idx])
-    assert np.abs(device_crops.astype(int) - data.images[idx].astype(int)).max() <= 1  # the crop evaluate scored
+    kept_box = tmp_path / "state" / "box.json"
+    kept_box.parent.mkdir()
+    device = [predict.attended_photo(package, attention, photo_file(whole.images[i], tmp_path / f"{i}.png"), size, kept_box, int(hour)) for i, hour in zip(idx, hours)]
+    device_crops = np.concatenate([crops for crops, _ in device])
+    ran = np.array([ran for _, ran in device])
+    assert ran[0] and 0 < ran.sum() <= len(ran) / 4  # once a day and after whole-frame fallbacks, not every hour
+    assert np.abs(device_crops.astype(int) - data.images[idx].astype(int)).max() <= 1  # the crops evaluate scored
     model = inference.session(package / mf.MODEL_FILE)
     on_device = inference.predict(model, inputs.model_inputs(device_crops, np.arange(len(rows)), data.windows[rows], document["preprocessing"]["image"]))
     in_evaluate = inference.predict(model, model_inputs(data, rows))
@@ -164,8 +173,12 @@ def test_a_forecast_with_a_photo_runs_attention_and_one_without_skips_it(attende
     records = station_records(pipeline.ingest, tmp_path)
     data = load_ingested(pipeline.ingest)
     photo = photo_file(data.images[data.samples["image_idx"].to_numpy()[photo_rows(data, 1)][0]], tmp_path / "sky.png")
-    assert predict.forecast(state, records, photo)["attention_used"] is True
+    first = predict.forecast(state, records, photo)
+    assert first["attention_used"] is True and first["attention_ran"] is True
     (state / "active" / mf.ATTENTION_FILE).unlink()  # from here on, any attention run fails
+    again = predict.forecast(state, records, photo)  # the same hour: the box found is reused
+    assert again["attention_used"] is True and again["attention_ran"] is False and again["sky"] == first["sky"]
+    shutil.rmtree(state / predict.ATTENTION_BOXES_DIR)  # no box kept: attention must run, and cannot
     with pytest.raises(inference.ModelFileError, match=mf.ATTENTION_FILE):
         predict.forecast(state, records, photo)
     camera_down = predict.forecast(state, records)
@@ -208,13 +221,14 @@ def test_the_gate_scores_a_package_behind_attention_through_its_attention(attend
 
 
 def test_skyedge_evaluate_runs_a_package_behind_attention_through_its_attention(attended_pipeline):
-    """`skyedge evaluate PACKAGE` builds its feed batch by batch; behind attention it must cut the
-    same crops evaluate scored."""
+    """`skyedge evaluate PACKAGE` builds its feed batch by batch; behind attention, given the
+    stations' frames in full, it must cut the same crops evaluate scored (boxes reused as a
+    station reuses them)."""
     from skyedge.evaluation import packaged
 
     data = load_ingested(attended_pipeline.ingest)
     rows = data.split("test")
-    dataset = packaged.Dataset(samples=data.samples.iloc[rows].reset_index(drop=True), windows=data.windows[rows], images=data.images, received=len(rows), quarantine=[], unlabelled=0)
+    dataset = packaged.Dataset(samples=data.samples, windows=data.windows, images=data.images, received=len(data.samples), quarantine=[], unlabelled=0)
     got = packaged.predict(packaged.load_model(attended_pipeline.package), dataset)
     want = inference.predict(inference.session(attended_pipeline.package / mf.MODEL_FILE), model_inputs(crop_view(attended_pipeline), rows))
-    np.testing.assert_allclose(got[contract.OUTPUT_SKY_LOGITS], want[contract.OUTPUT_SKY_LOGITS], atol=1e-4)
+    np.testing.assert_allclose(got[contract.OUTPUT_SKY_LOGITS][rows], want[contract.OUTPUT_SKY_LOGITS], atol=1e-4)

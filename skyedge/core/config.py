@@ -165,6 +165,9 @@ class Attend(Section):
     outlier_share: Annotated[float, Field(ge=0, lt=0.1)]  # sky pixels ignored at each end of the box's span (strays)
     min_sky_share: Annotated[float, Field(ge=0, lt=1)]  # a predicted mask with less sky is not trusted: the whole frame
     preview_frames: Annotated[int, Field(ge=1, le=32)]  # val/test frames drawn in preview.png
+    # A fixed camera runs attention once per this many hours and reuses the box in between
+    # (skyedge.core.crop.reused_boxes); 0: on every frame.
+    refresh_hours: Annotated[int, Field(ge=0, le=744)]
     # What the student (and every model made from it) sees: `crop` its attention box, `full` the
     # whole frame. The teacher always sees the whole frame.
     student_input: Literal["crop", "full"]

@@ -123,3 +123,41 @@ def boxes_of(probability: np.ndarray, settings: dict) -> np.ndarray:
     """[N, 4] crop boxes of sky probabilities [N, H, W] under the recorded box rules."""
     masks = probability > settings["threshold"]
     return np.stack([box_from_mask(m, settings["padding"], settings["outlier_share"], settings["min_sky_share"]) for m in masks]).reshape(-1, 4).astype(np.float32)
+
+
+# --- a fixed camera: attention once per refresh period, its box reused in between ---------------
+
+
+def is_whole_frame(box: np.ndarray) -> bool:
+    """True for the fallback box (box_from_mask found too little sky): nothing worth reusing."""
+    return bool(np.allclose(box, WHOLE_FRAME))
+
+
+def box_is_fresh(found_hour: int, hour: int, refresh_hours: int) -> bool:
+    """May a frame at `hour` reuse the box its station found at `found_hour`? Yes within
+    `refresh_hours` after it (hours since the epoch); refresh_hours 0 never reuses."""
+    return 0 <= hour - found_hour < refresh_hours
+
+
+def reused_boxes(boxes: np.ndarray, stations: np.ndarray, hours: np.ndarray, refresh_hours: int) -> tuple[np.ndarray, np.ndarray]:
+    """The boxes a fixed camera cuts when it runs attention once per `refresh_hours` (params
+    attend.refresh_hours) instead of on every frame, and [N] bool: where attention ran.
+
+    Per station, in time order, a frame runs attention unless its station found a box in the
+    last refresh_hours hours (box_is_fresh), and then it is cut with that box. The camera does
+    not move, so the sky does not either. A whole-frame fallback is never kept (a frame at night
+    or behind debris must not blind the station for a day: the next frame runs attention again).
+    Frames without a station (photos, station "") run attention every time. The device follows
+    the same rule frame by frame (skyedge.device.predict)."""
+    out, ran = np.array(boxes, dtype=np.float32, copy=True), np.ones(len(boxes), dtype=bool)
+    if refresh_hours <= 0:
+        return out, ran
+    stations, hours = np.asarray(stations).astype(str), np.nan_to_num(np.asarray(hours, dtype=np.float64)).astype(np.int64)  # photos: no hour
+    for station in np.unique(stations[stations != ""]):
+        kept_box, kept_hour = None, 0
+        for i in sorted(np.flatnonzero(stations == station), key=lambda row: hours[row]):
+            if kept_box is not None and box_is_fresh(kept_hour, int(hours[i]), refresh_hours):
+                out[i], ran[i] = kept_box, False
+            elif not is_whole_frame(boxes[i]):
+                kept_box, kept_hour = out[i], int(hours[i])
+    return out, ran

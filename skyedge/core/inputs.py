@@ -85,18 +85,35 @@ def attended_image_input(attention, frames: np.ndarray, present: np.ndarray, set
     return image_input(crops, image_idx, spec)[0]
 
 
-def attended_model_inputs(attention_session, attention: dict, photos: np.ndarray, image_idx: np.ndarray, windows: np.ndarray, spec: dict) -> dict[str, np.ndarray]:
-    """model_inputs for a package behind attention (its manifest's `attention` section): every
-    photo samples point at, resized to attention's frame_size, is cut to its attention box at
-    the model's size first; each photo goes through attention once however many samples share it."""
+def attended_crops(attention_session, attention: dict, photos: np.ndarray, image_idx: np.ndarray, size: int, image_stations: np.ndarray | None = None, image_hours: np.ndarray | None = None) -> np.ndarray:
+    """[M, size, size, 3] uint8: every photo samples point at (image_idx), resized to attention's
+    frame_size, cut to its attention box at the model's size (zeros for photos nobody uses); each
+    photo goes through attention once however many samples share it. With each photo's station
+    and epoch hour (`image_stations`, `image_hours`, aligned with photos) a station's boxes are
+    reused within the manifest's refresh_hours, as the station does (crop.reused_boxes)."""
     image_idx = np.asarray(image_idx)
-    size, frame_size = int(spec["size"]), int(attention["frame_size"])
+    frame_size = int(attention["frame_size"])
     used = np.unique(image_idx[image_idx >= 0])
     crops = np.zeros((len(photos), size, size, 3), np.uint8)
-    if len(used):
-        frames = np.stack([resize_photo(photos[i], frame_size) for i in used])
-        crops[used] = attended_photos(attention_session, frames, np.ones(len(used)), attention, size)
-    return model_inputs(crops, image_idx, windows, spec)
+    if not len(used):
+        return crops
+    frames = np.stack([resize_photo(photos[i], frame_size) for i in used])
+    boxes = crop.attention_boxes(attention_session, frames, attention)
+    if image_stations is not None and image_hours is not None:
+        boxes, _ = crop.reused_boxes(boxes, np.asarray(image_stations)[used], np.asarray(image_hours)[used], int(attention.get("refresh_hours", 0)))
+    crops[used] = crop.crop_photos(frames, boxes, size)
+    return crops
+
+
+def image_stations_hours(stations: np.ndarray, hours: np.ndarray, image_idx: np.ndarray, n_images: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each photo's station and epoch hour ([M] str, [M] int64) from the last sample that names
+    it (samples' station_id, hour, image_idx); "" and 0 for a photo without a station or hour."""
+    image_idx = np.asarray(image_idx)
+    named = image_idx >= 0
+    image_stations, image_hours = np.full(n_images, "", dtype=object), np.zeros(n_images, dtype=np.int64)
+    image_stations[image_idx[named]] = np.asarray(stations, dtype=object)[named]
+    image_hours[image_idx[named]] = np.nan_to_num(np.asarray(hours, dtype=np.float64)[named]).astype(np.int64)
+    return image_stations.astype(str), image_hours
 
 
 def model_inputs(photos: np.ndarray, image_idx: np.ndarray, windows: np.ndarray, spec: dict) -> dict[str, np.ndarray]:

@@ -96,13 +96,17 @@ def inputs_for_model(data: Ingested, rows: np.ndarray, preprocessing: dict) -> d
 
 def inputs_for_package(data: Ingested, rows: np.ndarray, document: dict, package_dir: Path) -> dict[str, np.ndarray]:
     """inputs_for_model for a package, through its attention.onnx when its manifest has an
-    `attention` section (the model was trained on crops); whole frames otherwise."""
+    `attention` section (the model was trained on crops; each station's boxes reused as the
+    station reuses them, over all of `data`'s frames); whole frames otherwise."""
     attention = document.get("attention")
     if attention is None:
         return inputs_for_model(data, rows, document["preprocessing"])
     windows = inputs.renormalise_windows(data.windows[rows], data.preprocessing["sensors"], document["preprocessing"]["sensors"])
     session = inference.session(Path(package_dir) / attention["file"])
-    return inputs.attended_model_inputs(session, attention, data.images, data.samples["image_idx"].to_numpy()[rows], windows, document["preprocessing"]["image"])
+    image_idx = data.samples["image_idx"].to_numpy()
+    stations, hours = inputs.image_stations_hours(data.samples["station_id"].to_numpy(), data.samples["hour"].to_numpy(), image_idx, len(data.images))
+    crops = inputs.attended_crops(session, attention, data.images, image_idx, int(document["preprocessing"]["image"]["size"]), stations, hours)
+    return inputs.model_inputs(crops, image_idx[rows], windows, document["preprocessing"]["image"])
 
 
 def training_coverage(data: Ingested) -> dict:

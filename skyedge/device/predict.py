@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from skyedge.core import contract, features, inference, inputs, readings
+from skyedge.core import contract, crop, features, files, inference, inputs, readings
 from skyedge.core.tables import Column, text_table
 from skyedge.release import manifest as mf
 
@@ -116,11 +116,30 @@ def load_image(path: Path, size: int) -> np.ndarray:
         raise PredictError(f"{path}: not a readable image ({exc})") from exc
 
 
-def attended_photo(slot: Path, attention: dict, image: Path, size: int) -> np.ndarray:
-    """[1, size, size, 3] uint8: the photo read at the frame size attention was trained at, cut
-    to the box attention.onnx finds in it (the crop the model was trained on)."""
-    frame = load_image(image, int(attention["frame_size"]))[None]
-    return inputs.attended_photos(inference.session(slot / attention["file"]), frame, np.ones(1), attention, size)
+# The box a fixed camera found, per release: state_dir/attention_boxes/<name>-v<version>.json
+# (manifest attention.refresh_hours; skyedge.core.crop.reused_boxes is the same rule in training).
+ATTENTION_BOXES_DIR = "attention_boxes"
+
+
+def kept_box_file(state_dir: Path, document: dict) -> Path:
+    return Path(state_dir) / ATTENTION_BOXES_DIR / f"{document['name']}-v{document['version']}.json"
+
+
+def attended_photo(slot: Path, attention: dict, image: Path, size: int, kept_box: Path | None = None, hour: int = 0) -> tuple[np.ndarray, bool]:
+    """([1, size, size, 3] uint8, did attention run): the photo read at the frame size attention
+    was trained at, cut to its box, the crop the model was trained on. With `kept_box` (a file
+    this station keeps) and the manifest's refresh_hours, the box found at most refresh_hours
+    before `hour` (epoch hours) is reused and attention does not run; a newly found box is kept
+    unless it is the whole-frame fallback (crop.reused_boxes, the rule training followed)."""
+    frame = load_image(image, int(attention["frame_size"]))
+    refresh_hours = int(attention.get("refresh_hours", 0))
+    kept = json.loads(kept_box.read_text()) if kept_box is not None and refresh_hours and kept_box.is_file() else None
+    if kept is not None and crop.box_is_fresh(int(kept["hour"]), hour, refresh_hours):
+        return crop.crop_photo(frame, np.asarray(kept["box"], dtype=np.float32), size)[None], False
+    box = crop.attention_boxes(inference.session(slot / attention["file"]), frame[None], attention)[0]
+    if kept_box is not None and refresh_hours and not crop.is_whole_frame(box):
+        files.write_json(kept_box, {"hour": hour, "box": [float(v) for v in box]})
+    return crop.crop_photo(frame, box, size)[None], True
 
 
 def forecast(
@@ -138,8 +157,12 @@ def forecast(
     windows, missing_hours = features.build_windows(hours, features.raw_features(columns), prep["sensors"], window, lat, lon)
     spec = prep["image"]
     attention = document.get("attention")  # absent in packages trained on whole frames (and older releases)
+    attention_ran = False
     if image is not None and attention is not None:
-        photos, image_idx = attended_photo(slot, attention, Path(image), int(spec["size"])), np.array([0])
+        kept_box = kept_box_file(state_dir, document)
+        kept_box.parent.mkdir(parents=True, exist_ok=True)
+        crops, attention_ran = attended_photo(slot, attention, Path(image), int(spec["size"]), kept_box, int(hours[-1]))
+        photos, image_idx = crops, np.array([0])
     elif image is not None:
         photos, image_idx = load_image(Path(image), int(spec["size"]))[None], np.array([0])
     else:  # camera down: no photo, no attention; the model's no-image path
@@ -160,6 +183,7 @@ def forecast(
         "time": at.isoformat(),
         "image_used": image is not None,
         "attention_used": image is not None and attention is not None,
+        "attention_ran": attention_ran,  # False: the box this station found within the manifest's refresh_hours was reused
         "window_hours": window,
         "window_missing_hours": int(missing_hours[-1]),
         "window_rule": readings.window_gaps(window - int(missing_hours[-1]), window)[1],

@@ -171,18 +171,25 @@ def shipped_student(data: Ingested, params: Params, teacher: Teacher | None, see
     return {"input_size": size, **test_skill(onnx_path, data, params), "student_macs": macs, "student_bytes": onnx_path.stat().st_size, "student_latency_ms_p50": latency["latency_ms_p50"]}
 
 
-def attention_cost(attention_onnx: Path, params: Params, frame_size: int) -> dict:
-    """The attention net's MACs (counted on its architecture at the frame size), bytes and batch-1 latency."""
+def attention_cost(attention_onnx: Path, params: Params, frame_size: int, runs_share: float) -> dict:
+    """The attention net's MACs (counted on its architecture at the frame size), bytes and batch-1
+    latency per run, and per frame: times the share of frames it runs on (a station reuses its
+    box within attend.refresh_hours: the attend stage's metrics count the runs)."""
     macs, _ = count_macs_params(attention.SkyMaskNet(params.attend.width), (torch.zeros(1, 3, frame_size, frame_size),))
     feed = {crop.ATTENTION_INPUT: np.random.default_rng(params.common.seed).random((1, 3, frame_size, frame_size), dtype=np.float32)}
-    latency = inference.latency_ms(attention_onnx, feed, params.evaluate.latency_runs, params.evaluate.warmup_runs)
-    return {"macs": macs, "bytes": attention_onnx.stat().st_size, "latency_ms_p50": latency["latency_ms_p50"]}
+    latency = inference.latency_ms(attention_onnx, feed, params.evaluate.latency_runs, params.evaluate.warmup_runs)["latency_ms_p50"]
+    return {"macs": macs, "bytes": attention_onnx.stat().st_size, "latency_ms_p50": latency, "runs_share": runs_share, "macs_per_frame": macs * runs_share, "latency_ms_per_frame": latency * runs_share}
+
+
+def runs_share(attend_metrics: Path) -> float:
+    """Share of frames the attend stage ran attention on (1.0 for metrics older than refresh_hours)."""
+    return float(json.loads(attend_metrics.read_text()).get("attention_runs", {}).get("share", 1.0))
 
 
 def with_attention(row: dict, cost: dict | None) -> dict:
-    """A student row with what the station runs in all: the student, plus attention behind a crop."""
-    extra = cost or {"macs": 0, "bytes": 0, "latency_ms_p50": 0.0}
-    return {**row, "attention_macs": extra["macs"], "macs": row["student_macs"] + extra["macs"], "bytes": row["student_bytes"] + extra["bytes"], "latency_ms_p50": row["student_latency_ms_p50"] + extra["latency_ms_p50"]}
+    """A student row with what the station runs per frame in all: the student, plus attention behind a crop."""
+    extra = cost or {"macs_per_frame": 0, "bytes": 0, "latency_ms_per_frame": 0.0}
+    return {**row, "attention_macs": extra["macs_per_frame"], "macs": row["student_macs"] + extra["macs_per_frame"], "bytes": row["student_bytes"] + extra["bytes"], "latency_ms_p50": row["student_latency_ms_p50"] + extra["latency_ms_per_frame"]}
 
 
 def targets(rows: list[dict]) -> dict:
@@ -228,7 +235,7 @@ def costs(params: Params, ingest_dir: Path, attend_dir: Path, embed_dir: Path, c
     boxes = np.load(attend_files.boxes)
     size = int(data.images.shape[1])
     teacher = Teacher.load(paths.Embed(embed_dir).teacher_module, params.distill)
-    cost = attention_cost(attend_files.onnx, params, size)
+    cost = attention_cost(attend_files.onnx, params, size, runs_share(attend_files.metrics))
     composite_set = composites.build(data, photo_dir, "test", seed) if photo_dir else None
     composite_report = None
     if composite_set:
@@ -260,7 +267,7 @@ COST_COLUMNS = [
     Column("rain_skill", format="+.3f"),
     Column("temp_skill", format="+.3f"),
     Column("student_macs", "student_MMACs", ".2f", scale=1e-6),
-    Column("attention_macs", "attention_MMACs", ".2f", scale=1e-6),
+    Column("attention_macs", "attention_MMACs", ".3f", scale=1e-6),
     Column("macs", "total_MMACs", ".2f", scale=1e-6),
     Column("latency_ms_p50", "p50_ms", ".3f"),
     Column("bytes", "kB", ".1f", scale=1e-3),
@@ -273,7 +280,8 @@ def format_costs(result: dict) -> str:
     cut = "no crop size is as accurate" if e["macs_cut"] is None else f"crop at {e['crop_input_size']} px cuts MACs {e['macs_cut']:.3g}x"
     where = "no crop size fits within the full-frame student's MACs" if m["crop_input_size"] is None else f"crop at {m['crop_input_size']} px"
     return "\n".join([
-        f"as shipped (distilled from the whole-frame teacher), seed {result['seed']}; attention net: {a['macs'] / 1e6:.2f} MMACs, {a['latency_ms_p50']:.3f} ms, {a['bytes'] / 1e3:.1f} kB at {result['frame_size']} px",
+        f"as shipped (distilled from the whole-frame teacher), seed {result['seed']}; attention net: {a['macs'] / 1e6:.2f} MMACs, {a['latency_ms_p50']:.3f} ms, {a['bytes'] / 1e3:.1f} kB at {result['frame_size']} px per run;"
+        f" it ran on {a['runs_share']:.1%} of frames (attend.refresh_hours), so {a['macs_per_frame'] / 1e6:.2f} MMACs and {a['latency_ms_per_frame']:.3f} ms per frame (attention_MMACs, total_MMACs, p50_ms below)",
         text_table(result["rows"], COST_COLUMNS, rule=True),
         "KD gain (sky accuracy, teacher - none): " + ", ".join(f"{v} {g:+.3f}" for v, g in result["kd_gain_sky_accuracy"].items()),
         f"equal MACs: {where}: sky accuracy gain {m['sky_accuracy_gain']}, target >= {m['target']}: {'met' if m['met'] else 'NOT met'}",

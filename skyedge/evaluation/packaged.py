@@ -294,15 +294,17 @@ def predict(model: Model, data: Dataset) -> dict[str, np.ndarray]:
     """Model outputs for every sample, inputs built batch by batch as the manifest says."""
     spec = model.manifest["preprocessing"]["image"]
     attention = model.manifest.get("attention")  # the model was trained on crops: run the package's attention first
-    attention_session = None if attention is None else inference.session(model.onnx_path.parent / attention["file"])
     image_idx = data.samples["image_idx"].to_numpy()
+    photos = data.images
+    if attention is not None:  # every photo cut once, each station's boxes reused as the station does
+        session = inference.session(model.onnx_path.parent / attention["file"])
+        hours = data.samples["hour"].to_numpy() if "hour" in data.samples else np.zeros(len(image_idx))
+        stations, image_hours = inputs.image_stations_hours(data.samples["station_id"].to_numpy(), hours, image_idx, len(photos))
+        photos = inputs.attended_crops(session, attention, photos, image_idx, int(spec["size"]), stations, image_hours)
     chunks = []
     for start in range(0, len(image_idx), PREDICT_BATCH):
         batch = slice(start, start + PREDICT_BATCH)
-        if attention is None:
-            feed = inputs.model_inputs(data.images, image_idx[batch], data.windows[batch], spec)
-        else:
-            feed = inputs.attended_model_inputs(attention_session, attention, data.images, image_idx[batch], data.windows[batch], spec)
+        feed = inputs.model_inputs(photos, image_idx[batch], data.windows[batch], spec)
         chunks.append(inference.predict(model.session, feed, batch_size=PREDICT_BATCH))
     return {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
 
