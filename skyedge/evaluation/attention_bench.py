@@ -280,8 +280,10 @@ def format_costs(result: dict) -> str:
     cut = "no crop size is as accurate" if e["macs_cut"] is None else f"crop at {e['crop_input_size']} px cuts MACs {e['macs_cut']:.3g}x"
     where = "no crop size fits within the full-frame student's MACs" if m["crop_input_size"] is None else f"crop at {m['crop_input_size']} px"
     return "\n".join([
-        f"as shipped (distilled from the whole-frame teacher), seed {result['seed']}; attention net: {a['macs'] / 1e6:.2f} MMACs, {a['latency_ms_p50']:.3f} ms, {a['bytes'] / 1e3:.1f} kB at {result['frame_size']} px per run;"
-        f" it ran on {a['runs_share']:.1%} of frames (attend.refresh_hours), so {a['macs_per_frame'] / 1e6:.2f} MMACs and {a['latency_ms_per_frame']:.3f} ms per frame (attention_MMACs, total_MMACs, p50_ms below)",
+        (
+            f"as shipped (distilled from the whole-frame teacher), seed {result['seed']}; attention net: {a['macs'] / 1e6:.2f} MMACs, {a['latency_ms_p50']:.3f} ms, {a['bytes'] / 1e3:.1f} kB at {result['frame_size']} px per run;"
+            f" it ran on {a['runs_share']:.1%} of frames (attend.refresh_hours), so {a['macs_per_frame'] / 1e6:.2f} MMACs and {a['latency_ms_per_frame']:.3f} ms per frame (attention_MMACs, total_MMACs, p50_ms below)"
+        ),
         text_table(result["rows"], COST_COLUMNS, rule=True),
         "KD gain (sky accuracy, teacher - none): " + ", ".join(f"{v} {g:+.3f}" for v, g in result["kd_gain_sky_accuracy"].items()),
         f"equal MACs: {where}: sky accuracy gain {m['sky_accuracy_gain']}, target >= {m['target']}: {'met' if m['met'] else 'NOT met'}",
