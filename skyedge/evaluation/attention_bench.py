@@ -20,7 +20,14 @@ split as evaluate scores (sky accuracy, rain Brier skill and temperature skill o
 mean over horizons), with its MACs, batch-1 latency and bytes, the attention net's own MACs,
 latency and bytes added to the crop rows, the KD gain of both views at the ingest's size, and the
 targets: at equal MACs attention raises sky accuracy >= 3 points; at equal accuracy it cuts MACs
->= 2x.
+>= 2x. Attention's cost is counted per frame: a station runs it on the share of frames the attend
+stage's metrics count (attend.refresh_hours: once a day, the box reused in between).
+
+`--photos DIR` (labelled real sky photos; ../shared/datasets/swimcat by default, skipped when
+absent) adds composite frames (skyedge.evaluation.composites): each photo as the sky of a daytime
+test-split station frame of its class. Every shipped row is scored on them (composite_acc: the
+full-frame student on the composite, the crop students behind attention.onnx's box of it), with
+the teacher's accuracy and the attention mask's IoU against the composites' true sky.
 """
 
 from __future__ import annotations
