@@ -89,7 +89,7 @@ def test_the_bench_scores_full_frame_and_attention_students_on_composites(pipeli
     ])
     result = json.loads(out.read_text())["costs"]
     assert {row["view"] for row in result["rows"]} == set(attention_bench.VIEWS)
-    assert all(0 <= row["composite_sky_accuracy"] <= 1 for row in result["rows"])
+    assert all(0 <= row["composite_sky_accuracy"] <= 1 and 0 <= row["composite_sky_accuracy_no_image"] <= 1 for row in result["rows"])
     report = result["composites"]
     assert report["frames"] > 0 and 0 <= report["teacher_sky_accuracy"] <= 1
     assert 0 < report["mask_iou"]["mean"] <= 1

@@ -225,10 +225,12 @@ def composite_views(composite_set: composites.Composites, attention_onnx: Path, 
     return boxes, {"frames": len(boxes), "photos_skipped": composite_set.skipped, "mask_iou": attention.summary(iou), "sky_kept_by_box": attention.summary(attention.sky_kept(boxes, composite_set.masks))}
 
 
-def composite_accuracy(onnx_path: Path, composite_data: Ingested, params: Params) -> float:
-    """Sky accuracy of an exported model on composite frames (every composite is a labelled photo)."""
+def composite_accuracy(onnx_path: Path, composite_data: Ingested, params: Params, drop_images: bool = False) -> float:
+    """Sky accuracy of an exported model on composite frames (every composite is a labelled
+    photo); `drop_images`: on the same samples with the camera down, what the sensor window alone
+    gives (a host frame's weather agrees with its class, so the window carries some of it)."""
     rows = np.arange(len(composite_data.samples))
-    outputs = inference.predict(inference.session(onnx_path, params.common.threads), model_inputs(composite_data, rows))
+    outputs = inference.predict(inference.session(onnx_path, params.common.threads), model_inputs(composite_data, rows, drop_images))
     return float((outputs[OUTPUT_SKY_LOGITS].argmax(1) == composite_data.samples["sky_label"].to_numpy()).mean())
 
 
@@ -259,6 +261,7 @@ def costs(params: Params, ingest_dir: Path, attend_dir: Path, embed_dir: Path, c
             if composite_set:
                 seen = composite_set.data if view == "full_frame" else cropped_at(composite_set.data, composite_boxes, row["input_size"])
                 row["composite_sky_accuracy"] = composite_accuracy(onnx_path, seen, params)
+                row["composite_sky_accuracy_no_image"] = composite_accuracy(onnx_path, seen, params, drop_images=True)
             rows.append(with_attention({"view": view, "teacher": view_teacher is not None, **row}, cost if view == "attention_crop" else None))
     at = {(r["view"], r["teacher"], r["input_size"]): r for r in rows}
     kd_gain = {view: at[view, True, size]["sky_accuracy"] - at[view, False, size]["sky_accuracy"] for view in VIEWS}
@@ -271,6 +274,7 @@ COST_COLUMNS = [
     Column("input_size", "px", "d"),
     Column("sky_accuracy", "sky_acc", ".3f"),
     Column("composite_sky_accuracy", "composite_acc", ".3f"),
+    Column("composite_sky_accuracy_no_image", "no_image", ".3f"),
     Column("rain_skill", format="+.3f"),
     Column("temp_skill", format="+.3f"),
     Column("student_macs", "student_MMACs", ".2f", scale=1e-6),
@@ -304,7 +308,7 @@ def format_composites(report: dict | None) -> list[str]:
         return ["composite frames: not measured (--photos DIR: labelled real sky photos, e.g. ../shared/datasets/swimcat)"]
     iou, kept = report["mask_iou"], report["sky_kept_by_box"]
     return [
-        f"composite frames (real photos as the sky of test-split station frames; composite_acc above): {report['frames']} frames, photos skipped {report['photos_skipped'] or 'none'}",
+        f"composite frames (real photos as the sky of test-split station frames; composite_acc above, no_image: the same samples with the camera down): {report['frames']} frames, photos skipped {report['photos_skipped'] or 'none'}",
         f"  teacher (whole frame) sky accuracy {report['teacher_sky_accuracy']:.3f}; attention mask IoU mean {iou['mean']:.3f} (min {iou['min']:.3f}); boxes keep {kept['mean']:.1%} of the true sky on average",
     ]
 
