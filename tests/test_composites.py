@@ -84,11 +84,16 @@ def test_the_bench_scores_full_frame_and_attention_students_on_composites(pipeli
     (tmp_path / "profiles").symlink_to(REPO / "profiles")
     attention_bench.main([
         "--ingest", str(pipeline.ingest), "--attend", str(pipeline.attend), "--embed", str(pipeline.embed),
-        "--params", str(params_file), "--seeds", "1", "--costs", "--crop-sizes", "24",
+        "--params", str(params_file), "--seeds", "2", "--costs", "--crop-sizes", "24",
         "--photos", str(photo_folder(tmp_path / "photos")), "--out", str(out),
     ])
     result = json.loads(out.read_text())["costs"]
     assert {row["view"] for row in result["rows"]} == set(attention_bench.VIEWS)
+    # Each shipped row is the mean of its seeds' rows.
+    assert result["seeds"] == [0, 1] and len(result["per_seed"]) == 2 * len(result["rows"])
+    full = [r for r in result["per_seed"] if r["view"] == "full_frame" and r["teacher"]]
+    mean_full = next(r for r in result["rows"] if r["view"] == "full_frame" and r["teacher"])
+    assert mean_full["sky_accuracy"] == pytest.approx(np.mean([r["sky_accuracy"] for r in full])) and mean_full["seeds"] == 2
     assert all(0 <= row["composite_sky_accuracy"] <= 1 and 0 <= row["composite_sky_accuracy_no_image"] <= 1 for row in result["rows"])
     report = result["composites"]
     assert report["frames"] > 0 and 0 <= report["teacher_sky_accuracy"] <= 1

@@ -234,10 +234,31 @@ def composite_accuracy(onnx_path: Path, composite_data: Ingested, params: Params
     return float((outputs[OUTPUT_SKY_LOGITS].argmax(1) == composite_data.samples["sky_label"].to_numpy()).mean())
 
 
-def costs(params: Params, ingest_dir: Path, attend_dir: Path, embed_dir: Path, crop_sizes: list[int], seed: int, photo_dir: Path | None = None) -> dict:
+# What a shipped row averages over seeds (the rest, MACs and bytes, does not depend on the seed).
+SEED_AVERAGED = ("sky_accuracy", "composite_sky_accuracy", "composite_sky_accuracy_no_image", "rain_skill", "temp_skill", "student_latency_ms_p50", "latency_ms_p50")
+
+
+def seed_mean(rows: list[dict]) -> dict:
+    """One configuration's row over its seeds: the measured values averaged, with the sky
+    accuracy's standard deviation over seeds beside it (0 with one seed)."""
+    out = {key: value for key, value in rows[0].items() if key not in SEED_AVERAGED and key != "seed"}
+    out.update({key: float(np.mean([row[key] for row in rows])) for key in SEED_AVERAGED if key in rows[0]})
+    accuracy = [row["sky_accuracy"] for row in rows]
+    return {**out, "sky_accuracy_sd": float(np.std(accuracy, ddof=1)) if len(accuracy) > 1 else 0.0, "seeds": len(rows)}
+
+
+def paired_gains(per_seed: list[dict], crop_size: int, frame_size: int, metric: str) -> list[float]:
+    """Per seed: the distilled crop student at crop_size minus the distilled full-frame student."""
+    by = {(r["view"], r["teacher"], r["input_size"], r["seed"]): r for r in per_seed}
+    seeds = sorted({r["seed"] for r in per_seed})
+    return [by["attention_crop", True, crop_size, seed][metric] - by["full_frame", True, frame_size, seed][metric] for seed in seeds]
+
+
+def costs(params: Params, ingest_dir: Path, attend_dir: Path, embed_dir: Path, crop_sizes: list[int], seeds: list[int], photo_dir: Path | None = None) -> dict:
     """Full frame vs attention crop as shipped (distilled), at the ingest's size and at
-    `crop_sizes`; with `photo_dir` (labelled real sky photos) each student is also scored on
-    composite frames, the photos as the sky of the test split's station frames."""
+    `crop_sizes`, each trained from every seed of `seeds` and averaged over them; with
+    `photo_dir` (labelled real sky photos) each student is also scored on composite frames,
+    the photos as the sky of the test split's station frames."""
     torch.set_num_threads(params.common.threads)
     data = load_ingested(ingest_dir)
     attend_files = paths.Attend(attend_dir)
@@ -245,27 +266,36 @@ def costs(params: Params, ingest_dir: Path, attend_dir: Path, embed_dir: Path, c
     size = int(data.images.shape[1])
     teacher = Teacher.load(paths.Embed(embed_dir).teacher_module, params.distill)
     cost = attention_cost(attend_files.onnx, params, size, runs_share(attend_files.metrics))
-    composite_set = composites.build(data, photo_dir, "test", seed) if photo_dir else None
+    composite_set = composites.build(data, photo_dir, "test", seeds[0]) if photo_dir else None
     composite_report = None
     if composite_set:
         composite_boxes, composite_report = composite_views(composite_set, attend_files.onnx, params)
         composite_report["teacher_sky_accuracy"] = float(photo_hits(teacher.model, composite_set.data, np.arange(len(composite_set.data.samples))).mean())
-    rows = []
+    runs = [("full_frame", data, teacher), ("full_frame", data, None)]
+    runs += [("attention_crop", cropped_at(data, boxes, size), teacher), ("attention_crop", cropped_at(data, boxes, size), None)]
+    runs += [("attention_crop", cropped_at(data, boxes, s), teacher) for s in crop_sizes if s != size]
+    per_seed = []
     with tempfile.TemporaryDirectory() as scratch:
-        runs = [("full_frame", data, teacher), ("full_frame", data, None)]
-        runs += [("attention_crop", cropped_at(data, boxes, size), teacher), ("attention_crop", cropped_at(data, boxes, size), None)]
-        runs += [("attention_crop", cropped_at(data, boxes, s), teacher) for s in crop_sizes if s != size]
-        for i, (view, view_data, view_teacher) in enumerate(runs):
-            onnx_path = Path(scratch) / f"{i}.onnx"
-            row = shipped_student(view_data, params, view_teacher, seed, onnx_path)
-            if composite_set:
-                seen = composite_set.data if view == "full_frame" else cropped_at(composite_set.data, composite_boxes, row["input_size"])
-                row["composite_sky_accuracy"] = composite_accuracy(onnx_path, seen, params)
-                row["composite_sky_accuracy_no_image"] = composite_accuracy(onnx_path, seen, params, drop_images=True)
-            rows.append(with_attention({"view": view, "teacher": view_teacher is not None, **row}, cost if view == "attention_crop" else None))
+        for seed in seeds:
+            for i, (view, view_data, view_teacher) in enumerate(runs):
+                onnx_path = Path(scratch) / f"{seed}-{i}.onnx"
+                row = shipped_student(view_data, params, view_teacher, seed, onnx_path)
+                if composite_set:
+                    seen = composite_set.data if view == "full_frame" else cropped_at(composite_set.data, composite_boxes, row["input_size"])
+                    row["composite_sky_accuracy"] = composite_accuracy(onnx_path, seen, params)
+                    row["composite_sky_accuracy_no_image"] = composite_accuracy(onnx_path, seen, params, drop_images=True)
+                per_seed.append(with_attention({"view": view, "teacher": view_teacher is not None, "seed": seed, **row}, cost if view == "attention_crop" else None))
+    configurations = list(dict.fromkeys((r["view"], r["teacher"], r["input_size"]) for r in per_seed))
+    rows = [seed_mean([r for r in per_seed if (r["view"], r["teacher"], r["input_size"]) == key]) for key in configurations]
     at = {(r["view"], r["teacher"], r["input_size"]): r for r in rows}
     kd_gain = {view: at[view, True, size]["sky_accuracy"] - at[view, False, size]["sky_accuracy"] for view in VIEWS}
-    return {"seed": seed, "frame_size": size, "attention": cost, "rows": rows, "kd_gain_sky_accuracy": kd_gain, "targets": targets(rows), "composites": composite_report}
+    result_targets = targets(rows)
+    crop_size = result_targets["equal_macs"]["crop_input_size"]
+    if crop_size is not None:  # the equal-MACs gain seed by seed: how far one seed's difference is from the mean
+        result_targets["equal_macs"]["sky_accuracy_gain_by_seed"] = paired_gains(per_seed, crop_size, size, "sky_accuracy")
+        if composite_set:
+            result_targets["equal_macs"]["composite_sky_accuracy_gain_by_seed"] = paired_gains(per_seed, crop_size, size, "composite_sky_accuracy")
+    return {"seeds": list(seeds), "frame_size": size, "attention": cost, "rows": rows, "per_seed": per_seed, "kd_gain_sky_accuracy": kd_gain, "targets": result_targets, "composites": composite_report}
 
 
 COST_COLUMNS = [
@@ -273,6 +303,7 @@ COST_COLUMNS = [
     Column("teacher", format="d"),
     Column("input_size", "px", "d"),
     Column("sky_accuracy", "sky_acc", ".3f"),
+    Column("sky_accuracy_sd", "sd", ".3f"),
     Column("composite_sky_accuracy", "composite_acc", ".3f"),
     Column("composite_sky_accuracy_no_image", "no_image", ".3f"),
     Column("rain_skill", format="+.3f"),
@@ -285,6 +316,14 @@ COST_COLUMNS = [
 ]
 
 
+def signed(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.3f}"
+
+
+def by_seed(target: dict, key: str) -> str:
+    return f" (by seed: {', '.join(signed(g) for g in target[key])})" if key in target else ""
+
+
 def format_costs(result: dict) -> str:
     a, t = result["attention"], result["targets"]
     m, e = t["equal_macs"], t["equal_accuracy"]
@@ -292,12 +331,13 @@ def format_costs(result: dict) -> str:
     where = "no crop size fits within the full-frame student's MACs" if m["crop_input_size"] is None else f"crop at {m['crop_input_size']} px"
     return "\n".join([
         (
-            f"as shipped (distilled from the whole-frame teacher), seed {result['seed']}; attention net: {a['macs'] / 1e6:.2f} MMACs, {a['latency_ms_p50']:.3f} ms, {a['bytes'] / 1e3:.1f} kB at {result['frame_size']} px per run;"
+            f"as shipped (distilled from the whole-frame teacher), mean over seeds {result['seeds']} (sd: of sky_acc over seeds); attention net: {a['macs'] / 1e6:.2f} MMACs, {a['latency_ms_p50']:.3f} ms, {a['bytes'] / 1e3:.1f} kB at {result['frame_size']} px per run;"
             f" it ran on {a['runs_share']:.1%} of frames (attend.refresh_hours), so {a['macs_per_frame'] / 1e6:.2f} MMACs and {a['latency_ms_per_frame']:.3f} ms per frame (attention_MMACs, total_MMACs, p50_ms below)"
         ),
         text_table(result["rows"], COST_COLUMNS, rule=True),
         "KD gain (sky accuracy, teacher - none): " + ", ".join(f"{v} {g:+.3f}" for v, g in result["kd_gain_sky_accuracy"].items()),
-        f"equal MACs: {where}: sky accuracy gain {m['sky_accuracy_gain']}, target >= {m['target']}: {'met' if m['met'] else 'NOT met'}",
+        f"equal MACs: {where}: sky accuracy gain {signed(m['sky_accuracy_gain'])}{by_seed(m, 'sky_accuracy_gain_by_seed')}, target >= {m['target']}: {'met' if m['met'] else 'NOT met'}"
+        + (f"; on composite frames {signed(float(np.mean(m['composite_sky_accuracy_gain_by_seed'])))}{by_seed(m, 'composite_sky_accuracy_gain_by_seed')}" if "composite_sky_accuracy_gain_by_seed" in m else ""),
         f"equal accuracy: {cut}, target >= {e['target']}x: {'met' if e['met'] else 'NOT met'}",
         *format_composites(result["composites"]),
     ])
@@ -330,7 +370,7 @@ def main(argv: list[str] | None = None) -> None:
     print(format_result(result))
     if args.costs:
         photos = args.photos if args.photos and args.photos.is_dir() else None
-        result["costs"] = costs(params, args.ingest, args.attend, args.embed, args.crop_sizes, params.common.seed, photos)
+        result["costs"] = costs(params, args.ingest, args.attend, args.embed, args.crop_sizes, result["seeds"], photos)
         print(format_costs(result["costs"]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
