@@ -25,6 +25,9 @@ from skyedge.train.training import Augmentation, FitConfig, fit_teacher, resolve
 
 def run(params: Embed, data_params: Data, augment: Augment, common: Common, ingest_dir: Path, out_dir: Path) -> dict:
     torch.set_num_threads(common.threads)
+    # Seeded before the teacher is built: its new heads start from random weights, and an unseeded
+    # start made every run's teacher (and the students distilled from it) a little different.
+    torch.manual_seed(common.seed)
     data = load_ingested(ingest_dir)
     teacher = models.build_teacher(params.teacher, params.weights, data_params.window_hours, data.preprocessing["sensors"]["std"][0])
     config = FitConfig(

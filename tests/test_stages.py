@@ -49,6 +49,23 @@ def test_embed_writes_a_whole_teacher_module_and_its_onnx(pipeline):
     assert metrics["val_sky_accuracy"] > 1.5 / len(SKY_CLASSES)  # fine-tuned well above chance
 
 
+def test_embed_gives_the_same_teacher_whatever_ran_before_it(pipeline, tmp_path):
+    """Same params and ingest, same teacher: its heads are drawn from common.seed, not from
+    whatever random state the process happened to be in (one head epoch on cached features)."""
+    from stages import embed
+
+    params = pipeline.params
+    quick = params.embed.model_copy(update={"finetune_epochs": 0, "epochs": 1})
+    teachers = []
+    for earlier_draws in (123, 456):
+        torch.manual_seed(earlier_draws)
+        embed.run(quick, params.data, params.augment, params.common, pipeline.ingest, tmp_path / str(earlier_draws))
+        teachers.append(checkpoints.load_module(tmp_path / str(earlier_draws) / "teacher.pt").state_dict())
+    assert teachers[0].keys() == teachers[1].keys()
+    for name in teachers[0]:
+        assert torch.equal(teachers[0][name], teachers[1][name]), name
+
+
 def test_distill_trains_the_student_with_and_without_the_teacher(pipeline):
     metrics = json.loads((pipeline.distill / "metrics.json").read_text())
     assert set(metrics) >= {"student", "student_alone", "kd_gain_val_sky_accuracy"}
