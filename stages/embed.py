@@ -3,7 +3,8 @@
 The teacher is fine-tuned end to end for `finetune_epochs` on augmented photos (params
 `augment`), then its image features are cached, for the clean photo and `cache_views - 1`
 augmented views of it, and the heads train on them for `epochs` (cheap: the backbone runs
-cache_views times per photo, not once per step). The distill and prune stages run it online on the very views
+cache_views times per photo, not once per step). With `ensemble`, more teachers are trained the
+same way (each for its own fine-tune epochs, from the same start) and the teacher is their mean. The distill and prune stages run it online on the very views
 they train the student on. Writes under data/embed/ (skyedge.core.paths.Embed): teacher.pt (whole
 module), teacher.onnx, history.csv and metrics.json.
 """
@@ -20,28 +21,25 @@ from skyedge.core.config import Augment, Common, Data, Embed, load_params
 from skyedge.core.features import N_FEATURES
 from skyedge.data.dataset import load_ingested
 from skyedge.train import checkpoints, models
-from skyedge.train.training import Augmentation, FitConfig, fit_teacher, resolve_device
+from skyedge.train.training import Augmentation, FitConfig, resolve_device, train_teacher
 
 
 def run(params: Embed, data_params: Data, augment: Augment, common: Common, ingest_dir: Path, out_dir: Path) -> dict:
     torch.set_num_threads(common.threads)
-    # Seeded before the teacher is built: its new heads start from random weights, and an unseeded
-    # start made every run's teacher (and the students distilled from it) a little different.
-    torch.manual_seed(common.seed)
     data = load_ingested(ingest_dir)
-    teacher = models.build_teacher(params.teacher, params.weights, data_params.window_hours, data.preprocessing["sensors"]["std"][0])
     config = FitConfig(
         params.finetune_epochs, params.batch_size, params.lr, common.seed, params.image_dropout, data_params.photo_share,
         Augmentation(**augment.model_dump()), resolve_device(common.device),
     )
-    history = fit_teacher(teacher, data, config, params.epochs, params.cache_views)
+    teacher, history = train_teacher(params, data, config, data_params.window_hours)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     out = paths.Embed(out_dir)
     checkpoints.save_module(teacher, out.teacher_module)
     models.export_onnx(teacher, out.teacher_onnx, data_params.image_size, data_params.window_hours, N_FEATURES)
     files.write_rows(out.history, history)
-    metrics = {"teacher": params.teacher, "weights": params.weights, "embedding_dim": teacher.backbone.channels, **history[-1]}
+    members = [params.finetune_epochs, *params.ensemble]
+    metrics = {"teacher": params.teacher, "weights": params.weights, "members_finetune_epochs": members, "embedding_dim": teacher.backbone.channels, **history[-1]}
     files.write_json(out.metrics, metrics)
     return metrics
 

@@ -180,6 +180,9 @@ class Embed(Section):
     weights: str
     # Whole-network fine-tuning epochs, then `epochs` of head training on cached image features.
     finetune_epochs: Annotated[int, Field(ge=0)]
+    # More teachers, one per entry, each fine-tuned that many epochs from the same pretrained weights
+    # and seed; with any, the teacher is the mean of all their predictions ([]: one teacher).
+    ensemble: list[Annotated[int, Field(ge=0)]]
     # Views of each photo cached for the heads: the clean one and cache_views - 1 augmented ones
     # (distillation asks the teacher about augmented views, so its heads must know them).
     cache_views: Annotated[int, Field(ge=1)]

@@ -6,7 +6,8 @@ capture day of the labelled photos is held out in turn, when its class also has 
 another day (a class seen on one day only cannot be estimated on a day training never saw).
 
 Each fold runs the pipeline's own recipe on the photos of the other days only: the teacher as the
-embed stage trains it (skyedge.train.training.fit_teacher: fine-tune, heads on cached views),
+embed stage trains it (skyedge.train.training.train_teacher: fine-tune, heads on cached views;
+an ensemble of such teachers with `embed.ensemble`),
 then the student with it and without it as the distill stage does (same augmentation, KD loss,
 epochs and seed). Each is scored on the held-out day's photos. Station rows are left out: they
 carry no sky label, and the sky head is what distillation changes; so are photos nobody labelled
@@ -31,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from skyedge.core import paths
 from skyedge.core.config import Params, load_params
@@ -38,8 +40,7 @@ from skyedge.core.tables import Column, text_table
 from skyedge.data.dataset import Ingested, load_ingested
 from skyedge.evaluation import metrics
 from skyedge.train import models
-from skyedge.train.models import NowcastNet
-from skyedge.train.training import Augmentation, Batches, FitConfig, Teacher, fit, fit_teacher, forward, resolve_device
+from skyedge.train.training import Augmentation, Batches, FitConfig, Teacher, fit, resolve_device, train_teacher
 
 MODELS = ("teacher", "student_alone", "student")
 BOOTSTRAP = 500
@@ -91,11 +92,12 @@ def fold_data(data: Ingested, rows: np.ndarray, day: str, repeats: int) -> Inges
 
 
 @torch.no_grad()
-def photo_hits(model: NowcastNet, data: Ingested, rows: np.ndarray) -> np.ndarray:
+def photo_hits(model: nn.Module, data: Ingested, rows: np.ndarray) -> np.ndarray:
     """1/0 per row: did the model name the photo's class (clean photo, eval mode)."""
     model.eval()
     batch = Batches(data, rows).batch(rows)
-    return (forward(model, batch, None)["sky_logits"].argmax(1) == batch["sky"]).numpy().astype(float)
+    sky_logits = model(batch["image"], batch["image_present"], batch["sensors"])[0]
+    return (sky_logits.argmax(1) == batch["sky"]).numpy().astype(float)
 
 
 def run_fold(params: Params, fold: Ingested, batch_size: int) -> dict[str, np.ndarray]:
@@ -106,9 +108,7 @@ def run_fold(params: Params, fold: Ingested, batch_size: int) -> dict[str, np.nd
     augmentation, device = Augmentation(**params.augment.model_dump()), resolve_device(common.device)
     window, temp_std = params.data.window_hours, fold.preprocessing["sensors"]["std"][0]
     test = fold.split("test")
-    torch.manual_seed(common.seed)
-    teacher = models.build_teacher(embed.teacher, embed.weights, window, temp_std)
-    fit_teacher(teacher, fold, FitConfig(embed.finetune_epochs, batch_size, embed.lr, common.seed, 0.0, 0.0, augmentation, device), embed.epochs, embed.cache_views)
+    teacher, _ = train_teacher(embed, fold, FitConfig(embed.finetune_epochs, batch_size, embed.lr, common.seed, 0.0, 0.0, augmentation, device), window)
     hits = {"teacher": photo_hits(teacher, fold, test)}
     student_config = FitConfig(distill.epochs, batch_size, distill.lr, common.seed, 0.0, 0.0, augmentation, device)
     for name, kd in (("student_alone", None), ("student", Teacher(teacher, distill.kd_temperature, distill.kd_alpha, distill.embed_weight))):

@@ -14,6 +14,7 @@ exactly.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -192,6 +193,57 @@ class NowcastNet(nn.Module):
         rain = rain + self.fallback_rain * (out["rain_now"] - rain)
         temp = temp + self.fallback_temp * (out["temp_now"] - temp)
         return out["sky_logits"], rain, temp
+
+
+class EnsembleBackbone(nn.Module):
+    """The members' pooled image features side by side: [B, sum of their channels]."""
+
+    def __init__(self, backbones: list[Pooled]):
+        super().__init__()
+        self.members = nn.ModuleList(backbones)
+        self.sizes = [backbone.channels for backbone in backbones]
+        self.channels = sum(self.sizes)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return torch.cat([backbone(image) for backbone in self.members], dim=1)
+
+
+def mean_probability_logits(logits: list[torch.Tensor]) -> torch.Tensor:
+    """Logits whose softmax is the mean of the members' softmax (log of the mean probability)."""
+    log_probs = torch.stack([torch.log_softmax(member, dim=1) for member in logits])
+    return torch.logsumexp(log_probs, dim=0) - math.log(len(logits))
+
+
+class EnsembleSkyHead(nn.Module):
+    """Each member's sky head on its own part of the ensemble embedding, probabilities averaged."""
+
+    def __init__(self, heads: list[nn.Linear], sizes: list[int]):
+        super().__init__()
+        self.members = nn.ModuleList(heads)
+        self.sizes = sizes
+
+    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+        parts = embedding.split(self.sizes, dim=1)
+        return mean_probability_logits([head(part) for head, part in zip(self.members, parts)])
+
+
+class TeacherEnsemble(nn.Module):
+    """Several fine-tuned teachers as one: the mean of their sky probabilities, rain probabilities
+    and temperatures. Where one teacher is right on an unseen day and another wrong, the mean
+    often is right (SWIMCAT, leave-one-day-out: README). Distillation reads it as it reads one
+    teacher: `backbone` (the members' embeddings side by side) and `sky_head`; `forward` is the
+    contract of the exported ONNX model."""
+
+    def __init__(self, members: list[NowcastNet]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        # The same modules as the members' (shared parameters, not copies).
+        self.backbone = EnsembleBackbone([member.backbone for member in members])
+        self.sky_head = EnsembleSkyHead([member.sky_head for member in members], self.backbone.sizes)
+
+    def forward(self, image: torch.Tensor, image_present: torch.Tensor, sensors: torch.Tensor):
+        sky, rain, temp = zip(*(member(image, image_present, sensors) for member in self.members))
+        return mean_probability_logits(list(sky)), torch.stack(rain).mean(0), torch.stack(temp).mean(0)
 
 
 def build_teacher(arch: str, weights: str, window_hours: int, temp_std: float) -> NowcastNet:

@@ -40,10 +40,10 @@ from torch import nn
 from tqdm import tqdm
 
 from skyedge.core import inputs
-from skyedge.core.config import Distill
+from skyedge.core.config import Distill, Embed
 from skyedge.core.contract import SKY_CLASSES
 from skyedge.data.dataset import Ingested
-from skyedge.train import checkpoints
+from skyedge.train import checkpoints, models
 from skyedge.train.models import NowcastNet
 
 N_VIEWS = 8  # the dihedral group of a square image: 4 turns, each also mirrored
@@ -434,6 +434,22 @@ def fit_teacher(teacher: NowcastNet, data: Ingested, config: FitConfig, head_epo
     for parameter in teacher.backbone.parameters():
         parameter.requires_grad_(True)
     return history
+
+
+def train_teacher(embed: Embed, data: Ingested, config: FitConfig, window_hours: int) -> tuple[nn.Module, list[dict[str, float]]]:
+    """The embed section's teacher on `data`: one fit_teacher per member (`finetune_epochs`, then
+    each of `ensemble`), every member from the same pretrained weights and seed, so the first is
+    exactly the teacher a run without `ensemble` trains; several make a TeacherEnsemble. Returns
+    it and the members' training curves (`member` numbers them)."""
+    temp_std = data.preprocessing["sensors"]["std"][0]
+    members, history = [], []
+    for number, finetune_epochs in enumerate([embed.finetune_epochs, *embed.ensemble]):
+        torch.manual_seed(config.seed)  # a new head starts from random weights: the same ones each run
+        member = models.build_teacher(embed.teacher, embed.weights, window_hours, temp_std)
+        curve = fit_teacher(member, data, replace(config, epochs=finetune_epochs), embed.epochs, embed.cache_views)
+        history += [{"member": number, **row} for row in curve]
+        members.append(member)
+    return (members[0] if len(members) == 1 else models.TeacherEnsemble(members)), history
 
 
 @torch.no_grad()
