@@ -2,6 +2,8 @@
 its members', which distillation, the ONNX export and the evaluate stage read as one teacher."""
 
 import numpy as np
+import pandas as pd
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -74,7 +76,10 @@ def test_the_embed_stage_trains_each_member_from_the_same_start_and_the_first_is
     single = checkpoints.load_module(tmp_path / "one" / "teacher.pt")
     ensemble = checkpoints.load_module(tmp_path / "two" / "teacher.pt")
     assert isinstance(ensemble, models.TeacherEnsemble) and len(ensemble.members) == 2
-    assert metrics["members_finetune_epochs"] == [0, 1]
+    assert [member["finetune_epochs"] for member in metrics["members"]] == [0, 1]
+    history = pd.read_csv(tmp_path / "two" / "history.csv")  # one curve after the other
+    assert list(history["member"]) == [0] * quick.epochs + [1] * (1 + quick.epochs)
+    assert list(history["epoch"]) == list(range(1, len(history) + 1))
     first, second = (member.state_dict() for member in ensemble.members)
     for name, value in single.state_dict().items():
         assert torch.equal(first[name], value), name
@@ -85,6 +90,14 @@ def test_the_embed_stage_trains_each_member_from_the_same_start_and_the_first_is
         expected = ensemble(*(torch.from_numpy(inputs[k]) for k in ("image", "image_present", "sensors")))
     got = inference.predict(inference.session(tmp_path / "two" / "teacher.onnx"), inputs)
     assert np.allclose(got[OUTPUT_SKY_LOGITS], expected[0].numpy(), atol=1e-3)
+    # The metrics score the ensemble itself on the grouped validation photos, not its last member.
+    val = data.grouped("val")
+    labelled = data.samples["sky_label"].to_numpy()[val] >= 0
+    feed = model_inputs(data, val[labelled])
+    with torch.no_grad():
+        sky_logits = ensemble(*(torch.from_numpy(feed[k]) for k in ("image", "image_present", "sensors")))[0]
+    truth = data.samples["sky_label"].to_numpy()[val[labelled]]
+    assert metrics["val_sky_accuracy"] == pytest.approx(float((sky_logits.argmax(1).numpy() == truth).mean()))
 
 
 def test_a_student_distils_from_an_ensemble_teacher(pipeline):

@@ -50,9 +50,8 @@ from skyedge.core.tables import Column, text_table
 from skyedge.data.dataset import Ingested, attended, load_ingested, model_inputs
 from skyedge.evaluation import composites
 from skyedge.evaluation import scores as scoring
-from skyedge.evaluation.crossval import photo_hits
 from skyedge.train import attention, models
-from skyedge.train.training import Augmentation, Batches, FitConfig, Teacher, fit, quick_scores, resolve_device
+from skyedge.train.training import Augmentation, Batches, FitConfig, Teacher, fit, quick_scores, resolve_device, sky_hits
 
 VIEWS = ("full_frame", "attention_crop")
 SCORED_SPLITS = ("val", "test")
@@ -270,7 +269,7 @@ def costs(params: Params, ingest_dir: Path, attend_dir: Path, embed_dir: Path, c
     composite_report = None
     if composite_set:
         composite_boxes, composite_report = composite_views(composite_set, attend_files.onnx, params)
-        composite_report["teacher_sky_accuracy"] = float(photo_hits(teacher.model, composite_set.data, np.arange(len(composite_set.data.samples))).mean())
+        composite_report["teacher_sky_accuracy"] = float(sky_hits(teacher.model, composite_set.data, np.arange(len(composite_set.data.samples))).mean())
     runs = [("full_frame", data, teacher), ("full_frame", data, None)]
     runs += [("attention_crop", cropped_at(data, boxes, size), teacher), ("attention_crop", cropped_at(data, boxes, size), None)]
     runs += [("attention_crop", cropped_at(data, boxes, s), teacher) for s in crop_sizes if s != size]

@@ -32,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from skyedge.core import paths
 from skyedge.core.config import Params, load_params
@@ -40,7 +39,7 @@ from skyedge.core.tables import Column, text_table
 from skyedge.data.dataset import Ingested, load_ingested
 from skyedge.evaluation import metrics
 from skyedge.train import models
-from skyedge.train.training import Augmentation, Batches, FitConfig, Teacher, fit, resolve_device, train_teacher
+from skyedge.train.training import Augmentation, FitConfig, Teacher, fit, resolve_device, sky_hits, train_teacher
 
 MODELS = ("teacher", "student_alone", "student")
 BOOTSTRAP = 500
@@ -91,15 +90,6 @@ def fold_data(data: Ingested, rows: np.ndarray, day: str, repeats: int) -> Inges
     return Ingested(samples=samples, windows=data.windows[order], images=data.images, preprocessing=data.preprocessing)
 
 
-@torch.no_grad()
-def photo_hits(model: nn.Module, data: Ingested, rows: np.ndarray) -> np.ndarray:
-    """1/0 per row: did the model name the photo's class (clean photo, eval mode)."""
-    model.eval()
-    batch = Batches(data, rows).batch(rows)
-    sky_logits = model(batch["image"], batch["image_present"], batch["sensors"])[0]
-    return (sky_logits.argmax(1) == batch["sky"]).numpy().astype(float)
-
-
 def run_fold(params: Params, fold: Ingested, batch_size: int) -> dict[str, np.ndarray]:
     """Teacher, student_alone and student trained on the fold's training photos, scored on its test
     photos. No photo is dropped (image_dropout 0): every row here is a photo, and the fold has no
@@ -109,13 +99,13 @@ def run_fold(params: Params, fold: Ingested, batch_size: int) -> dict[str, np.nd
     window, temp_std = params.data.window_hours, fold.preprocessing["sensors"]["std"][0]
     test = fold.split("test")
     teacher, _ = train_teacher(embed, fold, FitConfig(embed.finetune_epochs, batch_size, embed.lr, common.seed, 0.0, 0.0, augmentation, device), window)
-    hits = {"teacher": photo_hits(teacher, fold, test)}
+    hits = {"teacher": sky_hits(teacher, fold, test)}
     student_config = FitConfig(distill.epochs, batch_size, distill.lr, common.seed, 0.0, 0.0, augmentation, device)
     for name, kd in (("student_alone", None), ("student", Teacher(teacher, distill.kd_temperature, distill.kd_alpha, distill.embed_weight))):
         torch.manual_seed(common.seed)  # both start from the same weights
         student = models.build_student(distill.student, distill.width, window, temp_std)
         fit(student, fold, student_config, f"{name} (fold)", teacher=kd)
-        hits[name] = photo_hits(student, fold, test)
+        hits[name] = sky_hits(student, fold, test)
     return hits
 
 

@@ -262,7 +262,7 @@ def example_inputs(image_size: int, window_hours: int, n_features: int, batch: i
     )
 
 
-def export_onnx(model: NowcastNet, path: Path, image_size: int, window_hours: int, n_features: int) -> Path:
+def export_onnx(model: nn.Module, path: Path, image_size: int, window_hours: int, n_features: int) -> Path:
     """Export with a dynamic batch axis. The TorchScript exporter is used: fast, and its graphs
     quantize cleanly with ONNX Runtime."""
     from skyedge.core.contract import INPUT_IMAGE, INPUT_IMAGE_PRESENT, INPUT_SENSORS, OUTPUT_RAIN_PROB, OUTPUT_SKY_LOGITS, OUTPUT_TEMP_C

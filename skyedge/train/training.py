@@ -84,7 +84,7 @@ class FitConfig:
 class Teacher:
     """The teacher, scored online on every augmented batch (eval mode, no gradient)."""
 
-    model: NowcastNet
+    model: nn.Module  # a NowcastNet or a TeacherEnsemble: read through .backbone and .sky_head
     temperature: float
     alpha: float  # weight of the soft-target term; the hard cross-entropy gets 1 - alpha
     embed_weight: float
@@ -301,6 +301,20 @@ def recalibrate_batchnorm(
 
 
 @torch.no_grad()
+def sky_hits(model: nn.Module, data: Ingested, rows: np.ndarray) -> np.ndarray:
+    """1/0 per labelled photo among `rows`: did the model name its class (clean photo, eval mode,
+    the whole forward pass, so any teacher or student, ensembles included)."""
+    model.eval()
+    batches, hits = Batches(data, rows), []
+    for start in range(0, len(rows), EVAL_BATCH):
+        batch = batches.batch(rows[start : start + EVAL_BATCH])
+        labelled = batch["sky"] >= 0
+        predicted = model(batch["image"], batch["image_present"], batch["sensors"])[0].argmax(1)
+        hits.append((predicted[labelled] == batch["sky"][labelled]).numpy().astype(float))
+    return np.concatenate(hits) if hits else np.zeros(0)
+
+
+@torch.no_grad()
 def quick_scores(model: NowcastNet, batches: Batches, rows: np.ndarray, embed_cache: torch.Tensor | None = None) -> dict[str, float]:
     """Validation scores during training: the supervised loss (what early stopping reads), sky
     accuracy on labelled photos, mean rain Brier, mean temperature RMSE."""
@@ -438,16 +452,17 @@ def fit_teacher(teacher: NowcastNet, data: Ingested, config: FitConfig, head_epo
 
 def train_teacher(embed: Embed, data: Ingested, config: FitConfig, window_hours: int) -> tuple[nn.Module, list[dict[str, float]]]:
     """The embed section's teacher on `data`: one fit_teacher per member (`finetune_epochs`, then
-    each of `ensemble`), every member from the same pretrained weights and seed, so the first is
-    exactly the teacher a run without `ensemble` trains; several make a TeacherEnsemble. Returns
-    it and the members' training curves (`member` numbers them)."""
+    each of `ensemble`: these replace config.epochs), every member from the same pretrained weights
+    and seed, so the first is exactly the teacher a run without `ensemble` trains; several make a
+    TeacherEnsemble. Returns it and the members' training curves one after the other (`member`
+    numbers them; `epoch` counts on across members, so a plot of the curve does not overlay them)."""
     temp_std = data.preprocessing["sensors"]["std"][0]
     members, history = [], []
     for number, finetune_epochs in enumerate([embed.finetune_epochs, *embed.ensemble]):
         torch.manual_seed(config.seed)  # a new head starts from random weights: the same ones each run
         member = models.build_teacher(embed.teacher, embed.weights, window_hours, temp_std)
         curve = fit_teacher(member, data, replace(config, epochs=finetune_epochs), embed.epochs, embed.cache_views)
-        history += [{"member": number, **row} for row in curve]
+        history += [{**row, "epoch": row["epoch"] + len(history), "member": number} for row in curve]
         members.append(member)
     return (members[0] if len(members) == 1 else models.TeacherEnsemble(members)), history
 
