@@ -114,3 +114,14 @@ def test_without_a_pipeline_run_it_says_what_to_run(tiny, tmp_path):
     with pytest.raises(SystemExit, match=r"samples.csv not found: run the pipeline first \(make run"):
         crossval.run(tmp_path, tiny, tmp_path / "crossval.json")
     assert not (tmp_path / "crossval.json").exists()
+
+
+def test_a_quick_look_holds_out_only_the_days_asked_for_and_names_the_possible_ones(pipeline, tmp_path):
+    data = load_ingested(pipeline.ingest)
+    rows = crossval.labelled_photos(data)
+    possible = crossval.held_out_days(data.samples["day"].to_numpy()[rows], data.samples["sky_label"].to_numpy()[rows])
+    with pytest.raises(ValueError, match="the days that can be held out are"):
+        crossval.run(pipeline.root, pipeline.params, tmp_path / "crossval.json", repeats=1, batch_size=16, only_days=["1999-01-01"])
+    result = crossval.run(pipeline.root, pipeline.params, tmp_path / "crossval.json", repeats=1, batch_size=16, only_days=[possible[-1]])
+    assert [row["day"] for row in result.folds] == [possible[-1]]
+    assert json.loads((tmp_path / "crossval.json").read_text())["every_day"] is (len(possible) == 1)

@@ -15,7 +15,8 @@ carry no sky label, and the sky head is what distillation changes; so are photos
 photo views per epoch, in batches of as many photos, as the pipeline's epochs do
 (`pipeline_schedule`: photos repeat until they are `data.photo_share` of an epoch there). A short
 schedule (`--repeats`, `--batch-size`) is a quick look only: from-scratch students with few steps
-fall back on the majority class, and the estimate says more about the schedule than the recipe.
+fall back on the majority class, and the estimate says more about the schedule than the recipe. So
+is holding out some days only (`--days`, `--max-folds`): the estimate needs every day.
 
 Prints a table per fold and pooled; the KD gain (student - student_alone) and the teacher's
 headroom over the student alone come with 95% intervals that resample whole days. Writes
@@ -115,13 +116,18 @@ class Estimate:
     pooled: dict  # each model's accuracy over every held-out photo, and the differences with intervals
 
 
-def estimate(params: Params, data: Ingested, views_per_epoch: float | None, batch_size: int, max_folds: int | None = None, repeats: int | None = None) -> Estimate:
+def estimate(
+    params: Params, data: Ingested, views_per_epoch: float | None, batch_size: int, max_folds: int | None = None, repeats: int | None = None, only_days: list[str] | None = None
+) -> Estimate:
     """Every fold's scores and the pooled estimate; each fold's photos repeat `repeats` times per
     epoch, else as often as gives `views_per_epoch`."""
     rows = labelled_photos(data)
     days, labels = data.samples["day"].to_numpy()[rows], data.samples["sky_label"].to_numpy()[rows]
     possible_days = held_out_days(days, labels)
-    chosen_days = possible_days[:max_folds]
+    unknown = sorted(set(only_days or []) - set(possible_days))
+    if unknown:
+        raise ValueError(f"crossval: cannot hold out {unknown}: the days that can be held out are {possible_days}")
+    chosen_days = [day for day in possible_days if only_days is None or day in only_days][:max_folds]
     fold_rows, hits, photo_days = [], {name: [] for name in MODELS}, []
     for number, day in enumerate(chosen_days, 1):
         print(f"crossval: fold {number}/{len(chosen_days)}, day {day} held out", flush=True)
@@ -181,7 +187,9 @@ def samples_digest(ingest_dir: Path) -> str:
     return hashlib.sha256(paths.Ingest(ingest_dir).samples.read_bytes()).hexdigest()
 
 
-def run(data_dir: Path, params: Params, out: Path, repeats: int | None = None, batch_size: int | None = None, max_folds: int | None = None) -> Estimate:
+def run(
+    data_dir: Path, params: Params, out: Path, repeats: int | None = None, batch_size: int | None = None, max_folds: int | None = None, only_days: list[str] | None = None
+) -> Estimate:
     """The estimate on the ingest of `data_dir`; repeats and batch_size default to the pipeline's schedule."""
     ingested = paths.Ingest(data_dir / "ingest")
     if not ingested.samples.exists():
@@ -193,7 +201,7 @@ def run(data_dir: Path, params: Params, out: Path, repeats: int | None = None, b
     batch_size = batch_size or default_batch
     schedule = f"each training photo {repeats}x per epoch" if repeats else f"{views_per_epoch or 'each photo once'} photo views per epoch"
     print(f"crossval: {schedule}, {batch_size} photos per batch", flush=True)
-    result = estimate(params, data, views_per_epoch, batch_size, max_folds, repeats)
+    result = estimate(params, data, views_per_epoch, batch_size, max_folds, repeats, only_days)
     out.parent.mkdir(parents=True, exist_ok=True)
     document = {"data": str(data_dir.resolve()), "samples_sha256": samples_digest(ingested.dir), "recipe": recipe(params), "pipeline_schedule": as_pipeline, "every_day": result.pooled["days"] == result.pooled["days_possible"], "repeats": repeats, "views_per_epoch": views_per_epoch, "batch_size": batch_size, "folds": result.folds, "pooled": result.pooled}
     out.write_text(json.dumps(document, indent=2) + "\n")
@@ -209,8 +217,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=None, help="views of each training photo per epoch (default: as in the pipeline)")
     parser.add_argument("--batch-size", type=int, default=None, help="photos per batch (default: as in the pipeline)")
     parser.add_argument("--max-folds", type=int, default=None, help="hold out only the first N days (quick look)")
+    parser.add_argument("--days", nargs="+", default=None, help="hold out only these capture days, YYYY-MM-DD (quick look)")
     args = parser.parse_args(argv)
-    run(args.data, load_params(args.params), args.out, args.repeats, args.batch_size, args.max_folds)
+    run(args.data, load_params(args.params), args.out, args.repeats, args.batch_size, args.max_folds, args.days)
 
 
 if __name__ == "__main__":
