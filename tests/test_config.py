@@ -46,6 +46,10 @@ def test_out_of_range_values_and_inconsistent_splits_are_refused():
     raw["ingest"]["split"] = {"train": 0.5, "val": 0.2, "test": 0.2, "holdout_stations": []}
     with pytest.raises(ConfigError, match=r"ingest\.split.*must be 1\.0"):
         resolve(raw)
+    raw = raw_params()
+    raw["embed"]["ensemble"] = [2, -1]  # a member fine-tuned for -1 epochs
+    with pytest.raises(ConfigError, match=r"embed\.ensemble\.1"):
+        resolve(raw)
 
 
 def test_the_tiny_profile_overlays_without_editing_params_yaml():
