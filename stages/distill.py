@@ -33,7 +33,7 @@ def run(params: Distill, data_params: Data, augment: Augment, common: Common, in
     out = paths.Distill(out_dir)
     config = FitConfig(
         params.epochs, params.batch_size, params.lr, common.seed, params.image_dropout, data_params.photo_share,
-        Augmentation(**augment.model_dump()), resolve_device(common.device),
+        Augmentation(**augment.model_dump()), resolve_device(common.device), params.balance_classes,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics, curves = {"student": params.student, "student_input": attend.student_input}, []

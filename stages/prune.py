@@ -63,7 +63,7 @@ def run(params: Prune, distill: Distill, data_params: Data, augment: Augment, co
     teacher = Teacher.load(paths.Embed(embed_dir).teacher_module, distill)
     config = FitConfig(
         params.finetune_epochs, distill.batch_size, params.lr, common.seed, distill.image_dropout, data_params.photo_share,
-        Augmentation(**augment.model_dump()), resolve_device(common.device),
+        Augmentation(**augment.model_dump()), resolve_device(common.device), distill.balance_classes,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
 

@@ -55,7 +55,7 @@ def run(params: Quantize, data_params: Data, augment: Augment, common: Common, d
         feeds=[model_inputs(data, calibration_rows[i : i + 1]) for i in range(len(calibration_rows))],
         data=data, seed=common.seed, photo_share=data_params.photo_share, augmentation=Augmentation(**augment.model_dump()),
         threads=common.threads, device=resolve_device(common.device),
-        teacher=Teacher.load(paths.Embed(embed_dir).teacher_module, distill),
+        teacher=Teacher.load(paths.Embed(embed_dir).teacher_module, distill), balance_classes=distill.balance_classes,
     )
     model = FloatModel(pruned.onnx("pruned"), pruned.module("pruned"))
     val = data.grouped("val")  # days, stations and seasons never trained on: what the field will see

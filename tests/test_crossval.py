@@ -42,6 +42,21 @@ def test_a_fold_trains_on_every_other_day_repeated_and_tests_its_day_once(pipeli
     assert len(fold.grouped("test")) == len(test)
 
 
+def test_a_balanced_fold_gives_every_class_the_same_views_and_as_many_in_all(pipeline):
+    data = load_ingested(pipeline.ingest)
+    rows = crossval.labelled_photos(data)
+    days, labels = data.samples["day"].to_numpy()[rows], data.samples["sky_label"].to_numpy()[rows]
+    day = crossval.held_out_days(days, labels)[0]
+    plain = crossval.fold_data(data, rows, day, repeats=20)
+    balanced = crossval.fold_data(data, rows, day, repeats=20, balance_classes=True)
+    views = np.bincount(balanced.samples["sky_label"].iloc[balanced.split("train")])
+    classes = views[views > 0]
+    assert classes.max() - classes.min() <= 0.1 * classes.mean()  # equal up to rounding
+    assert abs(classes.sum() - len(plain.split("train"))) <= 0.05 * len(plain.split("train"))
+    held_out = [fold.samples.iloc[fold.split("test")].reset_index(drop=True) for fold in (balanced, plain)]
+    assert held_out[0].equals(held_out[1])  # the same photos are scored
+
+
 def test_the_estimate_pools_the_held_out_days_and_the_kd_gain_is_the_paired_difference(pipeline, tmp_path):
     out = tmp_path / "crossval.json"
     result = crossval.run(pipeline.root, pipeline.params, out, repeats=1, batch_size=16, max_folds=2)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from skyedge.train import checkpoints
-from skyedge.train.training import N_VIEWS, Augmentation, dihedral, epoch_order
+from skyedge.train.training import N_VIEWS, Augmentation, class_balanced_weights, dihedral, epoch_order
 
 
 def test_an_epoch_keeps_every_row_and_repeats_photos_up_to_their_share():
@@ -28,6 +28,28 @@ def test_an_epoch_is_a_plain_permutation_when_photos_are_already_common_enough(s
     has_photo = np.arange(200) % 2 == 0  # half the rows have a photo
     order = epoch_order(rows, has_photo, share, np.random.default_rng(0))
     assert sorted(order) == list(rows)
+
+
+def test_balanced_weights_give_each_class_an_equal_share_and_leave_unlabelled_photos_alone():
+    labels = np.array([0, 0, 0, 0, 0, 0, 1, 1, 2, -1, -1])
+    weights = class_balanced_weights(labels)
+    shares = [weights[labels == c].sum() for c in (0, 1, 2)]
+    assert shares == pytest.approx([3.0, 3.0, 3.0])  # 9 labelled photos, 3 classes
+    assert weights[labels == -1].tolist() == [1.0, 1.0]
+
+
+def test_balanced_draws_give_a_rare_class_as_many_views_as_a_common_one():
+    rows = np.arange(2000)
+    has_photo = np.zeros(2000, dtype=bool)
+    has_photo[:40] = True  # 40 photos among 1960 station hours
+    labels = np.full(2000, -1)
+    labels[:36], labels[36:40] = 0, 1  # class 1: 4 photos of 40
+    order = epoch_order(rows, has_photo, 0.5, np.random.default_rng(0), class_balanced_weights(labels))
+    drawn = labels[order][has_photo[order]]
+    assert 0.45 < (drawn == 1).mean() < 0.55
+    assert (~has_photo[order]).sum() == 1960 and has_photo[order].mean() == pytest.approx(0.5, abs=0.01)
+    plain = epoch_order(rows, has_photo, 0.5, np.random.default_rng(0))
+    assert (labels[plain][has_photo[plain]] == 1).mean() < 0.15  # without weights: its 10 %
 
 
 def test_the_eight_dihedral_views_are_distinct_rearrangements_of_the_same_pixels():

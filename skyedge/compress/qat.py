@@ -164,7 +164,7 @@ def train_and_export(module_path: Path, candidate: QuantizationAware, calibratio
     model, layers = prepare_qat(checkpoints.load_module(module_path))
     history = []
     if candidate.epochs:
-        config = FitConfig(candidate.epochs, candidate.batch_size, candidate.lr, calibration.seed, photo_share=calibration.photo_share, augmentation=calibration.augmentation, device=calibration.device)
+        config = FitConfig(candidate.epochs, candidate.batch_size, candidate.lr, calibration.seed, photo_share=calibration.photo_share, augmentation=calibration.augmentation, device=calibration.device, balance_classes=calibration.balance_classes)
         history = fit(model, calibration.data, config, "qat")
     size, window = calibration.data.preprocessing["image"]["size"], calibration.data.windows.shape[1]
     export_qdq(model, out_path, size, window, N_FEATURES)

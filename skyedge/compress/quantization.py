@@ -56,6 +56,7 @@ class Calibration:
     threads: int
     device: str
     teacher: Teacher | None = None
+    balance_classes: bool = False  # the student's photo draws (distill.balance_classes)
 
 
 class _Reader(CalibrationDataReader):

@@ -216,7 +216,7 @@ def train_and_export(module_path: Path, candidate: WeightSharing, calibration: C
     """The quantize candidate: share the float module's weights, fine-tune with the teacher, export
     fp32 ONNX to out_path (the module beside it as .pt); returns the per-layer summary."""
     torch.set_num_threads(calibration.threads)
-    base = FitConfig(candidate.epochs, candidate.batch_size, candidate.lr, calibration.seed, photo_share=calibration.photo_share, augmentation=calibration.augmentation, device=calibration.device)
+    base = FitConfig(candidate.epochs, candidate.batch_size, candidate.lr, calibration.seed, photo_share=calibration.photo_share, augmentation=calibration.augmentation, device=calibration.device, balance_classes=calibration.balance_classes)
     shared = share_weights(checkpoints.load_module(module_path), candidate, calibration.data, base, calibration.teacher)
     size, window = calibration.data.preprocessing["image"]["size"], calibration.data.windows.shape[1]
     export_onnx(shared.model, out_path, size, window, N_FEATURES)

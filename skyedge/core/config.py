@@ -202,6 +202,9 @@ class Distill(Section):
     kd_alpha: Annotated[float, Field(ge=0, le=1)]
     embed_weight: Annotated[float, Field(ge=0)]
     image_dropout: Annotated[float, Field(ge=0, lt=1)]
+    # The student's photo draws (data.photo_share) give every sky class the same share: distill,
+    # the pruning fine-tune, QAT and weight sharing. The teacher keeps the plain draw.
+    balance_classes: bool
 
 
 # --- compression methods: what each one does is a typed config (skyedge.compress) -----------
@@ -403,7 +406,7 @@ class Rollout(Section):
     cron: str  # how often the rollout flow checks (its own deployment)
 
     @model_validator(mode="after")
-    def _rings_widen_to_everyone(self) -> "Rollout":
+    def _rings_widen_to_everyone(self) -> Rollout:
         if not self.rings or self.rings[-1] != 100 or any(a >= b for a, b in zip(self.rings, self.rings[1:])):
             raise ValueError(f"rings {self.rings}: percentages that only grow and end at 100")
         return self

@@ -68,7 +68,7 @@ def train_and_score(data: Ingested, params: Params, view: str, seed: int) -> lis
     distill = params.distill
     config = FitConfig(
         distill.epochs, distill.batch_size, distill.lr, seed, distill.image_dropout, params.data.photo_share,
-        Augmentation(**params.augment.model_dump()), resolve_device(params.common.device),
+        Augmentation(**params.augment.model_dump()), resolve_device(params.common.device), distill.balance_classes,
     )
     torch.manual_seed(seed)  # both views start from the same weights
     student = models.build_student(distill.student, distill.width, params.data.window_hours, data.preprocessing["sensors"]["std"][0])
@@ -166,7 +166,7 @@ def shipped_student(data: Ingested, params: Params, teacher: Teacher | None, see
     distill, size = params.distill, int(data.preprocessing["image"]["size"])
     config = FitConfig(
         distill.epochs, distill.batch_size, distill.lr, seed, distill.image_dropout, params.data.photo_share,
-        Augmentation(**params.augment.model_dump()), resolve_device(params.common.device),
+        Augmentation(**params.augment.model_dump()), resolve_device(params.common.device), distill.balance_classes,
     )
     torch.manual_seed(seed)
     student = models.build_student(distill.student, distill.width, params.data.window_hours, data.preprocessing["sensors"]["std"][0])

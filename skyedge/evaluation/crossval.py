@@ -40,7 +40,7 @@ from skyedge.core.tables import Column, text_table
 from skyedge.data.dataset import Ingested, load_ingested
 from skyedge.evaluation import metrics
 from skyedge.train import models
-from skyedge.train.training import Augmentation, FitConfig, Teacher, fit, resolve_device, sky_hits, train_teacher
+from skyedge.train.training import Augmentation, FitConfig, Teacher, class_balanced_weights, fit, resolve_device, sky_hits, train_teacher
 
 MODELS = ("teacher", "student_alone", "student")
 BOOTSTRAP = 500
@@ -77,13 +77,16 @@ def repeats_for(views_per_epoch: float | None, training_photos: int) -> int:
     return 1 if views_per_epoch is None else max(1, round(views_per_epoch / max(1, training_photos)))
 
 
-def fold_data(data: Ingested, rows: np.ndarray, day: str, repeats: int) -> Ingested:
+def fold_data(data: Ingested, rows: np.ndarray, day: str, repeats: int, balance_classes: bool = False) -> Ingested:
     """The photos of `rows` as an Ingested of their own: every other day's photos train, each
-    repeated `repeats` times; the test split is `day`'s photos (once each) of the classes that
-    training has (a class seen on that day only cannot be learnt from the others)."""
+    repeated `repeats` times (with balance_classes, `repeats` x its class_balanced_weights: the
+    same views in all, every class an equal share, as the student's draws in the pipeline); the
+    test split is `day`'s photos (once each) of the classes that training has (a class seen on
+    that day only cannot be learnt from the others)."""
     days, labels = data.samples["day"].to_numpy()[rows], data.samples["sky_label"].to_numpy()[rows]
     training = days != day
-    order = np.concatenate([np.repeat(rows[training], repeats), rows[~training & np.isin(labels, labels[training])]])
+    per_photo = repeats * class_balanced_weights(labels[training]) if balance_classes else np.full(training.sum(), repeats)
+    order = np.concatenate([np.repeat(rows[training], np.maximum(1, np.round(per_photo)).astype(int)), rows[~training & np.isin(labels, labels[training])]])
     samples = data.samples.iloc[order].reset_index(drop=True)
     held = samples["day"].to_numpy() == day
     samples["split"] = np.where(held, "test", "train")
@@ -91,22 +94,22 @@ def fold_data(data: Ingested, rows: np.ndarray, day: str, repeats: int) -> Inges
     return Ingested(samples=samples, windows=data.windows[order], images=data.images, preprocessing=data.preprocessing)
 
 
-def run_fold(params: Params, fold: Ingested, batch_size: int) -> dict[str, np.ndarray]:
-    """Teacher, student_alone and student trained on the fold's training photos, scored on its test
-    photos. No photo is dropped (image_dropout 0): every row here is a photo, and the fold has no
+def run_fold(params: Params, fold: Ingested, student_fold: Ingested, batch_size: int) -> dict[str, np.ndarray]:
+    """Teacher (on `fold`), student_alone and student (on `student_fold`: the same photos, drawn
+    as distill.balance_classes says) trained on the training photos, scored on the test photos.
+    No photo is dropped (image_dropout 0): every row here is a photo, and the fold has no
     validation rows, so each model keeps its last epoch."""
     embed, distill, common = params.embed, params.distill, params.common
     augmentation, device = Augmentation(**params.augment.model_dump()), resolve_device(common.device)
     window, temp_std = params.data.window_hours, fold.preprocessing["sensors"]["std"][0]
-    test = fold.split("test")
     teacher, _ = train_teacher(embed, fold, FitConfig(embed.finetune_epochs, batch_size, embed.lr, common.seed, 0.0, 0.0, augmentation, device), window)
-    hits = {"teacher": sky_hits(teacher, fold, test)}
+    hits = {"teacher": sky_hits(teacher, fold, fold.split("test"))}
     student_config = FitConfig(distill.epochs, batch_size, distill.lr, common.seed, 0.0, 0.0, augmentation, device)
     for name, kd in (("student_alone", None), ("student", Teacher(teacher, distill.kd_temperature, distill.kd_alpha, distill.embed_weight))):
         torch.manual_seed(common.seed)  # both start from the same weights
         student = models.build_student(distill.student, distill.width, window, temp_std)
-        fit(student, fold, student_config, f"{name} (fold)", teacher=kd)
-        hits[name] = sky_hits(student, fold, test)
+        fit(student, student_fold, student_config, f"{name} (fold)", teacher=kd)
+        hits[name] = sky_hits(student, student_fold, student_fold.split("test"))
     return hits
 
 
@@ -131,8 +134,10 @@ def estimate(
     fold_rows, hits, photo_days = [], {name: [] for name in MODELS}, []
     for number, day in enumerate(chosen_days, 1):
         print(f"crossval: fold {number}/{len(chosen_days)}, day {day} held out", flush=True)
-        fold = fold_data(data, rows, day, repeats or repeats_for(views_per_epoch, int((days != day).sum())))
-        fold_hits = run_fold(params, fold, batch_size)
+        fold_repeats = repeats or repeats_for(views_per_epoch, int((days != day).sum()))
+        fold = fold_data(data, rows, day, fold_repeats)
+        student_fold = fold_data(data, rows, day, fold_repeats, params.distill.balance_classes)
+        fold_hits = run_fold(params, fold, student_fold, batch_size)
         photo_days += [day] * len(fold_hits["teacher"])
         for name in MODELS:
             hits[name].append(fold_hits[name])

@@ -78,6 +78,7 @@ class FitConfig:
     photo_share: float = 0.0
     augmentation: Augmentation = NO_AUGMENTATION
     device: str = "cpu"  # where the model trains (resolve_device); results match the CPU within float error
+    balance_classes: bool = False  # photo draws give every sky class the same share (class_balanced_weights)
 
 
 @dataclass(frozen=True)
@@ -114,20 +115,35 @@ def dihedral(images: torch.Tensor, view: int) -> torch.Tensor:
     return torch.flip(turned, dims=(3,)) if view >= 4 else turned
 
 
-def epoch_order(rows: np.ndarray, has_photo: np.ndarray, photo_share: float, rng: np.random.Generator) -> np.ndarray:
-    """Every row once, plus photo rows drawn with replacement until photos are `photo_share` of the epoch."""
+def epoch_order(rows: np.ndarray, has_photo: np.ndarray, photo_share: float, rng: np.random.Generator, photo_weights: np.ndarray | None = None) -> np.ndarray:
+    """Every row once, plus photo rows drawn with replacement until photos are `photo_share` of the
+    epoch; with photo_weights (one per row, as class_balanced_weights) a photo is drawn in proportion to its weight."""
     photos = rows[has_photo[rows]]
     others = len(rows) - len(photos)
     if len(photos) and 0 < photo_share < 1:
         wanted = int(np.ceil(photo_share * others / (1 - photo_share)))
         if wanted > len(photos):
-            rows = np.concatenate([rows, rng.choice(photos, wanted - len(photos))])
+            chances = None if photo_weights is None else photo_weights[photos] / photo_weights[photos].sum()
+            rows = np.concatenate([rows, rng.choice(photos, wanted - len(photos), p=chances)])
     return rng.permutation(rows)
+
+
+def class_balanced_weights(sky_labels: np.ndarray) -> np.ndarray:
+    """Each photo's weight when draws balance the sky classes (`distill.balance_classes`): a
+    labelled photo of class c weighs n_labelled / (classes x n_c), so every class gets the same
+    share of the labelled photos' draws and together they keep theirs; a photo nobody labelled (-1) weighs 1."""
+    weights = np.ones(len(sky_labels))
+    labelled = sky_labels >= 0
+    if labelled.any():
+        classes, counts = np.unique(sky_labels[labelled], return_counts=True)
+        per_class = labelled.sum() / (len(classes) * counts)
+        weights[labelled] = per_class[np.searchsorted(classes, sky_labels[labelled])]
+    return weights
 
 
 def augment_photos(pixels: torch.Tensor, augmentation: Augmentation, generator: torch.Generator) -> torch.Tensor:
     """Photometric and geometric augmentation of [B, 3, S, S] pixels in 0..1 (mixup is the batch's, elsewhere)."""
-    batch, _, size, _ = pixels.shape
+    batch = pixels.shape[0]
     if batch == 0:
         return pixels
     if augmentation.crop_scale < 1:
@@ -231,7 +247,11 @@ class Batches:
         return torch.from_numpy(inputs.normalise_image(pixels.permute(0, 2, 3, 1).numpy(), self.spec)) * present.view(-1, 1, 1, 1)
 
     def epoch_rows(self, config: FitConfig, rng: np.random.Generator) -> np.ndarray:
-        return epoch_order(self.rows, self.image_idx.numpy() >= 0, config.photo_share, rng)
+        weights = None
+        if config.balance_classes:  # the classes as this split has them
+            weights = np.zeros(len(self.sky))
+            weights[self.rows] = class_balanced_weights(self.sky.numpy()[self.rows])
+        return epoch_order(self.rows, self.image_idx.numpy() >= 0, config.photo_share, rng, weights)
 
     def epoch(self, order: np.ndarray, config: FitConfig, rng: np.random.Generator, augment: bool = True):
         for start in range(0, len(order), config.batch_size):
