@@ -30,7 +30,7 @@ def run(params: Embed, data_params: Data, augment: Augment, common: Common, inge
     data = load_ingested(ingest_dir)
     config = FitConfig(
         params.finetune_epochs, params.batch_size, params.lr, common.seed, params.image_dropout, data_params.photo_share,
-        Augmentation(**augment.model_dump()), resolve_device(common.device),
+        Augmentation(**augment.model_dump()), resolve_device(common.device), params.balance_classes,
     )
     teacher, history = train_teacher(params, data, config, data_params.window_hours)
 

@@ -57,6 +57,23 @@ def test_a_balanced_fold_gives_every_class_the_same_views_and_as_many_in_all(pip
     assert held_out[0].equals(held_out[1])  # the same photos are scored
 
 
+def test_the_teacher_and_the_students_each_draw_the_fold_as_their_section_says(pipeline):
+    data = load_ingested(pipeline.ingest)
+    rows = crossval.labelled_photos(data)
+    days, labels = data.samples["day"].to_numpy()[rows], data.samples["sky_label"].to_numpy()[rows]
+    day = crossval.held_out_days(days, labels)[0]
+    params = pipeline.params
+    for teacher_balanced, students_balanced in ((True, False), (False, True)):
+        recipe = params.model_copy(update={
+            "embed": params.embed.model_copy(update={"balance_classes": teacher_balanced}),
+            "distill": params.distill.model_copy(update={"balance_classes": students_balanced}),
+        })
+        teacher_fold, student_fold = crossval.fold_pair(recipe, data, rows, day, repeats=20)
+        for fold, balanced in ((teacher_fold, teacher_balanced), (student_fold, students_balanced)):
+            expected = crossval.fold_data(data, rows, day, repeats=20, balance_classes=balanced)
+            assert fold.samples.equals(expected.samples)
+
+
 def test_the_estimate_pools_the_held_out_days_and_the_kd_gain_is_the_paired_difference(pipeline, tmp_path):
     out = tmp_path / "crossval.json"
     result = crossval.run(pipeline.root, pipeline.params, out, repeats=1, batch_size=16, max_folds=2)

@@ -190,6 +190,9 @@ class Embed(Section):
     batch_size: Annotated[int, Field(ge=1)]
     lr: Annotated[float, Field(gt=0)]
     image_dropout: Annotated[float, Field(ge=0, lt=1)]
+    # The teacher's photo draws give every sky class the same share (as distill.balance_classes
+    # does for the student's): a teacher that rarely saw a class has little to teach about it.
+    balance_classes: bool
 
 
 class Distill(Section):
@@ -203,7 +206,7 @@ class Distill(Section):
     embed_weight: Annotated[float, Field(ge=0)]
     image_dropout: Annotated[float, Field(ge=0, lt=1)]
     # The student's photo draws (data.photo_share) give every sky class the same share: distill,
-    # the pruning fine-tune, QAT and weight sharing. The teacher keeps the plain draw.
+    # the pruning fine-tune, QAT and weight sharing (the teacher's: embed.balance_classes).
     balance_classes: bool
 
 

@@ -94,16 +94,23 @@ def fold_data(data: Ingested, rows: np.ndarray, day: str, repeats: int, balance_
     return Ingested(samples=samples, windows=data.windows[order], images=data.images, preprocessing=data.preprocessing)
 
 
-def run_fold(params: Params, fold: Ingested, student_fold: Ingested, batch_size: int) -> dict[str, np.ndarray]:
-    """Teacher (on `fold`), student_alone and student (on `student_fold`: the same photos, drawn
-    as distill.balance_classes says) trained on the training photos, scored on the test photos.
+def fold_pair(params: Params, data: Ingested, rows: np.ndarray, day: str, repeats: int) -> tuple[Ingested, Ingested]:
+    """The fold as the teacher and as the students draw it: the same photos, each repeated as
+    embed.balance_classes and distill.balance_classes say."""
+    return fold_data(data, rows, day, repeats, params.embed.balance_classes), fold_data(data, rows, day, repeats, params.distill.balance_classes)
+
+
+def run_fold(params: Params, teacher_fold: Ingested, student_fold: Ingested, batch_size: int) -> dict[str, np.ndarray]:
+    """Teacher (on `teacher_fold`: the fold's photos drawn as embed.balance_classes says),
+    student_alone and student (on `student_fold`: the same photos, drawn as
+    distill.balance_classes says) trained on the training photos, scored on the test photos.
     No photo is dropped (image_dropout 0): every row here is a photo, and the fold has no
     validation rows, so each model keeps its last epoch."""
     embed, distill, common = params.embed, params.distill, params.common
     augmentation, device = Augmentation(**params.augment.model_dump()), resolve_device(common.device)
-    window, temp_std = params.data.window_hours, fold.preprocessing["sensors"]["std"][0]
-    teacher, _ = train_teacher(embed, fold, FitConfig(embed.finetune_epochs, batch_size, embed.lr, common.seed, 0.0, 0.0, augmentation, device), window)
-    hits = {"teacher": sky_hits(teacher, fold, fold.split("test"))}
+    window, temp_std = params.data.window_hours, teacher_fold.preprocessing["sensors"]["std"][0]
+    teacher, _ = train_teacher(embed, teacher_fold, FitConfig(embed.finetune_epochs, batch_size, embed.lr, common.seed, 0.0, 0.0, augmentation, device), window)
+    hits = {"teacher": sky_hits(teacher, teacher_fold, teacher_fold.split("test"))}
     student_config = FitConfig(distill.epochs, batch_size, distill.lr, common.seed, 0.0, 0.0, augmentation, device)
     for name, kd in (("student_alone", None), ("student", Teacher(teacher, distill.kd_temperature, distill.kd_alpha, distill.embed_weight))):
         torch.manual_seed(common.seed)  # both start from the same weights
@@ -135,9 +142,7 @@ def estimate(
     for number, day in enumerate(chosen_days, 1):
         print(f"crossval: fold {number}/{len(chosen_days)}, day {day} held out", flush=True)
         fold_repeats = repeats or repeats_for(views_per_epoch, int((days != day).sum()))
-        fold = fold_data(data, rows, day, fold_repeats)
-        student_fold = fold_data(data, rows, day, fold_repeats, params.distill.balance_classes)
-        fold_hits = run_fold(params, fold, student_fold, batch_size)
+        fold_hits = run_fold(params, *fold_pair(params, data, rows, day, fold_repeats), batch_size)
         photo_days += [day] * len(fold_hits["teacher"])
         for name in MODELS:
             hits[name].append(fold_hits[name])
