@@ -496,7 +496,7 @@ def cmd_fleet_simulate(args: argparse.Namespace) -> int:
         synthetic.generate(feeds, stations=min(args.stations, 8), days=max(1, -(-args.hours // 24)), seed=0, image_size=64, unlabelled_share=0.0)
     down = tuple(int(x) for x in args.down_hours.split(":")) if args.down_hours else None
     result = fleet_sim.run(
-        Path(args.params).resolve().parent, args.store, args.endpoint_url, feeds, args.package, args.stations, args.hours, args.scenario,
+        Path(args.params).resolve(), args.store, args.endpoint_url, feeds, args.package, args.stations, args.hours, args.scenario,
         args.release_at, args.pull_every, fleet_sim.Faults(down, args.cut_rate, args.kill_rate, args.seed), work, use_flow=not args.no_flow,
     )
     print(fleet_sim.summary(result))
@@ -623,7 +623,11 @@ def cmd_rollout_check(args: argparse.Namespace) -> int:
     _venv_on_path()
     from flows.rollout import rollout_check
 
-    state = rollout_check(workspace=str(Path(args.params).resolve().parent), store=args.store, channel=args.channel, keys=str(args.keys) if args.keys else None, return_state=True)
+    params_file = Path(args.params).resolve()
+    state = rollout_check(
+        workspace=str(params_file.parent), params_file=params_file.name, store=args.store, channel=args.channel,
+        keys=str(args.keys) if args.keys else None, endpoint_url=args.endpoint_url, return_state=True,
+    )
     print(f"rollout check: {state.name}: {state.message}")
     return 0 if state.is_completed() else 1
 
@@ -680,7 +684,8 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Register the retrain deployment on `flow.cron` with a running Prefect server and serve it."""
+    """Register the retrain deployment on `flow.cron` and the rollout check on `rollout.cron` with a
+    running Prefect server, and serve both."""
     _venv_on_path()
     from prefect.settings import PREFECT_API_URL
 
@@ -694,7 +699,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    """Student x prune ratio x quantization mode on Dask; prints and writes the results table."""
+    """Student x width x input size x prune ratio x quantization mode on Dask; prints and writes the results table."""
     _venv_on_path()
     from flows import sweep
 
@@ -724,13 +729,13 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--params", type=Path, default=Path("params.yaml"))
     generate.set_defaults(func=cmd_generate)
 
-    ingest = commands.add_parser("ingest", help="validate folders of station CSVs / labelled photos into a dataset")
+    ingest = commands.add_parser("ingest", help="validate station CSVs / labelled photos (folders, s3://, fleet:s3://) into a dataset")
     ingest.add_argument("sources", nargs="+", type=Path)
     ingest.add_argument("--out", type=Path, required=True)
     ingest.add_argument("--params", type=Path, default=Path("params.yaml"))
     ingest.set_defaults(func=cmd_ingest)
 
-    repro = commands.add_parser("repro", help="run the DVC pipeline (dvc repro), optionally on another profile")
+    repro = commands.add_parser("repro", help="run the DVC pipeline as an experiment (dvc exp run; dvc exp show lists it), optionally on another profile")
     repro.add_argument("stages", nargs="*")
     repro.add_argument("--profile", help="default | tiny | real | fisheye (profiles/): make it the active one in params.yaml first")
     repro.set_defaults(func=cmd_repro)
@@ -821,7 +826,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys_refresh.add_argument("--expiry", help="this timestamp's expiry (default: the keys' config)")
     keys_refresh.set_defaults(func=cmd_keys_refresh)
 
-    device = commands.add_parser("device", help="the station agent: pull, run, predict")
+    device = commands.add_parser("device", help="the station agent: provision, pull, run, observe, predict, status")
     device_commands = device.add_subparsers(dest="device_command", required=True, metavar="COMMAND")
 
     def add_agent(sub: argparse.ArgumentParser) -> None:
@@ -835,7 +840,7 @@ def build_parser() -> argparse.ArgumentParser:
     device_pull = device_commands.add_parser("pull", help="check the channel once; install a newer model if there is one")
     add_agent(device_pull)
     device_pull.set_defaults(func=cmd_device_pull)
-    device_run = device_commands.add_parser("run", help="pull on an interval with jittered backoff")
+    device_run = device_commands.add_parser("run", help="pull on an interval with jittered backoff; with --feed also record, forecast, score and upload")
     add_agent(device_run)
     device_run.add_argument("--interval", type=float, default=900.0, help="seconds between checks (jittered ±50%%)")
     device_run.add_argument("--retry", type=float, default=5.0, help="first retry delay after a transient failure (doubles)")
@@ -917,7 +922,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add_flow_options(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--workspace", type=Path, default=Path("."), help="the project checkout the flow runs DVC in")
-        sub.add_argument("--profile", help="default | tiny | real | fisheye: selects common.profile in the workspace's params.yaml (as dvc exp run -S does)")
+        sub.add_argument("--profile", help="default | tiny | real | fisheye: each run selects common.profile in the workspace's params.yaml first (as dvc exp run -S does)")
 
     retrain = commands.add_parser("retrain", help="run the retrain flow: stages, gate, approval, publish, dvc push")
     add_flow_options(retrain)
@@ -925,15 +930,15 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.add_argument("--approval", choices=["required", "auto"], help="override gate.approval")
     retrain.set_defaults(func=cmd_retrain)
 
-    serve = commands.add_parser("serve", help="register the retrain flow on the flow.cron schedule with a Prefect server and serve it")
+    serve = commands.add_parser("serve", help="register the retrain flow on flow.cron and the rollout check on rollout.cron with a Prefect server, and serve both")
     add_flow_options(serve)
     serve.add_argument("--store", help="s3://BUCKET/PREFIX or a local directory (default: params flow.store)")
     serve.add_argument("--approval", choices=["required", "auto"], help="override gate.approval for scheduled runs")
-    serve.add_argument("--name", default="scheduled", help="deployment name (skyedge-retrain/NAME)")
-    serve.add_argument("--cron", help="override flow.cron")
+    serve.add_argument("--name", default="scheduled", help="deployment name (skyedge-retrain/NAME and skyedge-rollout/NAME)")
+    serve.add_argument("--cron", help="override flow.cron (the retrain schedule)")
     serve.set_defaults(func=cmd_serve)
 
-    sweep = commands.add_parser("sweep", help="compression sweep (student x prune ratio x quantization) on Dask")
+    sweep = commands.add_parser("sweep", help="compression sweep (student x width x input size x prune ratio x quantization) on Dask")
     add_flow_options(sweep)
     sweep.add_argument("--students", nargs="+", default=["tinycnn", "mobilenet_v3_small"])
     sweep.add_argument("--ratios", nargs="+", type=float, default=[0.3, 0.5], help="prune.structured.ratio values")

@@ -87,7 +87,7 @@ def run_scenario(scenario: str, package: Path, feeds: Path, stations: int, hours
     try:
         faults = fleet_sim.Faults(down_hours=(30, 33), cut_rate=0.02, kill_rate=0.02, seed=0)
         started = time.perf_counter()
-        result = fleet_sim.run(Path.cwd(), bucket(endpoint), endpoint, feeds, package, stations, hours, scenario, release_at, pull_every, faults, work)
+        result = fleet_sim.run(Path.cwd() / "params.yaml", bucket(endpoint), endpoint, feeds, package, stations, hours, scenario, release_at, pull_every, faults, work)
         result["wall_s"] = time.perf_counter() - started
         return result
     finally:
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
         os.environ["AWS_ENDPOINT_URL"] = endpoint
         try:
             one = subprocess.run(
-                [sys.executable, "-c", _ONE_AGENT, str(Path.cwd()), bucket(endpoint), endpoint, str(feeds), str(args.package), "24", str(scratch / "one")],
+                [sys.executable, "-c", _ONE_AGENT, str(Path.cwd() / "params.yaml"), bucket(endpoint), endpoint, str(feeds), str(args.package), "24", str(scratch / "one")],
                 capture_output=True, text=True, check=True, env=env,
             )
         finally:

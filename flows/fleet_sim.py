@@ -264,7 +264,7 @@ class Timeline:
 
 
 def run(
-    workspace: Path,
+    params_file: Path,
     store_url: str,
     endpoint: str,
     feeds: Path,
@@ -284,7 +284,7 @@ def run(
     from skyedge.core.config import load_params
     from skyedge.evaluation import rollout
 
-    params = load_params(workspace / "params.yaml")
+    params = load_params(params_file)
     endpoint = endpoint or os.environ.get(s3.ENDPOINT_ENV_VAR)
     if not endpoint:
         raise ValueError("a simulated fleet talks to an S3 endpoint through its fault proxy: pass --endpoint-url or set AWS_ENDPOINT_URL")
@@ -356,7 +356,7 @@ def run(
             if hour >= release_at:
                 state = rollout.read_state(store, registry.PRODUCTION)
                 if state and state["state"] == rollout.RUNNING:
-                    timeline.decisions.append(_check(workspace, store_url, endpoint, keys, clock_now[0], use_flow))
+                    timeline.decisions.append(_check(params_file, store_url, endpoint, keys, clock_now[0], use_flow))
                 state = rollout.read_state(store, registry.PRODUCTION)
                 if scenario == BAD and back_at is None and state and state["state"] == rollout.ABORTED and versions.get(1, 0) == stations:
                     back_at = hour
@@ -400,7 +400,7 @@ def _crash_at(step: str):
     return hook
 
 
-def _check(workspace: Path, store_url: str, endpoint: str, keys: Path, now: datetime, use_flow: bool) -> dict[str, Any]:
+def _check(params_file: Path, store_url: str, endpoint: str, keys: Path, now: datetime, use_flow: bool) -> dict[str, Any]:
     """One rollout check on simulated time: the Prefect flow (default) or the same library calls."""
     if use_flow:
         import os
@@ -408,12 +408,12 @@ def _check(workspace: Path, store_url: str, endpoint: str, keys: Path, now: date
         from flows.rollout import rollout_check
 
         os.environ.setdefault("AWS_ENDPOINT_URL", endpoint)
-        state = rollout_check(workspace=str(workspace), store=store_url, keys=str(keys), now=now.isoformat(), return_state=True)
+        state = rollout_check(workspace=str(params_file.parent), params_file=params_file.name, store=store_url, keys=str(keys), now=now.isoformat(), return_state=True)
         return {"at": now.isoformat(), "state": state.name, "message": state.message}
     from skyedge.core.config import load_params
     from skyedge.evaluation import rollout
 
-    params = load_params(workspace / "params.yaml")
+    params = load_params(params_file)
     store = open_store(store_url, endpoint_url=endpoint)
     state = rollout.read_state(store, registry.PRODUCTION)
     decision = rollout.decide(state, params.rollout, registry.read_channel(store, registry.PRODUCTION), rollout.device_statuses(store), now)

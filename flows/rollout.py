@@ -53,27 +53,38 @@ def carry_out(store_url: str, endpoint_url: str | None, state: dict, decision: r
 
 
 @flow(name="skyedge-rollout", log_prints=True)
-def rollout_check(workspace: str = ".", store: str | None = None, channel: str | None = None, keys: str | None = None, now: str | None = None) -> State:
+def rollout_check(
+    workspace: str = ".",
+    store: str | None = None,
+    channel: str | None = None,
+    keys: str | None = None,
+    now: str | None = None,
+    params_file: str = "params.yaml",
+    endpoint_url: str | None = None,
+) -> State:
     """Decide and carry out the next step of the channel's running rollout. `now` (ISO time) is
-    for simulated fleets; scheduled runs use the clock."""
+    for simulated fleets; scheduled runs use the clock. `params_file` is read relative to the
+    workspace; `endpoint_url` overrides params.yaml's flow.endpoint_url (None there too:
+    $AWS_ENDPOINT_URL, else AWS)."""
     root = Path(workspace).resolve()
-    params = load_params(root / "params.yaml")
+    params = load_params(root / params_file)
+    endpoint_url = endpoint_url or params.flow.endpoint_url
     store_url = store or params.flow.store
     if not store_url.startswith("s3://") and not Path(store_url).is_absolute():
         store_url = str(root / store_url)
     channel = channel or params.flow.channel
     moment = datetime.fromisoformat(now) if now else datetime.now(UTC)
-    seen = gather(store_url, params.flow.endpoint_url, channel)
+    seen = gather(store_url, endpoint_url, channel)
     state = seen["state"]
     if state is None or state["state"] != rollout.RUNNING:
         message = f"no rollout running on {channel}" + (f" (the last one, of version {state['version']}, is {state['state']})" if state else "")
         print(message)
         return Completed(name=NO_ROLLOUT, message=message, data={"action": None})
     decision = rollout.decide(state, params.rollout, seen["pointer"], seen["statuses"], moment)
-    updated = carry_out(store_url, params.flow.endpoint_url, state, decision, moment, keys)
+    updated = carry_out(store_url, endpoint_url, state, decision, moment, keys)
     report = rollout.describe(state, decision, markdown=True) + "\n\n### Ring history\n\n" + rollout.ring_history(updated, markdown=True)
     create_markdown_artifact(report, key="rollout-decision", description=f"Rollout of version {state['version']}: {decision.action}")
-    page = report_fleet(store_url, params.flow.endpoint_url, channel, seen["statuses"], moment, root / "reports" / "fleet-report.html", params.rollout.n_boot, params.rollout.seed)
+    page = report_fleet(store_url, endpoint_url, channel, seen["statuses"], moment, root / "reports" / "fleet-report.html", params.rollout.n_boot, params.rollout.seed)
     create_link_artifact(page.resolve().as_uri(), link_text="fleet report (HTML)", key="fleet-report", description="field skill per release, drift over time, ring history (also fleet/report.html in the store)")
     print(f"rollout of version {state['version']}: {decision.action}: {decision.reason}")
     return Completed(name=STATE_NAMES[decision.action], message=decision.reason, data={"action": decision.action, "state": updated})

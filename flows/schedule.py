@@ -37,7 +37,8 @@ def serve(workspace: Path, profile: str | None = None, store: str | None = None,
     from flows.retrain import retrain
     from flows.rollout import rollout_check
 
-    params = load_params(Path(workspace) / "params.yaml")
+    # With the profile each scheduled run will select: a typo fails here, not at every run.
+    params = load_params(Path(workspace) / "params.yaml", profile=profile)
     schedule = cron or params.flow.cron
     parameters = deployment_parameters(workspace, profile, store, approval)
     rollout_parameters = {key: value for key, value in parameters.items() if key in ("workspace", "store")}

@@ -1,5 +1,6 @@
 """The `skyedge` command as a user runs it."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -85,3 +86,11 @@ def test_a_bad_params_file_is_reported_with_the_key_path(tmp_path):
     result = skyedge("ingest", str(tmp_path / "src"), "--out", str(tmp_path / "out"), "--params", str(tmp_path / "params.yaml"))
     assert result.returncode == 2
     assert "quantize.candidates.static.static.weights" in result.stderr and "'int8' or 'uint8'" in result.stderr
+
+
+def test_serve_refuses_an_unknown_profile_before_registering_anything():
+    """Every scheduled run would select it; a typo must fail now, not at each run."""
+    env = {**os.environ, "PREFECT_API_URL": "http://127.0.0.1:9/api"}  # never reached: the check comes first
+    result = skyedge("serve", "--workspace", str(REPO), "--profile", "reel", env=env)
+    assert result.returncode == 2
+    assert "unknown profile 'reel'" in result.stderr and "real" in result.stderr

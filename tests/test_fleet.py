@@ -61,7 +61,7 @@ def small_fleet_workspace(tmp_path: Path) -> Path:
 
 def simulate(tmp_path, bucket, feeds, baseline, scenario, faults, hours=32) -> dict:
     return fleet_sim.run(
-        small_fleet_workspace(tmp_path), bucket, None, feeds, baseline, stations=6, hours=hours, scenario=scenario,
+        small_fleet_workspace(tmp_path) / "params.yaml", bucket, None, feeds, baseline, stations=6, hours=hours, scenario=scenario,
         release_at=10, pull_every=2, faults=faults, work=tmp_path / "work",
     )
 
@@ -119,3 +119,13 @@ def test_the_cli_provisions_observes_registers_and_shows_a_station(tmp_path, buc
     assert cli_main(["device", "status", "--state", str(state)]) == 0
     status = capsys.readouterr().out
     assert "station syn-00, device dev-a" in status and "4 readings, 4 waiting" in status
+
+
+def test_rollout_check_reads_the_params_file_and_the_endpoint_it_is_given(tmp_path, bucket, moto_endpoint, monkeypatch, capsys, prefect_harness):
+    """No params.yaml beside it and no $AWS_ENDPOINT_URL: what the command names is all it has."""
+    workspace = small_fleet_workspace(tmp_path)
+    params_file = (workspace / "params.yaml").rename(workspace / "rollout-params.yaml")
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    code = cli_main(["rollout", "check", "--store", bucket, "--endpoint-url", moto_endpoint, "--params", str(params_file)])
+    assert code == 0
+    assert "no rollout running on production" in capsys.readouterr().out
