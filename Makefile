@@ -80,8 +80,9 @@ bench-device: setup
 bench: bench-device
 
 # The pipeline on the real data in ../shared/datasets (SWIMCAT photos + the 9 Beijing stations),
-# profile `real` of params.yaml, as a DVC experiment (`dvc exp run -S common.profile=real`: the
-# workspace's params.yaml then names the real profile), then the package check and variant table.
+# profile `real` (profiles/real.yaml), as a DVC experiment (`skyedge repro --profile real`: validates
+# the profile, writes common.profile: real into params.yaml, then `dvc exp run`), then the package
+# check and variant table.
 .PHONY: run-real bench-models
 run-real: setup
 	$(BIN)/skyedge repro --profile real

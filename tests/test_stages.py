@@ -164,7 +164,7 @@ def test_evaluate_scores_every_variant_against_persistence_and_climatology(pipel
         assert {"rain_bss_persistence", "rain_bss_climatology", "rain_csi", "temp_rmse", "temp_skill_persistence"} <= set(entry)
         assert entry["n"] > 0
     assert metrics["sky"]["n"] == sum(map(sum, metrics["sky"]["confusion"]))
-    for name in ("pareto.png", "confusion_shipped.png", "reliability.png", "skill.png", "report.md", "variants.csv"):
+    for name in ("pareto.png", "confusion_shipped.png", "confusion_teacher.png", "reliability.png", "skill.png", "report.md", "variants.csv"):
         assert (pipeline.evaluate / name).stat().st_size > 0
     rows = pd.read_csv(pipeline.evaluate / "variants.csv")
     assert (rows["latency_ms_p50"] > 0).all() and (rows["size_bytes"] > 0).all()

@@ -324,7 +324,9 @@ class Quantize(Section):
     # temperature RMSE at most max_error_increase (a fraction) above fp32's.
     max_accuracy_drop: Annotated[float, Field(ge=0, le=1)]
     max_error_increase: Annotated[float, Field(ge=0)]
-    # A candidate other than fp32 ships only when it is at least this many times faster.
+    # Speed first: a candidate other than fp32 is picked only when at least this many times faster.
+    # Then bytes: whatever is within budget and within this factor of the pick's latency (no
+    # measurable difference) may replace it with fewer bytes over the air (skyedge/compress/selection.py).
     min_speedup: Annotated[float, Field(ge=1)]
     latency_runs: Annotated[int, Field(ge=10)]
 
