@@ -22,6 +22,7 @@ import uuid
 from pathlib import Path
 
 from flows import fleet_sim
+from skyedge.core import inference
 from skyedge.core.tables import Column, text_table
 
 _ONE_AGENT = """
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     print(text_table(results, COLUMNS))
     print(f"one agent (record + forecast + upload + pull each hour, 24 h, its own process): peak RSS {agent['peak_rss_mb']:.0f} MB")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"scenarios": results, "one_agent": agent}, indent=2, default=str) + "\n")
+    args.out.write_text(json.dumps({"machine": inference.machine(), "scenarios": results, "one_agent": agent}, indent=2, default=str) + "\n")
 
 
 if __name__ == "__main__":

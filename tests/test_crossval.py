@@ -89,6 +89,7 @@ def test_the_estimate_pools_the_held_out_days_and_the_kd_gain_is_the_paired_diff
     assert document["pooled"] == json.loads(json.dumps(pooled))
     # What it estimated: these photos, this recipe; a short schedule on 2 folds is a quick look.
     assert document["samples_sha256"] == crossval.samples_digest(pipeline.ingest)
+    assert document["machine"]["cpu"] and document["machine"]["cores"] >= 1  # estimates repeat on one machine
     assert document["recipe"] == json.loads(json.dumps(crossval.recipe(pipeline.params)))
     assert document["pipeline_schedule"] is False
     assert document["every_day"] is (pooled["days_possible"] == 2)
@@ -129,6 +130,12 @@ def test_the_bench_counts_the_estimate_only_for_its_runs_photos_and_recipe_at_th
     assert "368 photos of 6 held-out days" in row["detail"]
     small_gain = {**estimate, "pooled": {**pooled, "kd_gain_points": {"value": 1.9, "interval": [-3.0, 6.0]}}}
     assert bench.leave_one_day_out_target(small_gain, digest, recipe)["met"] is False
+    # Measured on another CPU: it still counts, and the row says where it came from.
+    here, there = {"cpu": "Intel(R) Xeon(R) Processor"}, {"cpu": "AMD EPYC 9B14"}
+    elsewhere = bench.leave_one_day_out_target({**estimate, "machine": there}, digest, recipe, here)
+    assert elsewhere["met"] is True and "measured on AMD EPYC 9B14, not this CPU" in elsewhere["detail"]
+    assert "not this CPU" not in bench.leave_one_day_out_target({**estimate, "machine": here}, digest, recipe, here)["detail"]
+    assert "a machine it does not record" in bench.leave_one_day_out_target(estimate, digest, recipe, here)["detail"]
 
     other_alpha = pipeline.params.model_copy(update={"distill": pipeline.params.distill.model_copy(update={"kd_alpha": 0.123})})
     for unusable, sha, current, why in (

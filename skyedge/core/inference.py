@@ -10,6 +10,7 @@ drift cannot favour whichever ran at a quiet moment.
 from __future__ import annotations
 
 import os
+import platform
 import resource
 import sys
 import time
@@ -118,6 +119,31 @@ def usable_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+def machine() -> dict[str, str | int | None]:
+    """What a measurement ran on, for every benchmark's JSON. Training runs and timings repeat on
+    one machine, not across machines (a reset onto another CPU moved the teacher's sky accuracy
+    with the same code and packages): a number is only comparable with one of the same `cpu`."""
+    from importlib import metadata
+
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")), cpu)
+
+    def version(package: str) -> str | None:
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:  # the device side has no torch
+            return None
+
+    return {"cpu": cpu, "cores": usable_cores(), "python": platform.python_version(), "onnxruntime": ort.__version__, "torch": version("torch")}
+
+
+def machine_line(measured_on: dict) -> str:
+    """`machine()` in one line, printed above a benchmark's table."""
+    return f"measured on {measured_on['cpu']}, {measured_on['cores']} cores, onnxruntime {measured_on['onnxruntime']}, torch {measured_on['torch'] or '(none)'}"
 
 
 def peak_rss_bytes() -> int:

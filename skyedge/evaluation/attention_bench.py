@@ -365,7 +365,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--photos", type=Path, default=Path("../shared/datasets/swimcat"), help="labelled real sky photos for composite frames (skipped when the folder is absent)")
     args = parser.parse_args(argv)
     params = load_params(args.params)
-    result = compare(params, args.ingest, args.attend, args.seeds)
+    result = {"machine": inference.machine(), **compare(params, args.ingest, args.attend, args.seeds)}
     print(format_result(result))
     if args.costs:
         photos = args.photos if args.photos and args.photos.is_dir() else None

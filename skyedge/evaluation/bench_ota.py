@@ -30,7 +30,7 @@ from pathlib import Path
 
 import zstandard
 
-from skyedge.core import paths
+from skyedge.core import inference, paths
 from skyedge.core.config import WeightSharing, load_params
 from skyedge.core.tables import Column, text_table
 from skyedge.release import container
@@ -179,7 +179,7 @@ def run(data_dir: Path, out: Path) -> dict:
             })
     cost = sharing_cost(data_dir)
     status = targets(models, deltas, decode, cost)
-    result = {"data": str(data_dir.resolve()), "models": models, "deltas": deltas, "decode": decode, "sharing_cost": cost, "targets": status}
+    result = {"data": str(data_dir.resolve()), "machine": inference.machine(), "models": models, "deltas": deltas, "decode": decode, "sharing_cost": cost, "targets": status}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     size_rows = [{"model": name, "format": fmt, **sizes} for name, formats in models.items() for fmt, sizes in formats.items()]

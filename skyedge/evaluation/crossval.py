@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from skyedge.core import paths
+from skyedge.core import inference, paths
 from skyedge.core.config import Params, load_params
 from skyedge.core.tables import Column, text_table
 from skyedge.data.dataset import Ingested, load_ingested
@@ -213,8 +213,10 @@ def run(
     print(f"crossval: {schedule}, {batch_size} photos per batch", flush=True)
     result = estimate(params, data, views_per_epoch, batch_size, max_folds, repeats, only_days)
     out.parent.mkdir(parents=True, exist_ok=True)
-    document = {"data": str(data_dir.resolve()), "samples_sha256": samples_digest(ingested.dir), "recipe": recipe(params), "pipeline_schedule": as_pipeline, "every_day": result.pooled["days"] == result.pooled["days_possible"], "repeats": repeats, "views_per_epoch": views_per_epoch, "batch_size": batch_size, "folds": result.folds, "pooled": result.pooled}
+    measured_on = inference.machine()
+    document = {"data": str(data_dir.resolve()), "samples_sha256": samples_digest(ingested.dir), "machine": measured_on, "recipe": recipe(params), "pipeline_schedule": as_pipeline, "every_day": result.pooled["days"] == result.pooled["days_possible"], "repeats": repeats, "views_per_epoch": views_per_epoch, "batch_size": batch_size, "folds": result.folds, "pooled": result.pooled}
     out.write_text(json.dumps(document, indent=2) + "\n")
+    print(inference.machine_line(measured_on))
     print(table(result))
     return result
 

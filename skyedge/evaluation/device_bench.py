@@ -67,6 +67,7 @@ def run(package: Path, out: Path, runs: int = 200) -> dict:
         model_bytes = (package / "model.onnx").stat().st_size
     report = {
         "package": str(package),
+        "machine": inference.machine(),
         "model_bytes": model_bytes,
         "pull_verify_swap_seconds": round(pull["seconds"], 4),
         "pull_state": pull["state"],

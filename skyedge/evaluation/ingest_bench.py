@@ -102,6 +102,7 @@ def run(shared: Path, params: Path, out: Path, scales: list[int], work: Path | N
     base, top = rows[0], rows[-1]
     result = {
         "shared": str(shared),
+        "machine": inference.machine(),
         "photos_once": bool(extra),
         "great_expectations": load_params(params, profile="real").ingest.great_expectations,
         "scales": rows,
