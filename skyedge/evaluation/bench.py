@@ -153,7 +153,7 @@ def leave_one_day_out_target(estimate: dict | None, samples_sha256: str, recipe:
         return {"target": KD_GAIN_LODO, "value": None, "interval": None, "met": None, "detail": why}
 
     if estimate is None:
-        return not_measured("not measured: run make bench-crossval (about 80 min on the real profile)")
+        return not_measured("not measured: run make bench-crossval (45 to 80 min on the real profile on 2 cores)")
     if estimate.get("samples_sha256") != samples_sha256:
         return not_measured("stale: reports/crossval.json was measured on other photos; re-run make bench-crossval")
     if recipe is None or estimate.get("recipe") != recipe:
