@@ -120,7 +120,7 @@ def test_cli_prints_the_summary_and_writes_a_self_contained_report(evaluated):
     text = report.read_text()
     assert text.count("src='data:image/png;base64,") == 3  # confusion, reliability, skill bars
     assert "src='http" not in text and "src=\"" not in text  # nothing to fetch from beside it
-    assert "Sky class" in text and "per horizon" in text and "Runtime" in text
+    assert "Sky class" in text and "per horizon" in text and "Runtime" in text and "measured on" in text
 
 
 def test_runtime_is_measured_in_a_child_and_sane(evaluated):
@@ -132,6 +132,7 @@ def test_runtime_is_measured_in_a_child_and_sane(evaluated):
     assert run["load_ms"] > 0 and run["threads_all"] >= 1
     # The child's own peak: above its pre-load baseline, far below this test process's data.
     assert 0 < run["peak_rss_before_load_bytes"] <= run["peak_rss_bytes"] < 2e9
+    assert run["machine"]["cpu"] and run["machine"]["cores"] >= 1
 
 
 def test_no_runtime_leaves_the_section_out(pipeline, synthetic, tmp_path):

@@ -164,6 +164,7 @@ def _runtime_table(run: dict | None) -> str:
                 "peak RSS (MB)": f"{run['peak_rss_bytes'] / 1e6:.1f}",
                 "peak RSS before loading the model (MB)": f"{run['peak_rss_before_load_bytes'] / 1e6:.1f}",
                 "onnxruntime": run["onnxruntime_version"],
+                "measured on": f"{run['machine']['cpu']}, {run['machine']['cores']} cores",
             }
         )
     )

@@ -48,6 +48,7 @@ def measure(path: Path, runs: int = 200, warmup: int = 20) -> dict:
         "runs": runs,
         "warmup_runs": warmup,
         "onnxruntime_version": ort.__version__,
+        "machine": inference.machine(),  # latencies compare only on one machine
         "inputs": "random, graph shapes; image_present=1",
     }
 
