@@ -141,9 +141,14 @@ def machine() -> dict[str, str | int | None]:
     return {"cpu": cpu, "cores": usable_cores(), "python": platform.python_version(), "onnxruntime": ort.__version__, "torch": version("torch")}
 
 
+def machine_text(measured_on: dict) -> str:
+    """`machine()` in words: CPU, cores, onnxruntime and torch versions."""
+    return f"{measured_on['cpu']}, {measured_on['cores']} cores, onnxruntime {measured_on['onnxruntime']}, torch {measured_on['torch'] or '(none)'}"
+
+
 def machine_line(measured_on: dict) -> str:
     """`machine()` in one line, printed above a benchmark's table."""
-    return f"measured on {measured_on['cpu']}, {measured_on['cores']} cores, onnxruntime {measured_on['onnxruntime']}, torch {measured_on['torch'] or '(none)'}"
+    return f"measured on {machine_text(measured_on)}"
 
 
 def peak_rss_bytes() -> int:

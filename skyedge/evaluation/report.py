@@ -12,6 +12,7 @@ import html
 import tempfile
 from pathlib import Path
 
+from skyedge.core import inference
 from skyedge.core.contract import HORIZONS, SKY_CLASSES
 from skyedge.evaluation.packaged import Evaluation, summary_table
 
@@ -163,8 +164,7 @@ def _runtime_table(run: dict | None) -> str:
                 f"throughput, batch {run['throughput_batch']} (samples/s)": f"{run['throughput_samples_per_s']:.0f}",
                 "peak RSS (MB)": f"{run['peak_rss_bytes'] / 1e6:.1f}",
                 "peak RSS before loading the model (MB)": f"{run['peak_rss_before_load_bytes'] / 1e6:.1f}",
-                "onnxruntime": run["onnxruntime_version"],
-                "measured on": f"{run['machine']['cpu']}, {run['machine']['cores']} cores",
+                "measured on": inference.machine_text(run["machine"]),
             }
         )
     )

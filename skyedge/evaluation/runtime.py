@@ -17,8 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-import onnxruntime as ort
-
 from skyedge.core import inference
 
 THROUGHPUT_BATCH = 32
@@ -47,8 +45,7 @@ def measure(path: Path, runs: int = 200, warmup: int = 20) -> dict:
         "peak_rss_before_load_bytes": rss_before,
         "runs": runs,
         "warmup_runs": warmup,
-        "onnxruntime_version": ort.__version__,
-        "machine": inference.machine(),  # latencies compare only on one machine
+        "machine": inference.machine(),  # latencies compare only on one machine (and onnxruntime version)
         "inputs": "random, graph shapes; image_present=1",
     }
 
