@@ -7,7 +7,7 @@ import onnx
 import pytest
 import torch
 
-from skyedge.compress.selection import choose
+from skyedge.compress.selection import budget_breaches, choose
 from skyedge.core import inference
 from skyedge.core.config import ConfigError, load_params, resolve
 from skyedge.core.contract import OUTPUT_RAIN_PROB, OUTPUT_SKY_LOGITS, OUTPUT_TEMP_C
@@ -84,6 +84,18 @@ def test_a_faster_candidate_that_worsens_a_forecast_head_beyond_the_budget_does_
     assert best["name"] == "qat"
     best, _ = choose([fp32, worse_rain, worse_temp, slightly_worse], max_accuracy_drop=0.02, max_error_increase=0.10, min_speedup=1.0)
     assert best["name"] == "static"
+
+
+def test_a_candidate_within_budget_on_the_mean_but_not_at_one_horizon_does_not_ship():
+    fp32 = {**_candidate("fp32", 0.90, 1.0, rmse=1.90), "val_temp_rmse_by_horizon": [0.80, 1.60, 2.20, 2.60]}
+    # the 1-hour error 20 % up, the later ones a little down: the RMSE over all horizons moves 0.5 %
+    shared = {**_candidate("shared", 0.90, 0.5, rmse=1.91), "method": "shared", "val_temp_rmse_by_horizon": [0.96, 1.58, 2.18, 2.58]}
+    assert shared["val_temp_rmse"] <= fp32["val_temp_rmse"] * 1.02
+    assert budget_breaches(shared, fp32, max_accuracy_drop=0.02, max_error_increase=0.02) == ["temp RMSE h1 +20.0 %"]
+    best, reason = choose([fp32, shared], max_accuracy_drop=0.02, max_error_increase=0.02, min_speedup=1.0)
+    assert best["name"] == "fp32" and "shared 0.500 ms acc 0.900 over budget: temp RMSE h1 +20.0 %" in reason
+    unlabelled_h1 = {**shared, "val_temp_rmse_by_horizon": [None, 1.58, 2.18, 2.58]}  # no val label there: not checked
+    assert choose([fp32, unlabelled_h1], max_accuracy_drop=0.02, max_error_increase=0.02, min_speedup=1.0)[0]["name"] == "shared"
 
 
 def test_a_candidate_faster_by_less_than_the_margin_does_not_ship():

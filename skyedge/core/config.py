@@ -321,7 +321,7 @@ class Quantize(Section):
     reduce_range: bool
     calibration_samples: Annotated[int, Field(ge=8)]
     # The budget: val sky accuracy at most max_accuracy_drop below fp32's, val rain Brier and
-    # temperature RMSE at most max_error_increase (a fraction) above fp32's.
+    # temperature RMSE at most max_error_increase (a fraction) above fp32's, overall and at each horizon.
     max_accuracy_drop: Annotated[float, Field(ge=0, le=1)]
     max_error_increase: Annotated[float, Field(ge=0)]
     # Speed first: a candidate other than fp32 is picked only when at least this many times faster.
