@@ -13,6 +13,7 @@ from skyedge.core.config import ConfigError, load_params, resolve
 from skyedge.core.contract import OUTPUT_RAIN_PROB, OUTPUT_SKY_LOGITS, OUTPUT_TEMP_C
 from skyedge.core.features import N_FEATURES
 from skyedge.data.dataset import load_ingested, model_inputs
+from skyedge.release import container
 from skyedge.train import checkpoints
 from tests.conftest import REPO
 
@@ -242,3 +243,24 @@ def test_interleaved_timing_gives_every_model_its_runs_and_ordered_percentiles(p
     for speed in speeds.values():
         assert 0 < speed["latency_ms_p50"] <= speed["latency_ms_p95"] <= speed["latency_ms_p99"]
     assert speeds["teacher"]["latency_ms_p50"] > speeds["pruned"]["latency_ms_p50"]  # 10x the MACs
+
+
+def test_bench_ota_measures_the_weight_shared_model_and_names_what_shipped(pipeline, tmp_path):
+    """make bench-ota on the tiny run: the `shared` row is the weight-shared candidate whether or
+    not it shipped; the shipped model gets a row of its own when the budget chose another."""
+    from skyedge.evaluation import bench_ota
+
+    workspace = tmp_path / "workspace"  # a checkout's layout: params.yaml and profiles/ beside data/
+    workspace.mkdir()
+    (workspace / "params.yaml").write_text((REPO / "params.yaml").read_text().replace("  profile: default ", "  profile: tiny    "))
+    (workspace / "profiles").symlink_to(REPO / "profiles")
+    (workspace / "data").symlink_to(pipeline.root)
+    result = bench_ota.run(workspace / "data", tmp_path / "bench_ota.json")
+    report = json.loads((pipeline.quantize / "report.json").read_text())
+    shared_bytes = (pipeline.quantize / "candidates" / "shared.onnx").read_bytes()
+    assert result["shipped"] == report["shipped"]
+    assert result["models"]["shared"]["fp32"]["onnx"] == len(shared_bytes)
+    assert result["models"]["shared"]["fp32"]["container"] == len(container.encode(shared_bytes))
+    shipped_rows = [name for name in result["models"] if name.startswith("shipped")]
+    assert shipped_rows == ([] if report["shipped"] == "shared" else [f"shipped ({report['shipped']})"])
+    assert {t["target"] for t in result["targets"]} >= {"container >= 4x below gzip of the shared ONNX", "heads-only delta under 10% of the container"}

@@ -1,7 +1,9 @@
 """`make bench-ota`: the bytes a station downloads, measured on the last pipeline run.
 
-For the shipped model and the teacher: ONNX fp32 and int8, gzip -9 and zstd -19 of each, and the
-model container (skyedge.release.container). For the shipped model, deltas from the release before
+For the weight-shared model (the quantize stage's `shared` candidate: Deep Compression's bytes),
+the model that shipped (when it is another candidate: the quantize budget decides), the shared
+model's fp32 parent and the teacher: ONNX fp32 and int8, gzip -9 and zstd -19 of each, and the
+model container (skyedge.release.container). For the shared model, deltas from the release before
 in two cases, each beside the generic binary deltas (bsdiff4, zstd --patch-from):
 
 - retrain: every weight moves (the weight-shared model fine-tuned one more epoch from its fp32
@@ -80,8 +82,17 @@ def _pythonpath() -> dict[str, str]:
     return {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}
 
 
+def weight_sharing(data_dir: Path) -> tuple[str, WeightSharing]:
+    """The name and config of the run's weight-sharing candidate (quantize.candidates)."""
+    candidates = load_params(data_dir.parent / "params.yaml").quantize.candidates
+    found = [(name, config) for name, config in candidates.items() if isinstance(config, WeightSharing)]
+    if not found:
+        raise SystemExit("bench-ota: quantize.candidates has no weight-sharing candidate ({method: shared}): nothing to measure")
+    return found[0]
+
+
 def next_releases(data_dir: Path, scratch: Path) -> dict[str, Path]:
-    """The shipped model's two successors (module doc) as ONNX files."""
+    """The shared model's two successors (module doc) as ONNX files."""
     import torch
 
     from skyedge.compress import sharing
@@ -91,7 +102,7 @@ def next_releases(data_dir: Path, scratch: Path) -> dict[str, Path]:
     from skyedge.train.training import FitConfig, Teacher, fit
 
     params = load_params(data_dir.parent / "params.yaml")
-    config = next(c for c in params.quantize.candidates.values() if isinstance(c, WeightSharing))
+    name, config = weight_sharing(data_dir)
     data = load_ingested(data_dir / "ingest")
     teacher = Teacher.load(paths.Embed(data_dir / "embed").teacher_module, params.distill)
     quantized, pruned = paths.Quantize(data_dir / "quantize"), paths.Prune(data_dir / "prune")
@@ -102,7 +113,7 @@ def next_releases(data_dir: Path, scratch: Path) -> dict[str, Path]:
     retrained = sharing.share_weights(checkpoints.load_module(pruned.module("pruned")), config.model_copy(update={"epochs": 1}), data, base, teacher).model
     export_onnx(retrained, scratch / "retrain.onnx", size, window, data.windows.shape[2])
 
-    heads = checkpoints.load_module(quantized.candidate("shared").with_suffix(".pt"))
+    heads = checkpoints.load_module(quantized.candidate(name).with_suffix(".pt"))
     for name, parameter in heads.named_parameters():
         parameter.requires_grad = name.split(".")[0] in HEADS
     fit(heads, data, dataclasses.replace(base, lr=config.lr / 2), "heads-only fine-tune", teacher=teacher)
@@ -131,24 +142,25 @@ def sharing_cost(data_dir: Path) -> dict[str, float | None]:
 
 
 def targets(models: dict[str, dict], deltas: list[dict], decode: dict, cost: dict) -> list[dict]:
-    shipped, teacher = models["shipped"], models["teacher"]
+    shared, teacher = models["shared"], models["teacher"]
     heads = next(d for d in deltas if d["release"] == "heads only")
 
     def target(name: str, value: float | None, met: bool | None, detail: str) -> dict:
         return {"target": name, "value": value, "met": met, "detail": detail}
 
-    ratio_teacher = teacher["fp32"]["onnx"] / shipped["fp32"]["container"]
-    ratio_gzip = shipped["fp32"]["gzip"] / shipped["fp32"]["container"]
-    ratio_parent = models["fp32 parent"]["fp32"]["gzip"] / shipped["fp32"]["container"] if "fp32 parent" in models else None
+    container_bytes = shared["fp32"]["container"]
+    ratio_teacher = teacher["fp32"]["onnx"] / container_bytes
+    ratio_gzip = shared["fp32"]["gzip"] / container_bytes
+    ratio_parent = models["fp32 parent"]["fp32"]["gzip"] / container_bytes
     return [
-        target("container >= 500x below the teacher's ONNX", ratio_teacher, ratio_teacher >= 500, f"{teacher['fp32']['onnx']} / {shipped['fp32']['container']} bytes"),
-        target("container >= 4x below gzip of the shipped ONNX", ratio_gzip, ratio_gzip >= 4, f"{shipped['fp32']['gzip']} / {shipped['fp32']['container']} bytes (the shipped ONNX already holds only shared values, which gzip also finds)"),
-        target("container >= 4x below gzip of the fp32 parent's ONNX (what shipped before sharing)", ratio_parent, None if ratio_parent is None else ratio_parent >= 4, "pruned fp32 ONNX, gzip -9"),
+        target("container >= 500x below the teacher's ONNX", ratio_teacher, ratio_teacher >= 500, f"{teacher['fp32']['onnx']} / {container_bytes} bytes"),
+        target("container >= 4x below gzip of the shared ONNX", ratio_gzip, ratio_gzip >= 4, f"{shared['fp32']['gzip']} / {container_bytes} bytes (the shared ONNX already holds only shared values, which gzip also finds)"),
+        target("container >= 4x below gzip of the fp32 parent's ONNX", ratio_parent, ratio_parent >= 4, "pruned fp32 ONNX, gzip -9"),
         target("sky accuracy within 1 point of the fp32 parent", cost["sky_accuracy"], None if cost["sky_accuracy"] is None else cost["sky_accuracy"] >= -0.01, "shared - pruned, field estimate"),
         target("rain and temperature skill within 0.01 of the fp32 parent", min(cost["rain_bss"], cost["temp_skill"]) if cost["rain_bss"] is not None else None,
                None if cost["rain_bss"] is None else min(cost["rain_bss"], cost["temp_skill"]) >= -0.01, "worst horizon of shared - pruned"),
         target("decode under 100 ms on one core", decode["decode_ms_p50"], decode["decode_ms_p50"] < 100, f"median of {DECODE_RUNS}, peak RSS {decode['peak_rss_mb']:.0f} MB"),
-        target("heads-only delta under 10% of the container", heads["delta"] / shipped["fp32"]["container"], heads["delta"] < 0.1 * shipped["fp32"]["container"], f"{heads['delta']} / {shipped['fp32']['container']} bytes"),
+        target("heads-only delta under 10% of the container", heads["delta"] / container_bytes, heads["delta"] < 0.1 * container_bytes, f"{heads['delta']} / {container_bytes} bytes"),
     ]
 
 
@@ -158,28 +170,30 @@ TARGET_COLUMNS = [Column("status", align="left"), Column("target", align="left")
 
 
 def run(data_dir: Path, out: Path) -> dict:
-    shipped_path = paths.Quantize(data_dir / "quantize").shipped
+    quantized = paths.Quantize(data_dir / "quantize")
+    shared_path, shipped_name = quantized.candidate(weight_sharing(data_dir)[0]), json.loads(quantized.report.read_text())["shipped"]
     with tempfile.TemporaryDirectory() as scratch_dir:
         scratch = Path(scratch_dir)
         teacher = paths.Embed(data_dir / "embed").teacher_onnx
         sources = {
-            "shipped": (shipped_path, paths.Quantize(data_dir / "quantize").int8),
-            "fp32 parent": (paths.Prune(data_dir / "prune").onnx("pruned"), None),
+            "shared": (shared_path, None),
+            **({} if quantized.candidate(shipped_name) == shared_path else {f"shipped ({shipped_name})": (quantized.shipped, None)}),
+            "fp32 parent": (paths.Prune(data_dir / "prune").onnx("pruned"), quantized.int8),  # int8: the quantize stage's best int8 of it
             "teacher": (teacher, int8_of(teacher, scratch / "teacher_int8.onnx")),
         }
         models = {name: {"fp32": byte_sizes(fp32.read_bytes()), **({"int8": byte_sizes(int8.read_bytes())} if int8 else {})} for name, (fp32, int8) in sources.items()}
-        shipped_bytes = shipped_path.read_bytes()
-        decode = decode_cost(container.encode(shipped_bytes), hashlib.sha256(shipped_bytes).hexdigest(), scratch)
+        shared_bytes = shared_path.read_bytes()  # the deltas' base: a station running the shared model
+        decode = decode_cost(container.encode(shared_bytes), hashlib.sha256(shared_bytes).hexdigest(), scratch)
         deltas = []
         for release, path in next_releases(data_dir, scratch).items():
             new = path.read_bytes()
             deltas.append({
-                "release": release, "full": len(container.encode(new)), "delta": len(container.encode_delta(shipped_bytes, new)),
-                "bsdiff4": container.bsdiff_size(shipped_bytes, new), "zstd_patch": container.zstd_patch_size(shipped_bytes, new),
+                "release": release, "full": len(container.encode(new)), "delta": len(container.encode_delta(shared_bytes, new)),
+                "bsdiff4": container.bsdiff_size(shared_bytes, new), "zstd_patch": container.zstd_patch_size(shared_bytes, new),
             })
     cost = sharing_cost(data_dir)
     status = targets(models, deltas, decode, cost)
-    result = {"data": str(data_dir.resolve()), "machine": inference.machine(), "models": models, "deltas": deltas, "decode": decode, "sharing_cost": cost, "targets": status}
+    result = {"data": str(data_dir.resolve()), "machine": inference.machine(), "shipped": shipped_name, "models": models, "deltas": deltas, "decode": decode, "sharing_cost": cost, "targets": status}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     size_rows = [{"model": name, "format": fmt, **sizes} for name, formats in models.items() for fmt, sizes in formats.items()]
