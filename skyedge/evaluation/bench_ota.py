@@ -102,7 +102,7 @@ def next_releases(data_dir: Path, scratch: Path) -> dict[str, Path]:
     from skyedge.train.training import FitConfig, Teacher, fit
 
     params = load_params(data_dir.parent / "params.yaml")
-    name, config = weight_sharing(data_dir)
+    shared_name, config = weight_sharing(data_dir)
     data = load_ingested(data_dir / "ingest")
     teacher = Teacher.load(paths.Embed(data_dir / "embed").teacher_module, params.distill)
     quantized, pruned = paths.Quantize(data_dir / "quantize"), paths.Prune(data_dir / "prune")
@@ -113,7 +113,7 @@ def next_releases(data_dir: Path, scratch: Path) -> dict[str, Path]:
     retrained = sharing.share_weights(checkpoints.load_module(pruned.module("pruned")), config.model_copy(update={"epochs": 1}), data, base, teacher).model
     export_onnx(retrained, scratch / "retrain.onnx", size, window, data.windows.shape[2])
 
-    heads = checkpoints.load_module(quantized.candidate(name).with_suffix(".pt"))
+    heads = checkpoints.load_module(quantized.candidate(shared_name).with_suffix(".pt"))
     for name, parameter in heads.named_parameters():
         parameter.requires_grad = name.split(".")[0] in HEADS
     fit(heads, data, dataclasses.replace(base, lr=config.lr / 2), "heads-only fine-tune", teacher=teacher)
