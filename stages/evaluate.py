@@ -21,6 +21,7 @@ import argparse
 import json
 from pathlib import Path
 
+from skyedge.compress import selection
 from skyedge.core import crop, files, inference, paths
 from skyedge.core.config import Attend, Common, Evaluate, load_params
 from skyedge.core.contract import HORIZONS
@@ -32,16 +33,16 @@ from skyedge.evaluation import plots, scores
 def variant_paths(embed_dir: Path, distill_dir: Path, prune_dir: Path, quantize_dir: Path) -> dict[str, Path]:
     """The ONNX file of every variant evaluate scores, by the name its row has."""
     distilled, pruned, quantized = paths.Distill(distill_dir), paths.Prune(prune_dir), paths.Quantize(quantize_dir)
-    variants = {
+    shared = selection.weight_shared(json.loads(quantized.report.read_text())["candidates"])
+    return {
         "teacher": paths.Embed(embed_dir).teacher_onnx,
         "student_alone": distilled.onnx("student_alone"),
         "student": distilled.onnx("student"),
         "pruned": pruned.onnx("pruned"),
         "quantized": quantized.int8,
-        "shared": quantized.candidate("shared"),  # weight sharing (Deep Compression) of `pruned`
+        **({"shared": quantized.candidate(shared["name"])} if shared else {}),  # weight sharing (Deep Compression) of `pruned`
         "shipped": quantized.shipped,
     }
-    return {name: path for name, path in variants.items() if name != "shared" or path.exists()}
 
 
 def attention_cost(attention_onnx: Path, data: Ingested, rows, params: Evaluate) -> dict:

@@ -116,7 +116,7 @@ def _outcome(candidate: dict, shipped: dict, int8: dict, breaches: list[str]) ->
     if "error" in candidate:
         return "failed: " + candidate["error"][:60]
     chosen = [label for label, model in (("shipped", shipped), ("int8", int8)) if candidate is model]
-    return ", ".join(chosen + (["over budget: " + ", ".join(breaches)] if breaches else []))
+    return ", ".join(chosen + (["over budget: " + "; ".join(breaches)] if breaches else []))
 
 
 def main(argv: list[str] | None = None) -> None:

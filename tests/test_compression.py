@@ -99,6 +99,24 @@ def test_a_candidate_within_budget_on_the_mean_but_not_at_one_horizon_does_not_s
     assert choose([fp32, unlabelled_h1], max_accuracy_drop=0.02, max_error_increase=0.02, min_speedup=1.0)[0]["name"] == "shared"
 
 
+def test_a_candidate_that_forecasts_nan_where_val_has_a_label_is_over_budget():
+    """A NaN compares as within any budget; a broken conversion must not ship because of it."""
+    fp32 = {**_candidate("fp32", 0.90, 1.0), "val_temp_rmse_by_horizon": [0.80, 1.60, 2.20, 2.60]}
+    broken = {**_candidate("static", 0.90, 0.3, rmse=float("nan")), "val_temp_rmse_by_horizon": [0.80, float("nan"), 2.20, 2.60]}
+    assert budget_breaches(broken, fp32, max_accuracy_drop=0.02, max_error_increase=0.02) == [
+        "temp RMSE not finite (the model outputs NaN or inf)", "temp RMSE h2 not finite (the model outputs NaN or inf)"]
+    assert choose([fp32, broken], max_accuracy_drop=0.02, max_error_increase=0.02, min_speedup=1.0)[0]["name"] == "fp32"
+
+
+def test_val_scores_count_a_nan_forecast_where_the_truth_is_known_and_skip_unknown_truth():
+    from skyedge.compress.selection import _mean_known
+
+    truth = np.array([[1.0, np.nan], [3.0, np.nan]])
+    assert _mean_known(np.array([[2.0, 0.0], [3.0, 0.0]]), truth, root=False) == 0.5  # NaN truth: not scored
+    assert _mean_known(np.array([[2.0, 0.0], [3.0, 0.0]])[:, 1], truth[:, 1], root=True) is None
+    assert np.isnan(_mean_known(np.array([[np.nan, 0.0], [3.0, 0.0]]), truth, root=True))
+
+
 def test_a_candidate_faster_by_less_than_the_margin_does_not_ship():
     fp32 = _candidate("fp32", 0.90, 0.0454)
     fp16 = _candidate("fp16", 0.90, 0.0440)  # 3 % faster: timing noise on this machine
@@ -245,6 +263,16 @@ def test_interleaved_timing_gives_every_model_its_runs_and_ordered_percentiles(p
     assert speeds["teacher"]["latency_ms_p50"] > speeds["pruned"]["latency_ms_p50"]  # 10x the MACs
 
 
+def test_bench_ota_says_why_when_the_run_built_no_weight_shared_model(tmp_path):
+    from skyedge.evaluation import bench_ota
+
+    (tmp_path / "data" / "quantize").mkdir(parents=True)
+    report = {"shipped": "fp32", "candidates": [{"name": "fp32", "method": "fp32"}, {"name": "ws4", "method": "shared", "error": "RuntimeError: k-means found 3 values"}]}
+    (tmp_path / "data" / "quantize" / "report.json").write_text(json.dumps(report))
+    with pytest.raises(SystemExit, match="no weight-sharing candidate \\(ws4 failed: RuntimeError: k-means found 3 values\\)"):
+        bench_ota.weight_sharing(tmp_path / "data")
+
+
 def test_bench_ota_measures_the_weight_shared_model_and_names_what_shipped(pipeline, tmp_path):
     """make bench-ota on the tiny run: the `shared` row is the weight-shared candidate whether or
     not it shipped; the shipped model gets a row of its own when the budget chose another."""
@@ -252,15 +280,20 @@ def test_bench_ota_measures_the_weight_shared_model_and_names_what_shipped(pipel
 
     workspace = tmp_path / "workspace"  # a checkout's layout: params.yaml and profiles/ beside data/
     workspace.mkdir()
-    (workspace / "params.yaml").write_text((REPO / "params.yaml").read_text().replace("  profile: default ", "  profile: tiny    "))
+    params_text = (REPO / "params.yaml").read_text()
+    assert "  profile: default " in params_text  # else the workspace below would not be the tiny run's
+    (workspace / "params.yaml").write_text(params_text.replace("  profile: default ", "  profile: tiny    "))
     (workspace / "profiles").symlink_to(REPO / "profiles")
     (workspace / "data").symlink_to(pipeline.root)
     result = bench_ota.run(workspace / "data", tmp_path / "bench_ota.json")
     report = json.loads((pipeline.quantize / "report.json").read_text())
     shared_bytes = (pipeline.quantize / "candidates" / "shared.onnx").read_bytes()
-    assert result["shipped"] == report["shipped"]
     assert result["models"]["shared"]["fp32"]["onnx"] == len(shared_bytes)
     assert result["models"]["shared"]["fp32"]["container"] == len(container.encode(shared_bytes))
-    shipped_rows = [name for name in result["models"] if name.startswith("shipped")]
-    assert shipped_rows == ([] if report["shipped"] == "shared" else [f"shipped ({report['shipped']})"])
+    shipped = next(c for c in report["candidates"] if c["name"] == report["shipped"])
+    shipped_rows = {name: formats for name, formats in result["models"].items() if name.startswith("shipped")}
+    if shipped["name"] == "shared":
+        assert shipped_rows == {}
+    else:  # the shipped file, under its own method
+        assert shipped_rows == {f"shipped ({shipped['name']})": {shipped["method"]: bench_ota.byte_sizes((pipeline.quantize / "shipped.onnx").read_bytes())}}
     assert {t["target"] for t in result["targets"]} >= {"container >= 4x below gzip of the shared ONNX", "heads-only delta under 10% of the container"}

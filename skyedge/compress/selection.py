@@ -23,6 +23,7 @@ skyedge.core.inference). The reference is fp32, the model every other is a compr
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +60,9 @@ def budget_breaches(candidate: dict, reference: dict, max_accuracy_drop: float, 
     if _accuracy(candidate) < _accuracy(reference) - max_accuracy_drop:
         breaches.append(f"sky accuracy {_accuracy(candidate) - _accuracy(reference):+.3f}")
     for label, mine, theirs in _paired_errors(candidate, reference):
-        if mine > theirs * (1 + max_error_increase):
+        if not math.isfinite(mine):  # NaN outputs where val has a label: compares as within any budget
+            breaches.append(f"{label} not finite (the model outputs NaN or inf)")
+        elif mine > theirs * (1 + max_error_increase):
             breaches.append(f"{label} +{100 * (mine / theirs - 1):.1f} %" if theirs > 0 else f"{label} {mine:.4g} (fp32 0)")
     return breaches
 
@@ -119,6 +122,11 @@ def _fewest_bytes(fastest: dict, allowed: list[dict], min_speedup: float) -> dic
     return smallest if smallest["ota_bytes"] < fastest["ota_bytes"] else fastest
 
 
+def weight_shared(candidates: list[dict]) -> dict | None:
+    """The run's weight-sharing candidate (method `shared`, whatever its name) if it was built."""
+    return next((c for c in candidates if c["method"] == "shared" and "error" not in c), None)
+
+
 def best_int8(candidates: list[dict], max_accuracy_drop: float, max_error_increase: float) -> dict:
     """The int8 candidate evaluate reports as `quantized`: fastest within budget, else most accurate."""
     measured, reference = _measured(candidates)
@@ -138,18 +146,19 @@ def val_scores(path: Path, data: Ingested, rows: np.ndarray) -> dict:
     photos = labels >= 0
     hits = outputs["sky_logits"][photos].argmax(1) == labels[photos]
     scores: dict = {"val_sky_accuracy": float(hits.mean()) if photos.any() else None}
-    for key, squared, is_rmse in (("val_rain_brier", (outputs["rain_prob"] - data.rain[rows]) ** 2, False), ("val_temp_rmse", (outputs["temp_c"] - data.temp[rows]) ** 2, True)):
-        scores[key] = _mean_known(squared, is_rmse)
-        scores[f"{key}_by_horizon"] = [_mean_known(squared[:, horizon], is_rmse) for horizon in range(squared.shape[1])]
+    for key, predicted, truth, is_rmse in (("val_rain_brier", outputs["rain_prob"], data.rain[rows], False), ("val_temp_rmse", outputs["temp_c"], data.temp[rows], True)):
+        scores[key] = _mean_known(predicted, truth, is_rmse)
+        scores[f"{key}_by_horizon"] = [_mean_known(predicted[:, h], truth[:, h], is_rmse) for h in range(truth.shape[1])]
     return scores
 
 
-def _mean_known(squared: np.ndarray, root: bool) -> float | None:
-    """Mean of the squared errors that are not NaN (its square root with `root`); None when none is known."""
-    known = ~np.isnan(squared)
+def _mean_known(predicted: np.ndarray, truth: np.ndarray, root: bool) -> float | None:
+    """Mean squared error where the truth is known (its square root with `root`); None when none
+    is. Masked by the truth only, so a NaN prediction makes the score NaN, not a smaller sample."""
+    known = ~np.isnan(truth)
     if not known.any():
         return None
-    mean = float(squared[known].mean())
+    mean = float(((predicted[known] - truth[known]) ** 2).mean())
     return mean**0.5 if root else mean
 
 

@@ -1,9 +1,10 @@
 """`make bench-ota`: the bytes a station downloads, measured on the last pipeline run.
 
-For the weight-shared model (the quantize stage's `shared` candidate: Deep Compression's bytes),
-the model that shipped (when it is another candidate: the quantize budget decides), the shared
-model's fp32 parent and the teacher: ONNX fp32 and int8, gzip -9 and zstd -19 of each, and the
-model container (skyedge.release.container). For the shared model, deltas from the release before
+For the weight-shared model (the quantize stage's candidate of method `shared`: Deep
+Compression's bytes), the model that shipped (when it is another candidate: the quantize budget
+decides; its row's format is its method), and the shared model's fp32 parent and the teacher,
+each also as int8: the ONNX bytes, gzip -9 and zstd -19 of each, and the model container
+(skyedge.release.container). For the shared model, deltas from the release before
 in two cases, each beside the generic binary deltas (bsdiff4, zstd --patch-from):
 
 - retrain: every weight moves (the weight-shared model fine-tuned one more epoch from its fp32
@@ -32,6 +33,7 @@ from pathlib import Path
 
 import zstandard
 
+from skyedge.compress import selection
 from skyedge.core import inference, paths
 from skyedge.core.config import WeightSharing, load_params
 from skyedge.core.tables import Column, text_table
@@ -83,12 +85,18 @@ def _pythonpath() -> dict[str, str]:
 
 
 def weight_sharing(data_dir: Path) -> tuple[str, WeightSharing]:
-    """The name and config of the run's weight-sharing candidate (quantize.candidates)."""
-    candidates = load_params(data_dir.parent / "params.yaml").quantize.candidates
-    found = [(name, config) for name, config in candidates.items() if isinstance(config, WeightSharing)]
-    if not found:
-        raise SystemExit("bench-ota: quantize.candidates has no weight-sharing candidate ({method: shared}): nothing to measure")
-    return found[0]
+    """The name of the weight-sharing candidate the run built (data/quantize/report.json) and its
+    config (params.yaml's quantize.candidates, for the next releases' fine-tunes)."""
+    candidates = json.loads(paths.Quantize(data_dir / "quantize").report.read_text())["candidates"]
+    shared = selection.weight_shared(candidates)
+    if shared is None:
+        failed = [f"{c['name']} failed: {c['error']}" for c in candidates if c["method"] == "shared"]
+        why = "; ".join(failed) or "quantize.candidates has no {method: shared}"
+        raise SystemExit(f"bench-ota: the run built no weight-sharing candidate ({why}): nothing to measure")
+    config = load_params(data_dir.parent / "params.yaml").quantize.candidates.get(shared["name"])
+    if not isinstance(config, WeightSharing):
+        raise SystemExit(f"bench-ota: params.yaml's quantize.candidates has no weight-sharing {shared['name']} as the run had: run the pipeline again (dvc repro)")
+    return shared["name"], config
 
 
 def next_releases(data_dir: Path, scratch: Path) -> dict[str, Path]:
@@ -171,17 +179,19 @@ TARGET_COLUMNS = [Column("status", align="left"), Column("target", align="left")
 
 def run(data_dir: Path, out: Path) -> dict:
     quantized = paths.Quantize(data_dir / "quantize")
-    shared_path, shipped_name = quantized.candidate(weight_sharing(data_dir)[0]), json.loads(quantized.report.read_text())["shipped"]
+    report = json.loads(quantized.report.read_text())
+    shared_name, shipped = weight_sharing(data_dir)[0], next(c for c in report["candidates"] if c["name"] == report["shipped"])
+    shared_path = quantized.candidate(shared_name)
     with tempfile.TemporaryDirectory() as scratch_dir:
         scratch = Path(scratch_dir)
         teacher = paths.Embed(data_dir / "embed").teacher_onnx
-        sources = {
-            "shared": (shared_path, None),
-            **({} if quantized.candidate(shipped_name) == shared_path else {f"shipped ({shipped_name})": (quantized.shipped, None)}),
-            "fp32 parent": (paths.Prune(data_dir / "prune").onnx("pruned"), quantized.int8),  # int8: the quantize stage's best int8 of it
-            "teacher": (teacher, int8_of(teacher, scratch / "teacher_int8.onnx")),
+        onnx_files = {  # model -> {format: ONNX file}
+            "shared": {"fp32": shared_path},  # fp32 compute; its bytes are the 2**bits shared values
+            **({} if shipped["name"] == shared_name else {f"shipped ({shipped['name']})": {shipped["method"]: quantized.shipped}}),
+            "fp32 parent": {"fp32": paths.Prune(data_dir / "prune").onnx("pruned"), "int8": quantized.int8},  # int8: the quantize stage's best int8 of it
+            "teacher": {"fp32": teacher, "int8": int8_of(teacher, scratch / "teacher_int8.onnx")},
         }
-        models = {name: {"fp32": byte_sizes(fp32.read_bytes()), **({"int8": byte_sizes(int8.read_bytes())} if int8 else {})} for name, (fp32, int8) in sources.items()}
+        models = {name: {fmt: byte_sizes(path.read_bytes()) for fmt, path in by_format.items()} for name, by_format in onnx_files.items()}
         shared_bytes = shared_path.read_bytes()  # the deltas' base: a station running the shared model
         decode = decode_cost(container.encode(shared_bytes), hashlib.sha256(shared_bytes).hexdigest(), scratch)
         deltas = []
@@ -191,9 +201,9 @@ def run(data_dir: Path, out: Path) -> dict:
                 "release": release, "full": len(container.encode(new)), "delta": len(container.encode_delta(shared_bytes, new)),
                 "bsdiff4": container.bsdiff_size(shared_bytes, new), "zstd_patch": container.zstd_patch_size(shared_bytes, new),
             })
-    cost = sharing_cost(data_dir)
+    cost = sharing_cost(data_dir)  # evaluate's row `shared` is the same candidate
     status = targets(models, deltas, decode, cost)
-    result = {"data": str(data_dir.resolve()), "machine": inference.machine(), "shipped": shipped_name, "models": models, "deltas": deltas, "decode": decode, "sharing_cost": cost, "targets": status}
+    result = {"data": str(data_dir.resolve()), "machine": inference.machine(), "shipped": shipped["name"], "models": models, "deltas": deltas, "decode": decode, "sharing_cost": cost, "targets": status}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     size_rows = [{"model": name, "format": fmt, **sizes} for name, formats in models.items() for fmt, sizes in formats.items()]
