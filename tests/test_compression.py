@@ -108,7 +108,7 @@ def test_a_candidate_that_forecasts_nan_where_val_has_a_label_is_over_budget():
     assert choose([fp32, broken], max_accuracy_drop=0.02, max_error_increase=0.02, min_speedup=1.0)[0]["name"] == "fp32"
 
 
-def test_val_scores_count_a_nan_forecast_where_the_truth_is_known_and_skip_unknown_truth():
+def test_a_nan_forecast_where_the_truth_is_known_makes_the_score_nan_and_unknown_truth_is_not_scored():
     from skyedge.compress.selection import _mean_known
 
     truth = np.array([[1.0, np.nan], [3.0, np.nan]])

@@ -60,7 +60,7 @@ def budget_breaches(candidate: dict, reference: dict, max_accuracy_drop: float, 
     if _accuracy(candidate) < _accuracy(reference) - max_accuracy_drop:
         breaches.append(f"sky accuracy {_accuracy(candidate) - _accuracy(reference):+.3f}")
     for label, mine, theirs in _paired_errors(candidate, reference):
-        if not math.isfinite(mine):  # NaN outputs where val has a label: compares as within any budget
+        if not math.isfinite(mine):  # NaN forecasts where val has a label; a NaN would compare as within any budget
             breaches.append(f"{label} not finite (the model outputs NaN or inf)")
         elif mine > theirs * (1 + max_error_increase):
             breaches.append(f"{label} +{100 * (mine / theirs - 1):.1f} %" if theirs > 0 else f"{label} {mine:.4g} (fp32 0)")
