@@ -80,9 +80,8 @@ def run(params: Quantize, data_params: Data, augment: Augment, common: Common, d
     best, reason = selection.choose(candidates, params.max_accuracy_drop, params.max_error_increase, params.min_speedup)
     int8 = selection.best_int8(candidates, params.max_accuracy_drop, params.max_error_increase)
     print(reason)
-    reference = next(c for c in candidates if c["method"] == selection.REFERENCE)
-    for candidate in candidates:
-        candidate["outcome"] = _outcome(candidate, best, int8, selection.budget_breaches(candidate, reference, params.max_accuracy_drop, params.max_error_increase))
+    for candidate, outcome in zip(candidates, selection.outcomes(candidates, best, int8, params.max_accuracy_drop, params.max_error_increase)):
+        candidate["outcome"] = outcome
     print(text_table(candidates, CANDIDATE_COLUMNS))
     shutil.copyfile(best["path"], out.shipped)
     shutil.copyfile(int8["path"], out.int8)
@@ -109,14 +108,6 @@ def run(params: Quantize, data_params: Data, augment: Augment, common: Common, d
 
 def fallback_text(fallback: dict[str, list[bool]]) -> str:
     return ", ".join(f"{head} h{h + 1}" for head, masks in fallback.items() for h, on in enumerate(masks) if on)
-
-
-def _outcome(candidate: dict, shipped: dict, int8: dict, breaches: list[str]) -> str:
-    """What became of a candidate: failed, shipped / int8, or over budget and where."""
-    if "error" in candidate:
-        return "failed: " + candidate["error"][:60]
-    chosen = [label for label, model in (("shipped", shipped), ("int8", int8)) if candidate is model]
-    return ", ".join(chosen + (["over budget: " + "; ".join(breaches)] if breaches else []))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -7,7 +7,7 @@ import onnx
 import pytest
 import torch
 
-from skyedge.compress.selection import budget_breaches, choose
+from skyedge.compress.selection import budget_breaches, choose, outcomes
 from skyedge.core import inference
 from skyedge.core.config import ConfigError, load_params, resolve
 from skyedge.core.contract import OUTPUT_RAIN_PROB, OUTPUT_SKY_LOGITS, OUTPUT_TEMP_C
@@ -97,6 +97,17 @@ def test_a_candidate_within_budget_on_the_mean_but_not_at_one_horizon_does_not_s
     assert best["name"] == "fp32" and "shared 0.500 ms acc 0.900 over budget: temp RMSE h1 +20.0 %" in reason
     unlabelled_h1 = {**shared, "val_temp_rmse_by_horizon": [None, 1.58, 2.18, 2.58]}  # no val label there: not checked
     assert choose([fp32, unlabelled_h1], max_accuracy_drop=0.02, max_error_increase=0.02, min_speedup=1.0)[0]["name"] == "shared"
+
+
+def test_each_candidate_is_told_what_became_of_it():
+    fp32 = _candidate("fp32", 0.90, 1.0)
+    static = _candidate("static", 0.90, 0.5)
+    qat = _candidate("qat", 0.90, 0.6, rmse=2.00)  # +5.3 % RMSE
+    fp16 = {"name": "fp16", "method": "fp16", "error": "RuntimeError: no kernel for Cast"}
+    candidates = [fp32, static, qat, fp16]
+    best, _ = choose(candidates, max_accuracy_drop=0.02, max_error_increase=0.02, min_speedup=1.0)
+    said = outcomes(candidates, best, static, max_accuracy_drop=0.02, max_error_increase=0.02)
+    assert said == ["", "shipped, int8", "over budget: temp RMSE +5.3 %", "failed: RuntimeError: no kernel for Cast"]
 
 
 def test_a_candidate_that_forecasts_nan_where_val_has_a_label_is_over_budget():

@@ -122,6 +122,20 @@ def _fewest_bytes(fastest: dict, allowed: list[dict], min_speedup: float) -> dic
     return smallest if smallest["ota_bytes"] < fastest["ota_bytes"] else fastest
 
 
+def outcomes(candidates: list[dict], shipped: dict, int8: dict, max_accuracy_drop: float, max_error_increase: float) -> list[str]:
+    """What became of each candidate, in order: failed, shipped / int8, or over budget and where."""
+    _, reference = _measured(candidates)
+    said = []
+    for candidate in candidates:
+        if "error" in candidate:
+            said.append("failed: " + candidate["error"][:60])
+            continue
+        chosen = [label for label, model in (("shipped", shipped), ("int8", int8)) if candidate is model]
+        breaches = budget_breaches(candidate, reference, max_accuracy_drop, max_error_increase)
+        said.append(", ".join(chosen + (["over budget: " + "; ".join(breaches)] if breaches else [])))
+    return said
+
+
 def weight_shared(candidates: list[dict]) -> dict | None:
     """The run's weight-sharing candidate (method `shared`, whatever its name) if it was built."""
     return next((c for c in candidates if c["method"] == "shared" and "error" not in c), None)
