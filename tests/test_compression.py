@@ -281,12 +281,12 @@ def test_bench_ota_says_why_when_the_run_built_no_weight_shared_model(tmp_path):
     report = {"shipped": "fp32", "candidates": [{"name": "fp32", "method": "fp32"}, {"name": "ws4", "method": "shared", "error": "RuntimeError: k-means found 3 values"}]}
     (tmp_path / "data" / "quantize" / "report.json").write_text(json.dumps(report))
     with pytest.raises(SystemExit, match="no weight-sharing candidate \\(ws4 failed: RuntimeError: k-means found 3 values\\)"):
-        bench_ota.weight_sharing(tmp_path / "data")
+        bench_ota.weight_sharing(tmp_path / "data", bench_ota.quantize_report(tmp_path / "data")["candidates"])
 
 
 def test_bench_ota_measures_the_weight_shared_model_and_names_what_shipped(pipeline, tmp_path):
     """make bench-ota on the tiny run: the `shared` row is the weight-shared candidate whether or
-    not it shipped; the shipped model gets a row of its own when the budget chose another."""
+    not it shipped; the `shipped` row is the file that shipped, under its candidate's method."""
     from skyedge.evaluation import bench_ota
 
     workspace = tmp_path / "workspace"  # a checkout's layout: params.yaml and profiles/ beside data/
@@ -303,8 +303,5 @@ def test_bench_ota_measures_the_weight_shared_model_and_names_what_shipped(pipel
     assert result["models"]["shared"]["fp32"]["container"] == len(container.encode(shared_bytes))
     shipped = next(c for c in report["candidates"] if c["name"] == report["shipped"])
     shipped_rows = {name: formats for name, formats in result["models"].items() if name.startswith("shipped")}
-    if shipped["name"] == "shared":
-        assert shipped_rows == {}
-    else:  # the shipped file, under its own method
-        assert shipped_rows == {f"shipped ({shipped['name']})": {shipped["method"]: bench_ota.byte_sizes((pipeline.quantize / "shipped.onnx").read_bytes())}}
+    assert shipped_rows == {f"shipped ({shipped['name']})": {shipped["method"]: bench_ota.byte_sizes((pipeline.quantize / "shipped.onnx").read_bytes())}}
     assert {t["target"] for t in result["targets"]} >= {"container >= 4x below gzip of the shared ONNX", "heads-only delta under 10% of the container"}

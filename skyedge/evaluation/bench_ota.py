@@ -1,8 +1,9 @@
 """`make bench-ota`: the bytes a station downloads, measured on the last pipeline run.
 
 For the weight-shared model (the quantize stage's candidate of method `shared`: Deep
-Compression's bytes), the model that shipped (when it is another candidate: the quantize budget
-decides; its row's format is its method), and the shared model's fp32 parent and the teacher,
+Compression's bytes), the model that shipped (data/quantize/shipped.onnx, whichever candidate the
+quantize budget chose; its row's format is its method, and its bytes can differ from its
+candidate's by the persistence fallback written into it), and the shared model's fp32 parent and the teacher,
 each also as int8: the ONNX bytes, gzip -9 and zstd -19 of each, and the model container
 (skyedge.release.container). For the shared model, deltas from the release before
 in two cases, each beside the generic binary deltas (bsdiff4, zstd --patch-from):
@@ -84,10 +85,14 @@ def _pythonpath() -> dict[str, str]:
     return {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}
 
 
-def weight_sharing(data_dir: Path) -> tuple[str, WeightSharing]:
-    """The name of the weight-sharing candidate the run built (data/quantize/report.json) and its
-    config (params.yaml's quantize.candidates, for the next releases' fine-tunes)."""
-    candidates = json.loads(paths.Quantize(data_dir / "quantize").report.read_text())["candidates"]
+def quantize_report(data_dir: Path) -> dict:
+    """The run's data/quantize/report.json: its candidates and what shipped."""
+    return json.loads(paths.Quantize(data_dir / "quantize").report.read_text())
+
+
+def weight_sharing(data_dir: Path, candidates: list[dict]) -> tuple[str, WeightSharing]:
+    """The name of the weight-sharing candidate among the run's candidates and its config
+    (params.yaml's quantize.candidates, for the next releases' fine-tunes)."""
     shared = selection.weight_shared(candidates)
     if shared is None:
         failed = [f"{c['name']} failed: {c['error']}" for c in candidates if c["method"] == "shared"]
@@ -99,7 +104,7 @@ def weight_sharing(data_dir: Path) -> tuple[str, WeightSharing]:
     return shared["name"], config
 
 
-def next_releases(data_dir: Path, scratch: Path) -> dict[str, Path]:
+def next_releases(data_dir: Path, shared_name: str, config: WeightSharing, scratch: Path) -> dict[str, Path]:
     """The shared model's two successors (module doc) as ONNX files."""
     import torch
 
@@ -110,7 +115,6 @@ def next_releases(data_dir: Path, scratch: Path) -> dict[str, Path]:
     from skyedge.train.training import FitConfig, Teacher, fit
 
     params = load_params(data_dir.parent / "params.yaml")
-    shared_name, config = weight_sharing(data_dir)
     data = load_ingested(data_dir / "ingest")
     teacher = Teacher.load(paths.Embed(data_dir / "embed").teacher_module, params.distill)
     quantized, pruned = paths.Quantize(data_dir / "quantize"), paths.Prune(data_dir / "prune")
@@ -179,15 +183,16 @@ TARGET_COLUMNS = [Column("status", align="left"), Column("target", align="left")
 
 def run(data_dir: Path, out: Path) -> dict:
     quantized = paths.Quantize(data_dir / "quantize")
-    report = json.loads(quantized.report.read_text())
-    shared_name, shipped = weight_sharing(data_dir)[0], next(c for c in report["candidates"] if c["name"] == report["shipped"])
+    report = quantize_report(data_dir)
+    shared_name, sharing_config = weight_sharing(data_dir, report["candidates"])
+    shipped = next(c for c in report["candidates"] if c["name"] == report["shipped"])
     shared_path = quantized.candidate(shared_name)
     with tempfile.TemporaryDirectory() as scratch_dir:
         scratch = Path(scratch_dir)
         teacher = paths.Embed(data_dir / "embed").teacher_onnx
         onnx_files = {  # model -> {format: ONNX file}
             "shared": {"fp32": shared_path},  # fp32 compute; its bytes are the 2**bits shared values
-            **({} if shipped["name"] == shared_name else {f"shipped ({shipped['name']})": {shipped["method"]: quantized.shipped}}),
+            f"shipped ({shipped['name']})": {shipped["method"]: quantized.shipped},
             "fp32 parent": {"fp32": paths.Prune(data_dir / "prune").onnx("pruned"), "int8": quantized.int8},  # int8: the quantize stage's best int8 of it
             "teacher": {"fp32": teacher, "int8": int8_of(teacher, scratch / "teacher_int8.onnx")},
         }
@@ -195,7 +200,7 @@ def run(data_dir: Path, out: Path) -> dict:
         shared_bytes = shared_path.read_bytes()  # the deltas' base: a station running the shared model
         decode = decode_cost(container.encode(shared_bytes), hashlib.sha256(shared_bytes).hexdigest(), scratch)
         deltas = []
-        for release, path in next_releases(data_dir, scratch).items():
+        for release, path in next_releases(data_dir, shared_name, sharing_config, scratch).items():
             new = path.read_bytes()
             deltas.append({
                 "release": release, "full": len(container.encode(new)), "delta": len(container.encode_delta(shared_bytes, new)),
