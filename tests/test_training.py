@@ -161,6 +161,48 @@ def test_augmented_photos_stay_photos_and_mixup_mixes_the_targets_the_same_way(p
     assert torch.equal(clean["sky_target"].argmax(1), clean["sky"])  # no augmentation: one-hot labels
 
 
+def test_the_geometric_teacher_view_is_the_students_crop_flip_and_mix_in_the_cameras_colours(pipeline):
+    from skyedge.data.dataset import load_ingested
+    from skyedge.train.training import Batches
+
+    data = load_ingested(pipeline.ingest)
+    batches = Batches(data, data.split("train"))
+    rows = data.split("train")[np.flatnonzero(data.samples["image_idx"].to_numpy()[data.split("train")] >= 0)[:32]]
+    clean = batches.batch(rows)["image"]
+    colours_only = Augmentation(dihedral=False, crop_scale=1.0, exposure=0.3, white_balance=0.1, blur=0.5, noise=0.02, mixup=0.0)
+    batch = batches.batch(rows, augmentation=colours_only, rng=np.random.default_rng(0), teacher_view="geometric")
+    assert not torch.allclose(batch["image"], clean, atol=1e-3)  # the student's colours move
+    assert torch.equal(batch["teacher_image"], clean)  # the teacher's do not
+    geometry_only = Augmentation(dihedral=True, crop_scale=0.6, exposure=0.0, white_balance=0.0, blur=0.0, noise=0.0, mixup=0.4)
+    batch = batches.batch(rows, augmentation=geometry_only, rng=np.random.default_rng(0), teacher_view="geometric")
+    assert not torch.allclose(batch["image"], clean, atol=1e-3)
+    assert torch.allclose(batch["teacher_image"], batch["image"], atol=1e-6)  # the same crop, flip and mix
+    assert "teacher_image" not in batches.batch(rows, augmentation=STRONG, rng=np.random.default_rng(0))  # augmented: the student's own view
+
+
+def test_with_the_geometric_view_the_teacher_is_never_shown_the_photometric_perturbations(pipeline):
+    """distill.teacher_view reaches the teacher through fit: with colour-only augmentation, every
+    photo the teacher scores while the student trains is a clean photo."""
+    from skyedge.data.dataset import load_ingested
+    from skyedge.train.training import Batches, FitConfig, Teacher, fit
+
+    data = load_ingested(pipeline.ingest)
+    photo_rows = np.flatnonzero(data.samples["image_idx"].to_numpy() >= 0)
+    clean = Batches(data, photo_rows).batch(photo_rows)["image"].flatten(1)
+    colours_only = Augmentation(dihedral=False, crop_scale=1.0, exposure=0.3, white_balance=0.1, blur=0.5, noise=0.02, mixup=0.0)
+    seen = {}
+    for view in ("augmented", "geometric"):
+        teacher = Teacher(checkpoints.load_module(pipeline.embed / "teacher.pt"), 4.0, 0.7, 0.5, view)
+        shown = []
+        teacher.model.backbone.register_forward_hook(lambda module, args, out: shown.append(args[0].flatten(1)))
+        torch.manual_seed(0)
+        fit(tiny_student(pipeline, momentum=0.1), data, FitConfig(1, 64, 3e-3, 0, photo_share=0.25, augmentation=colours_only), "student", teacher=teacher)
+        shown = torch.cat(shown)
+        seen[view] = (torch.cdist(shown, clean, compute_mode="donot_use_mm_for_euclid_dist").min(1).values < 1e-3).float().mean().item()  # share of views that are some clean photo
+    assert seen["geometric"] == 1.0
+    assert seen["augmented"] < 0.5
+
+
 def test_distillation_on_unlabelled_photos_uses_no_label(pipeline):
     """Shuffling the classes of photos marked unlabelled must give the very same student."""
     from skyedge.data.dataset import load_ingested

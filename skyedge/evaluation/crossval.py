@@ -112,7 +112,7 @@ def run_fold(params: Params, teacher_fold: Ingested, student_fold: Ingested, bat
     teacher, _ = train_teacher(embed, teacher_fold, FitConfig(embed.finetune_epochs, batch_size, embed.lr, common.seed, 0.0, 0.0, augmentation, device), window)
     hits = {"teacher": sky_hits(teacher, teacher_fold, teacher_fold.split("test"))}
     student_config = FitConfig(distill.epochs, batch_size, distill.lr, common.seed, 0.0, 0.0, augmentation, device)
-    for name, kd in (("student_alone", None), ("student", Teacher(teacher, distill.kd_temperature, distill.kd_alpha, distill.embed_weight))):
+    for name, kd in (("student_alone", None), ("student", Teacher(teacher, distill.kd_temperature, distill.kd_alpha, distill.embed_weight, distill.teacher_view))):
         torch.manual_seed(common.seed)  # both start from the same weights
         student = models.build_student(distill.student, distill.width, window, temp_std)
         fit(student, student_fold, student_config, f"{name} (fold)", teacher=kd)

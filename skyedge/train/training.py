@@ -89,11 +89,12 @@ class Teacher:
     temperature: float
     alpha: float  # weight of the soft-target term; the hard cross-entropy gets 1 - alpha
     embed_weight: float
+    view: str = "augmented"  # distill.teacher_view: what the teacher scores of each training photo
 
     @classmethod
     def load(cls, module_path: Path, distill: Distill) -> Teacher:
         """The embed stage's teacher with the distill section's weights."""
-        return cls(checkpoints.load_module(module_path), distill.kd_temperature, distill.kd_alpha, distill.embed_weight)
+        return cls(checkpoints.load_module(module_path), distill.kd_temperature, distill.kd_alpha, distill.embed_weight, distill.teacher_view)
 
 
 def resolve_device(choice: str) -> str:
@@ -141,8 +142,10 @@ def class_balanced_weights(sky_labels: np.ndarray) -> np.ndarray:
     return weights
 
 
-def augment_photos(pixels: torch.Tensor, augmentation: Augmentation, generator: torch.Generator) -> torch.Tensor:
-    """Photometric and geometric augmentation of [B, 3, S, S] pixels in 0..1 (mixup is the batch's, elsewhere)."""
+def augment_photos(pixels: torch.Tensor, augmentation: Augmentation, generator: torch.Generator, photometric: bool = True) -> torch.Tensor:
+    """Photometric and geometric augmentation of [B, 3, S, S] pixels in 0..1 (mixup is the batch's,
+    elsewhere). Without `photometric` only the crop and the dihedral view apply, but every draw is
+    still taken: the same generator seed gives the same geometry either way."""
     batch = pixels.shape[0]
     if batch == 0:
         return pixels
@@ -160,17 +163,20 @@ def augment_photos(pixels: torch.Tensor, augmentation: Augmentation, generator: 
         grid = F.affine_grid(theta, list(pixels.shape), align_corners=False)
         pixels = F.grid_sample(pixels, grid, mode="bilinear", padding_mode="border", align_corners=False)
     if augmentation.exposure:
-        pixels = pixels * torch.empty(batch, 1, 1, 1).uniform_(1 - augmentation.exposure, 1 + augmentation.exposure, generator=generator)
+        gain = torch.empty(batch, 1, 1, 1).uniform_(1 - augmentation.exposure, 1 + augmentation.exposure, generator=generator)
+        pixels = pixels * gain if photometric else pixels
     if augmentation.white_balance:
-        pixels = pixels * torch.empty(batch, 3, 1, 1).uniform_(1 - augmentation.white_balance, 1 + augmentation.white_balance, generator=generator)
+        gains = torch.empty(batch, 3, 1, 1).uniform_(1 - augmentation.white_balance, 1 + augmentation.white_balance, generator=generator)
+        pixels = pixels * gains if photometric else pixels
     if augmentation.blur:
         kernel = torch.tensor([1.0, 2.0, 1.0])
         kernel = (kernel[:, None] * kernel[None, :] / 16).expand(3, 1, 3, 3)
         blurred = F.conv2d(F.pad(pixels, (1, 1, 1, 1), mode="replicate"), kernel, groups=3)
         chosen = torch.rand(batch, 1, 1, 1, generator=generator) < augmentation.blur
-        pixels = torch.where(chosen, blurred, pixels)
+        pixels = torch.where(chosen, blurred, pixels) if photometric else pixels
     if augmentation.noise:
-        pixels = pixels + augmentation.noise * torch.randn(pixels.shape, generator=generator)
+        noise = augmentation.noise * torch.randn(pixels.shape, generator=generator)
+        pixels = pixels + noise if photometric else pixels
     if augmentation.dihedral:
         view = int(torch.randint(N_VIEWS, (1,), generator=generator))
         pixels = dihedral(pixels, view)
@@ -196,9 +202,14 @@ class Batches:
         self.rain = torch.tensor(data.rain)
         self.temp = torch.tensor(data.temp)
 
-    def batch(self, rows: np.ndarray, drop: torch.Tensor | None = None, augmentation: Augmentation = NO_AUGMENTATION, rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
+    def batch(
+        self, rows: np.ndarray, drop: torch.Tensor | None = None, augmentation: Augmentation = NO_AUGMENTATION, rng: np.random.Generator | None = None, teacher_view: str = "augmented"
+    ) -> dict[str, torch.Tensor]:
         """Inputs and targets of `rows`. `sky_target` is a class distribution (one-hot, or two
-        classes mixed), `sky_weight` 1 where the cross-entropy applies (a labelled photo, or two)."""
+        classes mixed), `sky_weight` 1 where the cross-entropy applies (a labelled photo, or two).
+        `teacher_image` (distill.teacher_view `geometric`, or behind attention) is what the teacher
+        scores: the student's crop, flip and mixup, and its photometric perturbations only when
+        the view is `augmented`."""
         index = torch.from_numpy(rows)
         image_idx = self.image_idx[index]
         present = image_idx >= 0
@@ -207,6 +218,9 @@ class Batches:
         pixels = unit_pixels(self.data.images, image_idx)
         # A student behind attention sees crops; its teacher scores the whole frame (Ingested.teacher_images).
         teacher_pixels = None if self.data.teacher_images is None else unit_pixels(self.data.teacher_images, image_idx)
+        teacher_photometric = teacher_view == "augmented"
+        if teacher_pixels is None and not teacher_photometric and augmentation != NO_AUGMENTATION:
+            teacher_pixels = pixels.clone()
         sky = torch.where(present, self.sky[index], torch.full_like(image_idx, -1))
         target = F.one_hot(sky.clamp(min=0), len(SKY_CLASSES)).float()
         weight = (sky >= 0).float()
@@ -216,9 +230,10 @@ class Batches:
             generator = torch.Generator().manual_seed(seed)
             pixels[photos] = augment_photos(pixels[photos], augmentation, generator)
             if teacher_pixels is not None:
-                # The same draws from the same seed: the teacher's frame gets the student's
-                # exposure, white balance, blur, noise and crop (relative to its own frame).
-                teacher_pixels[photos] = augment_photos(teacher_pixels[photos], augmentation, torch.Generator().manual_seed(seed))
+                # The same draws from the same seed: the teacher's frame gets the student's crop
+                # (relative to its own frame) and, in the `augmented` view, its exposure, white
+                # balance, blur and noise.
+                teacher_pixels[photos] = augment_photos(teacher_pixels[photos], augmentation, torch.Generator().manual_seed(seed), teacher_photometric)
             if augmentation.mixup and len(photos) > 1:
                 lam = float(rng.beta(augmentation.mixup, augmentation.mixup))
                 partner = photos[torch.randperm(len(photos), generator=generator)]
@@ -253,11 +268,11 @@ class Batches:
             weights[self.rows] = class_balanced_weights(self.sky.numpy()[self.rows])
         return epoch_order(self.rows, self.image_idx.numpy() >= 0, config.photo_share, rng, weights)
 
-    def epoch(self, order: np.ndarray, config: FitConfig, rng: np.random.Generator, augment: bool = True):
+    def epoch(self, order: np.ndarray, config: FitConfig, rng: np.random.Generator, augment: bool = True, teacher_view: str = "augmented"):
         for start in range(0, len(order), config.batch_size):
             rows = order[start : start + config.batch_size]
             drop = torch.from_numpy(rng.random(len(rows)) < config.image_dropout)
-            yield self.batch(rows, drop, config.augmentation if augment else NO_AUGMENTATION, rng)
+            yield self.batch(rows, drop, config.augmentation if augment else NO_AUGMENTATION, rng, teacher_view)
 
 
 def supervised_loss(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], temp_std: float, hard_weight: float = 1.0) -> torch.Tensor:
@@ -425,7 +440,8 @@ def fit(
         # On cached features the photo is a cached view (drawn below) whatever the batch's pixels
         # say, and mixup would mix the targets of photos whose features it did not mix: half the
         # labels would belong to another photo. Cached features train on one-hot batches.
-        for batch in tqdm(train_batches.epoch(order, config, rng, augment=embed_cache is None), desc=f"{desc} epoch {epoch}/{config.epochs}", total=-(-len(order) // config.batch_size), leave=False):
+        teacher_view = "augmented" if teacher is None else teacher.view
+        for batch in tqdm(train_batches.epoch(order, config, rng, augment=embed_cache is None, teacher_view=teacher_view), desc=f"{desc} epoch {epoch}/{config.epochs}", total=-(-len(order) // config.batch_size), leave=False):
             if embed_cache is not None:  # a cached view of each photo, drawn anew every time
                 batch["cache_view"] = torch.from_numpy(rng.integers(len(embed_cache), size=len(batch["image_idx"])))
             batch = to_device(batch, device)
