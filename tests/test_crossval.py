@@ -80,7 +80,8 @@ def test_the_estimate_pools_the_held_out_days_and_the_kd_gain_is_the_paired_diff
     assert len(result.folds) == 2 and len({row["day"] for row in result.folds}) == 2
     pooled = result.pooled
     assert pooled["photos"] == sum(row["photos"] for row in result.folds) > 0
-    for name in crossval.MODELS:
+    for name in crossval.COLUMNS:
+        assert 0 <= pooled[name] <= 1
         assert pooled[name] == pytest.approx(sum(row[name] * row["photos"] for row in result.folds) / pooled["photos"])
     gain = pooled["kd_gain_points"]
     assert gain["value"] == pytest.approx(100 * (pooled["student"] - pooled["student_alone"]))
@@ -164,3 +165,20 @@ def test_a_quick_look_holds_out_only_the_days_asked_for_and_names_the_possible_o
     result = crossval.run(pipeline.root, pipeline.params, tmp_path / "crossval.json", repeats=1, batch_size=16, only_days=[possible[-1]])
     assert [row["day"] for row in result.folds] == [possible[-1]]
     assert json.loads((tmp_path / "crossval.json").read_text())["every_day"] is (len(possible) == 1)
+
+
+def test_the_teacher_taught_column_is_the_teachers_accuracy_on_the_views_distillation_shows_it(pipeline):
+    """Without augmentation those views are the clean photos, so it is the teacher's own accuracy;
+    so it is when the augmentation only changes colours and the teacher's view is `geometric`."""
+    from skyedge.train import checkpoints
+    from skyedge.train.training import NO_AUGMENTATION, Augmentation, sky_hits
+
+    data = load_ingested(pipeline.ingest)
+    teacher = checkpoints.load_module(pipeline.embed / "teacher.pt")
+    rows = crossval.labelled_photos(data)[:40]
+    clean = crossval.taught_hits(teacher, data, rows, NO_AUGMENTATION, "augmented", seed=0)
+    assert np.array_equal(clean, sky_hits(teacher, data, rows))
+    colours_only = Augmentation(dihedral=False, crop_scale=1.0, exposure=0.3, white_balance=0.1, blur=0.5, noise=0.05, mixup=0.4)
+    assert np.array_equal(crossval.taught_hits(teacher, data, rows, colours_only, "geometric", seed=0), clean)
+    darkened = crossval.taught_hits(teacher, data, rows, colours_only, "augmented", seed=0)
+    assert darkened.shape == clean.shape and not np.array_equal(darkened, clean)  # noisy, darkened views: not all named alike

@@ -18,6 +18,11 @@ schedule (`--repeats`, `--batch-size`) is a quick look only: from-scratch studen
 fall back on the majority class, and the estimate says more about the schedule than the recipe. So
 is holding out some days only (`--days`, `--max-folds`): the estimate needs every day.
 
+Beside the three models' accuracies, `teacher_taught`: the fold's teacher on the held-out photos
+as distillation shows them to it (`distill.teacher_view`: the student's augmented view, or its
+geometry alone; mixup aside, which has no single class), averaged over TAUGHT_VIEWS draws. A
+teacher right on clean photos can be wrong on the views it teaches on.
+
 Prints a table per fold and pooled; the KD gain (student - student_alone) and the teacher's
 headroom over the student alone come with 95% intervals that resample whole days. Writes
 reports/crossval.json.
@@ -31,6 +36,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import dataclasses
+
 import numpy as np
 import torch
 
@@ -40,10 +47,12 @@ from skyedge.core.tables import Column, text_table
 from skyedge.data.dataset import Ingested, load_ingested
 from skyedge.evaluation import metrics
 from skyedge.train import models
-from skyedge.train.training import Augmentation, FitConfig, Teacher, class_balanced_weights, fit, resolve_device, sky_hits, train_teacher
+from skyedge.train.training import Augmentation, Batches, FitConfig, Teacher, class_balanced_weights, fit, resolve_device, sky_hits, train_teacher
 
 MODELS = ("teacher", "student_alone", "student")
+COLUMNS = (*MODELS, "teacher_taught")  # the last is no model: the teacher on the views it teaches on
 BOOTSTRAP = 500
+TAUGHT_VIEWS = 5
 
 
 def labelled_photos(data: Ingested) -> np.ndarray:
@@ -111,6 +120,7 @@ def run_fold(params: Params, teacher_fold: Ingested, student_fold: Ingested, bat
     window, temp_std = params.data.window_hours, teacher_fold.preprocessing["sensors"]["std"][0]
     teacher, _ = train_teacher(embed, teacher_fold, FitConfig(embed.finetune_epochs, batch_size, embed.lr, common.seed, 0.0, 0.0, augmentation, device), window)
     hits = {"teacher": sky_hits(teacher, teacher_fold, teacher_fold.split("test"))}
+    hits["teacher_taught"] = taught_hits(teacher, teacher_fold, teacher_fold.split("test"), augmentation, distill.teacher_view, common.seed)
     student_config = FitConfig(distill.epochs, batch_size, distill.lr, common.seed, 0.0, 0.0, augmentation, device)
     for name, kd in (("student_alone", None), ("student", Teacher(teacher, distill.kd_temperature, distill.kd_alpha, distill.embed_weight, distill.teacher_view))):
         torch.manual_seed(common.seed)  # both start from the same weights
@@ -118,6 +128,23 @@ def run_fold(params: Params, teacher_fold: Ingested, student_fold: Ingested, bat
         fit(student, student_fold, student_config, f"{name} (fold)", teacher=kd)
         hits[name] = sky_hits(student, student_fold, student_fold.split("test"))
     return hits
+
+
+@torch.no_grad()
+def taught_hits(teacher: torch.nn.Module, data: Ingested, rows: np.ndarray, augmentation: Augmentation, view: str, seed: int) -> np.ndarray:
+    """Per labelled photo of `rows`: the share of TAUGHT_VIEWS views of it, augmented as the teacher
+    sees them in distillation (`view`, mixup aside), that the teacher names right."""
+    teacher.eval()
+    batches, rng = Batches(data, rows), np.random.default_rng(seed)
+    unmixed = dataclasses.replace(augmentation, mixup=0.0)
+    labelled = data.samples["sky_label"].to_numpy()[rows] >= 0
+    right = np.zeros(int(labelled.sum()))
+    for _ in range(TAUGHT_VIEWS):
+        batch = batches.batch(rows, augmentation=unmixed, rng=rng, teacher_view=view)
+        image = batch.get("teacher_image", batch["image"])
+        predicted = teacher(image, batch["image_present"], batch["sensors"])[0].argmax(1)
+        right += (predicted == batch["sky"]).numpy()[labelled]
+    return right / TAUGHT_VIEWS
 
 
 @dataclass
@@ -138,16 +165,16 @@ def estimate(
     if unknown:
         raise ValueError(f"crossval: cannot hold out {unknown}: the days that can be held out are {possible_days}")
     chosen_days = [day for day in possible_days if only_days is None or day in only_days][:max_folds]
-    fold_rows, hits, photo_days = [], {name: [] for name in MODELS}, []
+    fold_rows, hits, photo_days = [], {name: [] for name in COLUMNS}, []
     for number, day in enumerate(chosen_days, 1):
         print(f"crossval: fold {number}/{len(chosen_days)}, day {day} held out", flush=True)
         fold_repeats = repeats or repeats_for(views_per_epoch, int((days != day).sum()))
         fold_hits = run_fold(params, *fold_pair(params, data, rows, day, fold_repeats), batch_size)
         photo_days += [day] * len(fold_hits["teacher"])
-        for name in MODELS:
+        for name in COLUMNS:
             hits[name].append(fold_hits[name])
-        fold_rows.append({"day": day, "photos": len(fold_hits["teacher"]), **{name: float(fold_hits[name].mean()) for name in MODELS}})
-    pooled_hits = {name: np.concatenate(hits[name]) if hits[name] else np.zeros(0) for name in MODELS}
+        fold_rows.append({"day": day, "photos": len(fold_hits["teacher"]), **{name: float(fold_hits[name].mean()) for name in COLUMNS}})
+    pooled_hits = {name: np.concatenate(hits[name]) if hits[name] else np.zeros(0) for name in COLUMNS}
     groups = np.asarray(photo_days)
 
     def points(better: str, worse: str) -> dict:
@@ -161,7 +188,7 @@ def estimate(
         "days": len(chosen_days),
         "days_possible": len(possible_days),
         "photos": len(groups),
-        **{name: float(pooled_hits[name].mean()) if len(groups) else None for name in MODELS},
+        **{name: float(pooled_hits[name].mean()) if len(groups) else None for name in COLUMNS},
         "kd_gain_points": points("student", "student_alone"),
         "teacher_headroom_points": points("teacher", "student_alone"),
     }
@@ -169,8 +196,8 @@ def estimate(
 
 
 def table(result: Estimate) -> str:
-    pooled = {"day": "pooled", **{k: result.pooled[k] for k in ("photos", *MODELS)}}
-    columns = [Column("day", align="left"), Column("photos", format="d"), *(Column(name, format=".3f") for name in MODELS)]
+    pooled = {"day": "pooled", **{k: result.pooled.get(k) for k in ("photos", *COLUMNS)}}
+    columns = [Column("day", align="left"), Column("photos", format="d"), *(Column(name, format=".3f") for name in COLUMNS)]
     lines = [text_table([*result.folds, pooled], columns)]
     for key, label in (("kd_gain_points", "KD gain (student - student_alone)"), ("teacher_headroom_points", "teacher headroom (teacher - student_alone)")):
         entry = result.pooled[key]
