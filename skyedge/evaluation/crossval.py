@@ -33,10 +33,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-
-import dataclasses
 
 import numpy as np
 import torch
@@ -136,7 +134,7 @@ def taught_hits(teacher: torch.nn.Module, data: Ingested, rows: np.ndarray, augm
     sees them in distillation (`view`, mixup aside), that the teacher names right."""
     teacher.eval()
     batches, rng = Batches(data, rows), np.random.default_rng(seed)
-    unmixed = dataclasses.replace(augmentation, mixup=0.0)
+    unmixed = replace(augmentation, mixup=0.0)
     labelled = data.samples["sky_label"].to_numpy()[rows] >= 0
     right = np.zeros(int(labelled.sum()))
     for _ in range(TAUGHT_VIEWS):
