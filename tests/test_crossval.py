@@ -74,10 +74,13 @@ def test_the_teacher_and_the_students_each_draw_the_fold_as_their_section_says(p
             assert fold.samples.equals(expected.samples)
 
 
-def test_the_estimate_pools_the_held_out_days_and_the_kd_gain_is_the_paired_difference(pipeline, tmp_path):
+def test_the_estimate_pools_the_held_out_days_and_the_kd_gain_is_the_paired_difference(pipeline, tmp_path, capsys):
     out = tmp_path / "crossval.json"
     result = crossval.run(pipeline.root, pipeline.params, out, repeats=1, batch_size=16, max_folds=2)
     assert len(result.folds) == 2 and len({row["day"] for row in result.folds}) == 2
+    printed = capsys.readouterr().out
+    for number, row in enumerate(result.folds, 1):  # each fold's row as it is known, before the table
+        assert f"crossval: fold {number}/2, day {row['day']}: teacher {row['teacher']:.3f}, student_alone {row['student_alone']:.3f}" in printed
     pooled = result.pooled
     assert pooled["photos"] == sum(row["photos"] for row in result.folds) > 0
     for name in crossval.COLUMNS:

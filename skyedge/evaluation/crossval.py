@@ -172,6 +172,8 @@ def estimate(
         for name in COLUMNS:
             hits[name].append(fold_hits[name])
         fold_rows.append({"day": day, "photos": len(fold_hits["teacher"]), **{name: float(fold_hits[name].mean()) for name in COLUMNS}})
+        # An estimate takes an hour or more: each fold's row as soon as it is known, not only at the end.
+        print(f"crossval: fold {number}/{len(chosen_days)}, day {day}: " + ", ".join(f"{name} {fold_rows[-1][name]:.3f}" for name in COLUMNS), flush=True)
     pooled_hits = {name: np.concatenate(hits[name]) if hits[name] else np.zeros(0) for name in COLUMNS}
     groups = np.asarray(photo_days)
 
