@@ -195,6 +195,13 @@ class Embed(Section):
     balance_classes: bool
 
 
+# What the teacher scores of each training photo: `augmented`, the very view the student sees;
+# `geometric`, the same crop, flip and mixup without the photometric perturbations (exposure,
+# white balance, blur, noise), which cost a fine-tuned teacher more on unseen days than the
+# geometric ones (README, "Real data and benchmarks").
+TeacherView = Literal["augmented", "geometric"]
+
+
 class Distill(Section):
     student: Literal["tinycnn", "squeezenet1_1", "mobilenet_v3_small"]
     width: Annotated[int, Field(ge=4, le=128)]
@@ -204,11 +211,7 @@ class Distill(Section):
     kd_temperature: Annotated[float, Field(gt=0)]
     kd_alpha: Annotated[float, Field(ge=0, le=1)]
     embed_weight: Annotated[float, Field(ge=0)]
-    # What the teacher scores of each training photo: `augmented`, the very view the student sees;
-    # `geometric`, the same crop, flip and mixup without the photometric perturbations (exposure,
-    # white balance, blur, noise), which cost a fine-tuned teacher more on unseen days than the
-    # geometric ones (README, "Real data and benchmarks").
-    teacher_view: Literal["augmented", "geometric"]
+    teacher_view: TeacherView
     image_dropout: Annotated[float, Field(ge=0, lt=1)]
     # The student's photo draws (data.photo_share) give every sky class the same share: distill,
     # the pruning fine-tune, QAT and weight sharing (the teacher's: embed.balance_classes).

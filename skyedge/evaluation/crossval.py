@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from skyedge.core import inference, paths
-from skyedge.core.config import Params, load_params
+from skyedge.core.config import Params, TeacherView, load_params
 from skyedge.core.tables import Column, text_table
 from skyedge.data.dataset import Ingested, load_ingested
 from skyedge.evaluation import metrics
@@ -129,7 +129,7 @@ def run_fold(params: Params, teacher_fold: Ingested, student_fold: Ingested, bat
 
 
 @torch.no_grad()
-def taught_hits(teacher: torch.nn.Module, data: Ingested, rows: np.ndarray, augmentation: Augmentation, view: str, seed: int) -> np.ndarray:
+def taught_hits(teacher: torch.nn.Module, data: Ingested, rows: np.ndarray, augmentation: Augmentation, view: TeacherView, seed: int) -> np.ndarray:
     """Per labelled photo of `rows`: the share of TAUGHT_VIEWS views of it, augmented as the teacher
     sees them in distillation (`view`, mixup aside), that the teacher names right."""
     teacher.eval()

@@ -40,7 +40,7 @@ from torch import nn
 from tqdm import tqdm
 
 from skyedge.core import inputs
-from skyedge.core.config import Distill, Embed
+from skyedge.core.config import Distill, Embed, TeacherView
 from skyedge.core.contract import SKY_CLASSES
 from skyedge.data.dataset import Ingested
 from skyedge.train import checkpoints, models
@@ -89,7 +89,7 @@ class Teacher:
     temperature: float
     alpha: float  # weight of the soft-target term; the hard cross-entropy gets 1 - alpha
     embed_weight: float
-    view: str = "augmented"  # distill.teacher_view: what the teacher scores of each training photo
+    view: TeacherView = "augmented"  # distill.teacher_view: what the teacher scores of each training photo
 
     @classmethod
     def load(cls, module_path: Path, distill: Distill) -> Teacher:
@@ -142,6 +142,13 @@ def class_balanced_weights(sky_labels: np.ndarray) -> np.ndarray:
     return weights
 
 
+def binomial_blur(pixels: torch.Tensor) -> torch.Tensor:
+    """A 3x3 binomial (1-2-1) blur of [B, 3, S, S] pixels, edges replicated: a slightly soft lens."""
+    kernel = torch.tensor([1.0, 2.0, 1.0])
+    kernel = (kernel[:, None] * kernel[None, :] / 16).expand(3, 1, 3, 3)
+    return F.conv2d(F.pad(pixels, (1, 1, 1, 1), mode="replicate"), kernel, groups=3)
+
+
 def augment_photos(pixels: torch.Tensor, augmentation: Augmentation, generator: torch.Generator, photometric: bool = True) -> torch.Tensor:
     """Photometric and geometric augmentation of [B, 3, S, S] pixels in 0..1 (mixup is the batch's,
     elsewhere). Without `photometric` only the crop and the dihedral view apply, but every draw is
@@ -169,11 +176,8 @@ def augment_photos(pixels: torch.Tensor, augmentation: Augmentation, generator: 
         gains = torch.empty(batch, 3, 1, 1).uniform_(1 - augmentation.white_balance, 1 + augmentation.white_balance, generator=generator)
         pixels = pixels * gains if photometric else pixels
     if augmentation.blur:
-        kernel = torch.tensor([1.0, 2.0, 1.0])
-        kernel = (kernel[:, None] * kernel[None, :] / 16).expand(3, 1, 3, 3)
-        blurred = F.conv2d(F.pad(pixels, (1, 1, 1, 1), mode="replicate"), kernel, groups=3)
         chosen = torch.rand(batch, 1, 1, 1, generator=generator) < augmentation.blur
-        pixels = torch.where(chosen, blurred, pixels) if photometric else pixels
+        pixels = torch.where(chosen, binomial_blur(pixels), pixels) if photometric else pixels
     if augmentation.noise:
         noise = augmentation.noise * torch.randn(pixels.shape, generator=generator)
         pixels = pixels + noise if photometric else pixels
@@ -203,7 +207,7 @@ class Batches:
         self.temp = torch.tensor(data.temp)
 
     def batch(
-        self, rows: np.ndarray, drop: torch.Tensor | None = None, augmentation: Augmentation = NO_AUGMENTATION, rng: np.random.Generator | None = None, teacher_view: str = "augmented"
+        self, rows: np.ndarray, drop: torch.Tensor | None = None, augmentation: Augmentation = NO_AUGMENTATION, rng: np.random.Generator | None = None, teacher_view: TeacherView = "augmented"
     ) -> dict[str, torch.Tensor]:
         """Inputs and targets of `rows`. `sky_target` is a class distribution (one-hot, or two
         classes mixed), `sky_weight` 1 where the cross-entropy applies (a labelled photo, or two).
@@ -268,7 +272,7 @@ class Batches:
             weights[self.rows] = class_balanced_weights(self.sky.numpy()[self.rows])
         return epoch_order(self.rows, self.image_idx.numpy() >= 0, config.photo_share, rng, weights)
 
-    def epoch(self, order: np.ndarray, config: FitConfig, rng: np.random.Generator, augment: bool = True, teacher_view: str = "augmented"):
+    def epoch(self, order: np.ndarray, config: FitConfig, rng: np.random.Generator, augment: bool = True, teacher_view: TeacherView = "augmented"):
         for start in range(0, len(order), config.batch_size):
             rows = order[start : start + config.batch_size]
             drop = torch.from_numpy(rng.random(len(rows)) < config.image_dropout)
@@ -440,7 +444,7 @@ def fit(
         # On cached features the photo is a cached view (drawn below) whatever the batch's pixels
         # say, and mixup would mix the targets of photos whose features it did not mix: half the
         # labels would belong to another photo. Cached features train on one-hot batches.
-        teacher_view = "augmented" if teacher is None else teacher.view
+        teacher_view: TeacherView = "augmented" if teacher is None else teacher.view
         for batch in tqdm(train_batches.epoch(order, config, rng, augment=embed_cache is None, teacher_view=teacher_view), desc=f"{desc} epoch {epoch}/{config.epochs}", total=-(-len(order) // config.batch_size), leave=False):
             if embed_cache is not None:  # a cached view of each photo, drawn anew every time
                 batch["cache_view"] = torch.from_numpy(rng.integers(len(embed_cache), size=len(batch["image_idx"])))
